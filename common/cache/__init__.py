@@ -1,0 +1,19 @@
+"""The shared cache engine: FORA, ToCa, DuCa and TaylorSeer for any transformer with a list of blocks.
+
+Public API::
+
+    from duca_common.cache import CacheConfig, BlockLayout, FeatureCache, residual, get_preset, build_plan
+"""
+
+from .accounting import TransformerDims, full_run_flops, measured_flops, reference_flops, speedup
+from .config import (DIT_TOCA_SCHEDULE, OPENSORA_TOCA_SCHEDULE, PIXART_TOCA_SCHEDULE, CacheConfig,
+                     RatioSchedule)
+from .engine import BlockView, CacheRun, EngineTimers, FeatureCache, StepView, residual
+from .plan import Action, BlockLayout, Plan, build_plan
+from .presets import PRESETS, Preset, get_preset, presets_for
+from .trace import Trace
+
+__all__ = ["Action", "BlockLayout", "BlockView", "CacheConfig", "CacheRun", "DIT_TOCA_SCHEDULE", "EngineTimers",
+           "FeatureCache", "OPENSORA_TOCA_SCHEDULE", "PIXART_TOCA_SCHEDULE", "PRESETS", "Plan", "Preset",
+           "RatioSchedule", "StepView", "Trace", "TransformerDims", "build_plan", "full_run_flops", "get_preset",
+           "measured_flops", "presets_for", "reference_flops", "residual", "speedup"]
