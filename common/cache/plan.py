@@ -221,7 +221,9 @@ def _module_action(cfg: CacheConfig, layout: BlockLayout, letter: str, module: s
                    block: int) -> tuple[Action, float]:
     if letter != "T":
         return _TYPE_TO_ACTION[letter], (1.0 if letter == "F" else 0.0)
-    if module not in layout.tokenwise:
-        return Action.REUSE, 0.0
     r = cfg.ratio_schedule.ratio(cfg.fresh_ratio, s, num_steps, block, layout.depth, module)
-    return (Action.PARTIAL, r) if r > 0 else (Action.REUSE, 0.0)
+    if r >= 1.0:                       # every token fresh: the module is simply computed
+        return Action.FULL, 1.0
+    if module not in layout.tokenwise or r <= 0.0:
+        return Action.REUSE, 0.0       # self-attention cannot be recomputed token-wise: reuse it
+    return Action.PARTIAL, r
