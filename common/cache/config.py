@@ -75,12 +75,13 @@ class RatioSchedule:
 
 
 # The reference 'ToCa' ratio schedules (models.md A.7, B.9, C.11). Depth enters as layer/(depth-1),
-# which is the reference's layer/27 for 28 blocks.
+# which is the reference's layer/27 for 28 blocks. PixArt's and OpenSora's reference code never
+# recomputes self-attention in a conservative step: its factor is 0 (reuse).
 DIT_TOCA_SCHEDULE = RatioSchedule("toca", layer_a=0.8, layer_b=0.4, step_a=3.0, step_b=-4.0,
                                   module_factors=(("mlp", 2.5), ("attn", 1.0 - 0.4 * 2.5)))
 PIXART_TOCA_SCHEDULE = RatioSchedule("toca", layer_a=1.6, layer_b=-1.2, step_a=1.9, step_b=-1.8,
-                                     module_factors=(("cross_attn", 0.6), ("mlp", 1.6)))
-OPENSORA_TOCA_SCHEDULE = RatioSchedule("toca", module_factors=(("mlp", 1.0 + 0.33 * 1.5),
+                                     module_factors=(("attn", 0.0), ("cross_attn", 0.6), ("mlp", 1.6)))
+OPENSORA_TOCA_SCHEDULE = RatioSchedule("toca", module_factors=(("attn", 0.0), ("mlp", 1.0 + 0.33 * 1.5),
                                                               ("cross_attn", 1.0 - 0.67 * 1.5)))
 
 

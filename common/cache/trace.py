@@ -91,7 +91,7 @@ class Trace:
         handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors[:5]]
         fig.legend(handles, ["full", "partial", "reuse", "skip", "forecast"], loc="upper right", ncol=5, fontsize=8)
         if title:
-            fig.suptitle(title, loc="left", fontsize=10)
+            fig.suptitle(title, x=0.01, ha="left", fontsize=10)
         fig.tight_layout(rect=(0, 0, 1, 0.93))
         fig.savefig(path, dpi=120)
         plt.close(fig)

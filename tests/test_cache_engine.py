@@ -1,0 +1,312 @@
+"""The engine on a small DiT-style transformer: exactness, reuse, partial recompute, selectors,
+TaylorSeer, state lifecycle and config validation."""
+
+import math
+
+import pytest
+import torch
+
+from duca_common.cache import Action, CacheConfig, RatioSchedule, get_preset
+from duca_common.cache import selectors as sel
+from tiny_transformer import TinyTransformer, sample
+
+STEPS = 9
+GRID = (4, 4)
+
+
+@pytest.fixture()
+def model():
+    torch.manual_seed(0)
+    return TinyTransformer(depth=3, dim=32, heads=4).eval()
+
+
+@pytest.fixture()
+def x():
+    torch.manual_seed(1)
+    return torch.randn(4, GRID[0] * GRID[1], 32)
+
+
+def _plain(model, x, steps=STEPS):
+    outs = []
+    for p in range(steps):
+        out = model(x, torch.full((x.shape[0],), float(steps - p)))
+        outs.append(out)
+        x = x - 0.1 * out
+    return outs
+
+
+def test_cache_off_equals_plain_forward_exactly(model, x):
+    plain = _plain(model, x)
+    cached = sample(model, x, STEPS, grid=GRID, cfg_halves=True)
+    assert all(torch.equal(a, b) for a, b in zip(plain, cached))
+
+
+@pytest.mark.parametrize("cfg", [
+    CacheConfig(method="toca", interval=3, fresh_ratio=1.0),           # constant schedule, every token fresh
+    CacheConfig(method="duca", interval=1, fresh_ratio=0.05),          # cycle length 1: every step full
+    CacheConfig(method="fora", interval=1),
+    CacheConfig(method="taylorseer", interval=1, taylor_order=2),
+])
+def test_ratio_one_and_cycle_one_equal_no_cache(model, x, cfg):
+    plain = _plain(model, x)
+    model.feature_cache.config = cfg
+    cached = sample(model, x, STEPS, grid=GRID, cfg_halves=True)
+    assert all(torch.equal(a, b) for a, b in zip(plain, cached))
+
+
+def test_reuse_returns_cached_output_under_current_gate(model, x):
+    """FORA: the module output of the last full step, multiplied by this step's gate."""
+    model.feature_cache.config = CacheConfig(method="fora", interval=3)
+    block = model.blocks[0]
+    seen = {}
+    orig = block.attn.forward
+
+    def spy(h, stat=None):
+        out = orig(h, stat)
+        seen["attn"] = out
+        return out
+
+    block.attn.forward = spy
+    t_full, t_reuse = torch.full((4,), 5.0), torch.full((4,), 4.0)
+    with model.feature_cache.session(3) as run:             # steps count down: 2 (full), 1 (reuse), 0
+        run.set_step(0)
+        model(x, t_full)
+        cached_attn = seen.pop("attn")
+        run.set_step(1)
+        view = run.current.block(0)
+        assert view.action("attn") == Action.REUSE
+        c = model.t_embed(t_reuse[:, None])
+        gate_msa = block.adaLN_modulation(c).chunk(6, dim=1)[2]
+        got = view.run("attn", x, lambda t, s: pytest.fail("reused module must not be computed"))
+        assert torch.equal(got, cached_attn)
+        expected_residual = x + gate_msa.unsqueeze(1) * cached_attn
+        from duca_common.cache import residual
+        assert torch.equal(residual(view, "attn", x, lambda t, s: None, gate_msa.unsqueeze(1)), expected_residual)
+    assert "attn" not in seen
+
+
+def _one_partial_step(model, x, cfg, x_second=None):
+    """Run a full step then a conservative step of the MLP of block 0; return (cached_before, after, index)."""
+    model.feature_cache.config = cfg
+    with model.feature_cache.session(3, grid=GRID, cfg_halves=True) as run:   # steps 2 (full), 1 (conservative)
+        run.set_step(0)
+        view = run.current.block(0)
+        before = view.run("mlp", x, lambda t, s: t * 2.0).clone()
+        run.set_step(1)
+        view = run.current.block(0)
+        assert view.action("mlp") == Action.PARTIAL
+        picked = {}
+
+        def fn(t, s):
+            picked["tokens"] = t.clone()
+            return torch.full_like(t, -7.0)
+
+        after = view.run("mlp", x if x_second is None else x_second, fn).clone()
+        return before, after, picked["tokens"], run.current.block(0)
+
+
+def _conservative(selector, ratio=0.25, **kw):
+    return CacheConfig(method="toca", interval=2, fresh_ratio=ratio, selector=selector, staleness_weight=0.0, **kw)
+
+
+def test_partial_recompute_changes_only_selected_tokens(model, x):
+    before, after, tokens, _ = _one_partial_step(model, x, _conservative("random"))
+    changed = (after != before).any(-1)                                   # (B, N)
+    k = int(0.25 * x.shape[1])
+    assert changed.sum(1).tolist() == [k] * x.shape[0]
+    assert torch.all(after[changed] == -7.0)
+    assert torch.equal(after[~changed], before[~changed])
+    # the module saw exactly the selected tokens of the current input
+    sel_idx = changed.nonzero()[:, 1].view(x.shape[0], k)
+    assert torch.equal(torch.sort(tokens, dim=1).values,
+                       torch.sort(sel.gather_tokens(x, sel_idx), dim=1).values)
+
+
+def test_random_selector_same_tokens_in_both_cfg_halves(model, x):
+    before, after, _, _ = _one_partial_step(model, x, _conservative("random"))
+    changed = (after != before).any(-1)
+    half = x.shape[0] // 2
+    assert torch.equal(changed[:half], changed[half:])
+    assert not torch.equal(changed[0], changed[1])                          # rows of one half differ
+
+
+def test_value_norm_selector_picks_smallest_norms():
+    torch.manual_seed(0)
+    vnorm = torch.rand(2, 4, 16) + 0.5                                     # (B, H, N)
+    score = sel.score_from_stat("value_norm", vnorm)
+    idx = sel.top_k(score, 5)
+    smallest = torch.topk(-vnorm.sum(1), 5, dim=-1).indices
+    assert torch.equal(torch.sort(idx, 1).values, torch.sort(smallest, 1).values)
+
+
+def test_value_norm_selection_end_to_end_uses_attention_statistic(model, x):
+    model.feature_cache.config = _conservative("value_norm").replace(interval=2)
+    with model.feature_cache.session(4, grid=GRID, cfg_halves=True) as run:
+        for p in range(4):
+            run.set_step(p)
+            model(x, torch.full((4,), 4.0 - p))
+            if p == 0:   # the full step recorded per-head value norms of every block: (B, H, N)
+                assert [tuple(s.shape) for s in run.stats] == [(4, 4, 16)] * 3
+    trace = model.feature_cache.last_trace
+    assert (trace.actions[2, :, 1] == int(Action.PARTIAL)).all() and (trace.tokens[2, :, 1] == 4).all()
+
+
+def test_missing_statistic_is_a_clear_error(model, x):
+    cfg = _conservative("value_norm")
+    model.feature_cache.config = cfg
+    with model.feature_cache.session(3) as run:
+        run.set_step(0)
+        run.current.block(0).run("mlp", x, lambda t, s: t)
+        run.set_step(1)
+        with pytest.raises(RuntimeError, match="value_norm.*'attn'"):
+            run.current.block(0).run("mlp", x, lambda t, s: t)
+
+
+def test_attention_received_and_similarity_selectors_run(model, x):
+    for selector in ("attention_received", "similarity"):
+        model.feature_cache.config = _conservative(selector).replace(interval=2)
+        outs = sample(model, x, 4, grid=GRID, cfg_halves=True)
+        assert torch.isfinite(outs[-1]).all()
+
+
+def test_staleness_bonus_rotates_tokens(model, x):
+    """With a large staleness weight a token waits at most ceil(N/k) partial steps."""
+    cfg = CacheConfig(method="toca", interval=100, fresh_ratio=0.25, selector="value_norm", staleness_weight=50.0)
+    model.feature_cache.config = cfg
+    with model.feature_cache.session(5, grid=GRID) as run:
+        run.set_step(0)
+        model(x, torch.full((4,), 5.0))
+        seen = torch.zeros(4, 16, dtype=torch.bool)
+        for p in range(1, 5):
+            run.set_step(p)
+            before = run.modules[0]["mlp"].out.clone()
+            model(x, torch.full((4,), 5.0 - p))
+            seen |= (run.modules[0]["mlp"].counter == 0)
+            del before
+        assert seen.all()
+
+
+def test_spatial_bonus_on_non_square_grid():
+    score = torch.arange(15, dtype=torch.float).view(1, 15)                 # grid 3 x 5, cells 2 x 2
+    out = sel.spatial_bonus(score, (3, 5), cell=2, bonus=0.5)
+    winners = [6, 8, 9, 11, 13, 14]                                       # best token of each (partial) cell
+    expected = score.clone()
+    expected[0, winners] *= 1.5
+    assert torch.equal(out, expected)
+    with pytest.raises(ValueError, match="grid 4x4"):
+        sel.spatial_bonus(score, (4, 4), 2, 0.5)
+
+
+def test_taylorseer_order_zero_equals_fora(model, x):
+    model.feature_cache.config = CacheConfig(method="fora", interval=3)
+    fora = sample(model, x, STEPS)
+    model.feature_cache.config = CacheConfig(method="taylorseer", interval=3, taylor_order=0)
+    taylor = sample(model, x, STEPS)
+    assert all(torch.equal(a, b) for a, b in zip(fora, taylor))
+
+
+def test_taylorseer_order_one_is_exact_on_linear_features():
+    from duca_common.cache.taylor import TaylorTerms
+    a, b = torch.randn(3, 5), torch.randn(3, 5)
+    terms = TaylorTerms()
+    for step in (0, 3):
+        terms.update(a + b * step, step, order=1)
+    for step in (4, 5, 7):
+        assert torch.allclose(terms.forecast(step), a + b * step, atol=1e-6)
+    # order 2 on a quadratic, from the last 3 computed features (Taylor with backward differences)
+    terms = TaylorTerms()
+    f = lambda s: a + b * s + 0.5 * s * s
+    for step in (0, 2, 4):
+        terms.update(f(step), step, order=2)
+    # d1 = backward difference slope, d2 = 1.0: forecast = f(4) + d1*dt + d2*dt^2/2
+    d1 = (f(4) - f(2)) / 2
+    assert torch.allclose(terms.forecast(5), f(4) + d1 + 0.5, atol=1e-5)
+
+
+def test_no_state_leaks_across_runs(model, x):
+    model.feature_cache.config = get_preset("dit-duca-n3-r95").config
+    first = sample(model, x, STEPS, grid=GRID, cfg_halves=True)
+    assert model.feature_cache.active is None
+    # a new batch size, token count and step count never meet stale tensors
+    x2 = torch.randn(2, 9, 32)
+    sample(model, x2, 5, grid=(3, 3), cfg_halves=True)
+    again = sample(model, x, STEPS, grid=GRID, cfg_halves=True)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+def test_state_released_after_exception(model, x):
+    model.feature_cache.config = get_preset("dit-duca-n3-r95").config
+    with pytest.raises(KeyboardInterrupt):
+        with model.feature_cache.session(STEPS, grid=GRID) as run:
+            run.set_step(0)
+            model(x, torch.full((4,), 9.0))
+            held = run.nbytes()
+            raise KeyboardInterrupt
+    assert held > 0 and run.nbytes() == 0 and model.feature_cache.active is None
+    clean = sample(model, x, STEPS, grid=GRID, cfg_halves=True)
+    assert torch.isfinite(clean[-1]).all()
+
+
+def test_shape_change_inside_a_session_is_an_error(model, x):
+    model.feature_cache.config = CacheConfig(method="fora", interval=3)
+    with model.feature_cache.session(3) as run:
+        run.set_step(0)
+        model(x, torch.full((4,), 3.0))
+        run.set_step(1)
+        with pytest.raises(ValueError, match="open a new session"):
+            model(x[:2], torch.full((2,), 2.0))
+        with pytest.raises(ValueError, match="outside this session's 3 steps"):
+            run.set_step(3)
+
+
+def test_sessions_do_not_nest(model):
+    with model.feature_cache.session(2):
+        with pytest.raises(RuntimeError, match="already open"):
+            with model.feature_cache.session(2):
+                pass
+
+
+def test_cache_bytes_and_trace(model, x, tmp_path):
+    model.feature_cache.config = get_preset("dit-duca-n3-r95").config
+    sample(model, x, STEPS, grid=GRID, cfg_halves=True)
+    fc = model.feature_cache
+    # attn + mlp outputs per block plus counters, stats and the trunk: at least the module outputs
+    assert fc.last_peak_bytes >= 3 * 2 * x.numel() * 4
+    text = fc.last_trace.table()
+    assert "8:F/F" in text and "modules: attn/mlp" in text
+    png = fc.last_trace.save_heatmap(tmp_path / "plan.png", title="duca")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("field,value,allowed", [
+    ("method", "fast", "one of"),
+    ("interval", 0, r"\[1, 1000\]"),
+    ("fresh_ratio", 1.5, r"\[0, 1\]"),
+    ("selector", "entropy", "one of"),
+    ("interval_rule", "weekly", "one of"),
+    ("plan_mode", "lazy", "one of"),
+    ("taylor_order", -1, r"\[0, 8\]"),
+    ("spatial_cell", 0, ">= 1"),
+    ("staleness_weight", -0.1, ">= 0"),
+])
+def test_invalid_config_names_field_and_allowed_values(field, value, allowed):
+    with pytest.raises(ValueError, match=rf"CacheConfig\.{field}=.*allowed .*{allowed}"):
+        CacheConfig(**{field: value})
+
+
+def test_invalid_module_cycles_and_schedule():
+    with pytest.raises(ValueError, match="module_cycles"):
+        CacheConfig(method="duca", interval_rule="module_cycles", module_cycles=(("mlp", "TFA"),))
+    with pytest.raises(ValueError, match="RatioSchedule.kind"):
+        RatioSchedule(kind="cosine")
+    with pytest.raises(ValueError, match="unknown cache preset 'dit-magic'.*dit-duca-n3-r95"):
+        get_preset("dit-magic")
+
+
+def test_duca_runs_with_every_selector_and_is_close_to_uncached(model, x):
+    plain = _plain(model, x)
+    for selector in ("random", "value_norm", "attention_received", "similarity"):
+        model.feature_cache.config = get_preset("dit-duca-n3-r95").config.replace(selector=selector)
+        out = sample(model, x, STEPS, grid=GRID, cfg_halves=True)
+        rel = (out[-1] - plain[-1]).norm() / plain[-1].norm()
+        assert math.isfinite(rel.item()) and rel < 1.0
