@@ -46,7 +46,9 @@ def inception_score(
         with np.errstate(divide="ignore"):
             log_marginal = np.log(p.mean(axis=0, keepdims=True))
         # xlogy-style: terms with p == 0 contribute 0 even where log p = -inf.
-        kl_terms = np.where(p > 0, p * (part - log_marginal), 0.0)
+        kl_terms = np.zeros_like(p)
+        with np.errstate(invalid="ignore"):
+            np.multiply(p, part - log_marginal, out=kl_terms, where=p > 0)
         scores.append(np.exp(kl_terms.sum(axis=1).mean()))
     return float(np.mean(scores))
 

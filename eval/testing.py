@@ -58,16 +58,16 @@ def make_random_lpips_weights(folder: str | Path, net: str = "alex", seed: int =
     return backbone_path, heads_path
 
 
-def _tiny_bpe_vocab() -> tuple[dict[str, int], list[str]]:
+def _tiny_bpe_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
     # Printable ASCII maps to itself in CLIP's byte-to-unicode table; each character exists alone
     # and word-final ("</w>"), plus a few merges so that BPE actually runs.
     chars = [chr(code) for code in range(ord("!"), ord("~") + 1)]
     vocab: dict[str, int] = {}
     for token in chars + [c + "</w>" for c in chars]:
         vocab[token] = len(vocab)
-    merges = ["t h", "th e</w>", "a n", "an d</w>"]
-    for merge in merges:
-        vocab.setdefault(merge.replace(" ", ""), len(vocab))
+    merges = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("an", "d</w>")]
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
     for special in ("<|startoftext|>", "<|endoftext|>"):
         vocab[special] = len(vocab)
     return vocab, merges
