@@ -1,0 +1,1 @@
+"""Shipped weights of the embedded digits models (safetensors package data)."""
