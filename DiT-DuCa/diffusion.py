@@ -227,16 +227,18 @@ class GaussianDiffusion:
                 "pred_xstart": pred_xstart, "eps": model_output}
 
     def p_sample(self, model: Callable, x: torch.Tensor, t: torch.Tensor, clip_denoised: bool = False,
-                 model_kwargs: dict | None = None) -> dict:
-        """One DDPM step: ``mean + exp(0.5 logvar) * N(0, I)``, no noise at t = 0."""
+                 model_kwargs: dict | None = None, step_noise: Callable | None = None) -> dict:
+        """One DDPM step: ``mean + exp(0.5 logvar) * N(0, I)``, no noise at t = 0.
+
+        ``step_noise(x)`` supplies the noise (default ``torch.randn_like(x)``, the global RNG)."""
         out = self.p_mean_variance(model, x, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs)
-        noise = torch.randn_like(x)
+        noise = torch.randn_like(x) if step_noise is None else step_noise(x)
         nonzero_mask = (t != 0).float().view(-1, *([1] * (x.dim() - 1)))
         sample = out["mean"] + nonzero_mask * torch.exp(0.5 * out["log_variance"]) * noise
         return {"sample": sample, "pred_xstart": out["pred_xstart"]}
 
     def ddim_sample(self, model: Callable, x: torch.Tensor, t: torch.Tensor, clip_denoised: bool = False,
-                    model_kwargs: dict | None = None, eta: float = 0.0) -> dict:
+                    model_kwargs: dict | None = None, eta: float = 0.0, step_noise: Callable | None = None) -> dict:
         """One DDIM step; with eta 0: ``x0 sqrt(abar_prev) + sqrt(1 - abar_prev) eps_hat``."""
         out = self.p_mean_variance(model, x, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs)
         eps = self._predict_eps_from_xstart(x, t, out["pred_xstart"])
@@ -245,7 +247,7 @@ class GaussianDiffusion:
         sigma = eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) * torch.sqrt(1 - alpha_bar / alpha_bar_prev)
         mean_pred = out["pred_xstart"] * torch.sqrt(alpha_bar_prev) + torch.sqrt(1 - alpha_bar_prev - sigma ** 2) * eps
         # Upstream draws this noise even with eta 0; drawing it keeps the global RNG stream identical.
-        noise = torch.randn_like(x)
+        noise = torch.randn_like(x) if step_noise is None else step_noise(x)
         nonzero_mask = (t != 0).float().view(-1, *([1] * (x.dim() - 1)))
         sample = mean_pred + nonzero_mask * sigma * noise
         return {"sample": sample, "pred_xstart": out["pred_xstart"]}
@@ -255,7 +257,8 @@ class GaussianDiffusion:
                                 model_kwargs: dict | None = None, device: torch.device | str | None = None,
                                 ddim: bool = True, eta: float = 0.0, clip_denoised: bool = False,
                                 progress: bool = False, feature_cache=None, grid: tuple[int, int] | None = None,
-                                cfg_halves: bool = False, profile: bool = False) -> Iterator[dict]:
+                                cfg_halves: bool = False, profile: bool = False,
+                                step_noise: Callable | None = None) -> Iterator[dict]:
         """Yield the result of every step, from step K-1 down to 0.
 
         With ``feature_cache`` (a model's :class:`~duca_common.cache.FeatureCache`) the whole loop runs
@@ -270,7 +273,7 @@ class GaussianDiffusion:
             from tqdm.auto import tqdm
             iterator = tqdm(indices, desc="sampling", leave=False)
         step_fn = self.ddim_sample if ddim else self.p_sample
-        extra = {"eta": eta} if ddim else {}
+        extra = {"eta": eta, "step_noise": step_noise} if ddim else {"step_noise": step_noise}
         session = (feature_cache.session(self.num_timesteps, grid=grid, cfg_halves=cfg_halves, profile=profile)
                    if feature_cache is not None else contextlib.nullcontext(None))
         with session as run:

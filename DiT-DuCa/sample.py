@@ -1,0 +1,230 @@
+"""Sample a few images from DiT with DuCa / ToCa / FORA / TaylorSeer (the DuCa reference ``sample.py``).
+
+The reference's command works unchanged (it samples with DuCa, as the reference does)::
+
+    python sample.py --image-size 256 --num-sampling-steps 50 --cache-type attention --fresh-threshold 3 \
+        --fresh-ratio 0.05 --ratio-scheduler ToCa --force-fresh global --soft-fresh-weight 0.25 --ddim-sample
+
+Extras: ``--cache {none,fora,toca,duca,taylorseer}``, ``--preset NAME``, ``--class-labels 207,360``,
+``--out PATH``, ``--save-latents PATH.pt``, ``--report PATH.json`` and ``--flops-only`` (no weights:
+the whole run is traced on the meta device and its FLOPs counted). Noise is drawn as the reference does:
+``torch.manual_seed(seed)`` then one ``randn`` of the latent batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from dit_duca.diffusion import create_diffusion
+from dit_duca.loading import (CheckpointError, VAEError, build_dit, decode_latents, load_checkpoint, load_into,
+                              load_vae, resolve_checkpoint)
+from dit_duca.options import (add_cache_args, add_model_args, cache_config_from_args, latent_geometry,
+                              validate_common)
+from duca_common.cache import TransformerDims, full_run_flops, measured_flops, reference_flops
+
+REFERENCE_CLASS_LABELS = [207, 360, 387, 974, 88, 979, 417, 279]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_model_args(parser, cfg_scale=1.5, steps=250, vae="mse")
+    add_cache_args(parser, cache_type="attention")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--class-labels", type=str, default=None,
+                        help="comma-separated labels; default: the reference's 207,360,387,974,88,979,417,279")
+    parser.add_argument("--out", type=str, default="sample.png", help="image grid (PNG)")
+    parser.add_argument("--save-latents", type=str, default=None, help="save the final latents (before decoding) as .pt")
+    parser.add_argument("--report", type=str, default=None, help="write a JSON report (FLOPs, latency, cache, trace)")
+    parser.add_argument("--flops-only", action="store_true",
+                        help="count the FLOPs of the whole run on the meta device (no weights, no images)")
+    parser.add_argument("--device", type=str, default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def parse_labels(text: str | None, num_classes: int | None) -> list[int]:
+    """The class labels; ``num_classes=None`` checks the syntax only (the model decides the range)."""
+    if text is None:
+        if num_classes is None:
+            return list(REFERENCE_CLASS_LABELS)
+        if num_classes == 1000:
+            return list(REFERENCE_CLASS_LABELS)
+        return [i % num_classes for i in range(8)]
+    try:
+        labels = [int(v) for v in text.split(",") if v.strip() != ""]
+    except ValueError as exc:
+        raise ValueError(f"--class-labels {text!r} must be comma-separated integers") from exc
+    if not labels:
+        raise ValueError("--class-labels is empty")
+    bad = [v for v in labels if v < 0 or (num_classes is not None and v >= num_classes)]
+    if bad:
+        raise ValueError(f"--class-labels {bad} outside 0..{num_classes - 1}")
+    return labels
+
+
+def run_dims(model, batch: int) -> TransformerDims:
+    grid = model.grid_size
+    return TransformerDims(batch=batch, tokens=grid[0] * grid[1], hidden=model.hidden_size, heads=model.num_heads)
+
+
+def sample_latents(model, diffusion, z: torch.Tensor, labels: list[int], cfg_scale: float, ddim: bool,
+                   progress: bool = False) -> torch.Tensor:
+    """The reference loop: [z, z] with labels [y, null]; returns the cond half."""
+    n = z.shape[0]
+    device = z.device
+    y = torch.tensor(labels, device=device)
+    y_null = torch.tensor([model.num_classes] * n, device=device)
+    zz = torch.cat([z, z], 0)
+    model_kwargs = dict(y=torch.cat([y, y_null], 0), cfg_scale=cfg_scale)
+    samples = diffusion.sample_loop(model.forward_with_cfg, zz.shape, noise=zz, model_kwargs=model_kwargs,
+                                    ddim=ddim, clip_denoised=False, progress=progress,
+                                    feature_cache=model.feature_cache, grid=model.grid_size, cfg_halves=True)
+    return samples.chunk(2, dim=0)[0]
+
+
+def count_flops(args: argparse.Namespace, cache_cfg, config: dict | None, n: int) -> dict:
+    """Trace the whole run on the meta device: reference-formula and measured FLOPs (no weights)."""
+    side, channels = latent_geometry(args)
+    model = build_dit(args.model, input_size=side, num_classes=args.num_classes, in_channels=channels,
+                      config=config, device="meta").eval()
+    model.configure_cache(cache_cfg)
+    diffusion = create_diffusion(str(args.num_sampling_steps))
+    z = torch.empty(n, model.in_channels, model.input_size, model.input_size, device="meta")
+    labels = [0] * n
+    measured = measured_flops(lambda: sample_latents(model, diffusion, z, labels, args.cfg_scale, args.ddim_sample))
+    trace = model.feature_cache.last_trace
+    dims = run_dims(model, 2 * n)
+    ref = reference_flops(trace, dims)
+    full = full_run_flops(dims, model.depth, args.num_sampling_steps, model.feature_cache.layout.modules)
+    return {"reference_flops": ref, "reference_flops_per_image": ref / n,
+            "reference_tflops_per_image": ref / n / 1e12,
+            "uncached_reference_flops": full, "uncached_reference_tflops_per_image": full / n / 1e12,
+            "reference_speedup": full / ref if ref else float("inf"),
+            "measured_flops": measured, "measured_flops_per_image": measured / n,
+            "measured_tflops_per_image": measured / n / 1e12,
+            "measured_note": "torch FlopCounterMode over the whole sampling loop on the meta device "
+                             "(all network evaluations incl. embedders and final layer; no VAE)",
+            "trace": trace.table(), "trace_actions": trace.actions.tolist(),
+            "trunk_reused": list(map(bool, trace.trunk_reused)), "step_labels": list(trace.step_labels)}
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        validate_common(args)
+        labels = parse_labels(args.class_labels, None)
+        cache_cfg, cache_desc = cache_config_from_args(args)
+        side, channels = latent_geometry(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    n = len(labels)
+    report: dict = {"args": vars(args), "cache": cache_desc, "cache_config": asdict(cache_cfg), "num_images": n}
+
+    if args.flops_only:
+        try:
+            flops = count_flops(args, cache_cfg, None, n)
+        except ValueError as exc:
+            parser.error(str(exc))
+        report.update(flops)
+        print(f"[flops-only] {args.model} {args.image_size}px, {args.num_sampling_steps} steps, {cache_desc}")
+        print(f"reference formula: {flops['reference_tflops_per_image']:.3f} TFLOPs per image "
+              f"(uncached {flops['uncached_reference_tflops_per_image']:.3f}, speed-up {flops['reference_speedup']:.2f}x)")
+        print(f"measured (meta device): {flops['measured_tflops_per_image']:.3f} TFLOPs per image")
+        print(flops["trace"])
+        _write_report(args.report, report)
+        return report
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.backends.cuda.matmul.allow_tf32 = True          # as the reference
+    torch.set_grad_enabled(False)
+    # Everything that can fail does so before sampling.
+    try:
+        ckpt_path = resolve_checkpoint(args.ckpt, args.model, args.image_size)
+        ckpt = load_checkpoint(ckpt_path)
+        model = build_dit(args.model, input_size=side, num_classes=args.num_classes, in_channels=channels,
+                          config=ckpt.config)
+        load_into(model, ckpt, f"{args.model} at {args.image_size}px" if ckpt.config is None else "its stored config")
+        labels = parse_labels(args.class_labels, model.num_classes)
+        n = len(labels)
+        report["num_images"] = n
+        vae = load_vae(args.vae, device)
+    except (CheckpointError, VAEError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    model = model.to(device).eval()
+    model.configure_cache(cache_cfg)
+    diffusion = create_diffusion(str(args.num_sampling_steps))
+
+    torch.manual_seed(args.seed)
+    z = torch.randn(n, model.in_channels, model.input_size, model.input_size, device=device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    latents = sample_latents(model, diffusion, z, labels, args.cfg_scale, args.ddim_sample,
+                             progress=not args.no_progress)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    latency = time.perf_counter() - t0
+
+    trace = model.feature_cache.last_trace
+    dims = run_dims(model, 2 * n)
+    ref = reference_flops(trace, dims)
+    full = full_run_flops(dims, model.depth, args.num_sampling_steps, model.feature_cache.layout.modules)
+    print(f"{cache_desc}; sampling {latency:.2f} s; reference FLOPs {ref / n / 1e12:.3f} TFLOPs per image "
+          f"(speed-up {full / ref:.2f}x)")
+    if args.test_flops:
+        print(f"Total FLOPs (reference formula): {ref / 1e12:.4f} TFLOPs for {n} images with CFG")
+
+    if args.save_latents:
+        Path(args.save_latents).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(latents.cpu(), args.save_latents)
+    images = decode_latents(vae, latents)
+    if args.out:
+        from torchvision.utils import save_image
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        grid_images = images if images.shape[1] in (1, 3) else images[:, :3]
+        save_image(grid_images, args.out, nrow=4, normalize=True, value_range=(-1, 1))
+        print(f"saved {args.out}")
+
+    report.update({"checkpoint": str(ckpt_path), "device": str(device), "latency_s": latency,
+                   "reference_flops": ref, "reference_tflops_per_image": ref / n / 1e12,
+                   "uncached_reference_flops": full, "reference_speedup": full / ref if ref else float("inf"),
+                   "cache_peak_bytes": model.feature_cache.last_peak_bytes,
+                   "trace": trace.table(), "trace_actions": trace.actions.tolist(),
+                   "trunk_reused": list(map(bool, trace.trunk_reused)), "step_labels": list(trace.step_labels)})
+    if args.report:
+        flops = count_flops(args, cache_cfg, ckpt.config, n)
+        report["measured_flops"] = flops["measured_flops"]
+        report["measured_tflops_per_image"] = flops["measured_tflops_per_image"]
+        report["measured_note"] = flops["measured_note"] + "; replayed with the same configuration"
+    _write_report(args.report, report)
+    return report
+
+
+def _write_report(path: str | None, report: dict) -> None:
+    if not path:
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(_jsonable(report), indent=2, default=str))
+    print(f"report: {path}")
+
+
+if __name__ == "__main__":
+    main()

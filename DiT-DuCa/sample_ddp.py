@@ -1,0 +1,270 @@
+"""Sample many images in parallel for FID (torchrun; NCCL on GPUs, gloo on CPU), then write the ADM ``.npz``.
+
+The reference command works unchanged::
+
+    torchrun --nnodes=1 --nproc_per_node=6 sample_ddp.py --model DiT-XL/2 --per-proc-batch-size 150 \
+        --image-size 256 --cfg-scale 1.5 --num-sampling-steps 50 --cache-type attention --fresh-ratio 0.05 \
+        --ratio-scheduler ToCa --force-fresh global --fresh-threshold 3 --ddim-sample --soft-fresh-weight 0.25 \
+        --num-fid-samples 50000
+
+Determinism and resumption:
+
+* Sample i draws its label and noise (and DDPM step noise) from its own generator seeded by
+  (global seed, i). Batch j always holds samples ``[j*B, (j+1)*B)`` (B = --per-proc-batch-size) and
+  batches go round-robin to the ranks, so every batch is computed with the same contents and shapes:
+  the images do not depend on the number of processes.
+* ``NNNNNN.png`` files are written atomically (temporary file, then rename). A rerun skips the batches
+  whose samples all exist and recomputes a partly written batch whole, writing only the missing files.
+* ``<folder>.npz`` (key ``arr_0``, uint8, N x H x W x 3, the ADM evaluator's format) is written once every
+  sample exists. ``run.json`` in the folder records the configuration; a folder made by a different one is
+  refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from dit_duca.diffusion import create_diffusion
+from dit_duca.loading import (CheckpointError, VAEError, build_dit, decode_latents, load_checkpoint, load_into,
+                              load_vae, resolve_checkpoint, to_uint8_images)
+from dit_duca.options import (add_cache_args, add_model_args, cache_config_from_args, latent_geometry,
+                              validate_common)
+
+MANIFEST = "run.json"
+# fields of the configuration that change the images (a resumed folder must match them)
+IMAGE_FIELDS = ("model", "ckpt_file", "vae", "image_size", "num_classes", "cfg_scale", "num_sampling_steps",
+                "ddim_sample", "global_seed", "cache", "in_channels")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_model_args(parser, cfg_scale=1.5, steps=250, vae="ema")
+    add_cache_args(parser, cache_type="random")
+    parser.add_argument("--sample-dir", type=str, default="samples")
+    parser.add_argument("--out", type=str, default=None,
+                        help="sample folder (default: an upstream-style name under --sample-dir)")
+    parser.add_argument("--per-proc-batch-size", type=int, default=32)
+    parser.add_argument("--num-fid-samples", type=int, default=50_000)
+    parser.add_argument("--global-seed", type=int, default=0)
+    parser.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
+                        help="TF32 matmuls on Ampere+ GPUs (upstream default)")
+    parser.add_argument("--no-npz", action="store_true", help="do not write the .npz at the end")
+    parser.add_argument("--stop-after-batches", type=int, default=None, help=argparse.SUPPRESS)  # tests: interrupt
+    return parser
+
+
+def sample_seed(global_seed: int, index: int) -> int:
+    """A 63-bit seed for sample ``index`` that depends only on (global_seed, index)."""
+    return int(np.random.SeedSequence([int(global_seed), int(index)]).generate_state(2, dtype=np.uint32)
+               .astype(np.uint64).dot([1 << 31, 1]))
+
+
+def default_folder(args: argparse.Namespace, ckpt_name: str, cache_tag: str) -> Path:
+    model = args.model.replace("/", "-")
+    sampler = "ddim" if args.ddim_sample else "ddpm"
+    name = (f"{model}-{ckpt_name}-size-{args.image_size}-vae-{Path(args.vae).name}-cfg-{args.cfg_scale}-seed-"
+            f"{args.global_seed}-{sampler}{args.num_sampling_steps}-{cache_tag}")
+    return Path(args.sample_dir) / name
+
+
+def cache_tag(cfg) -> str:
+    if cfg.method == "none":
+        return "nocache"
+    tag = f"{cfg.method}-n{cfg.interval}"
+    if cfg.method in ("toca", "duca"):
+        tag += f"-r{cfg.fresh_ratio:g}-{cfg.selector}"
+    if cfg.method == "taylorseer":
+        tag += f"-o{cfg.taylor_order}"
+    return tag
+
+
+def png_path(folder: Path, index: int) -> Path:
+    return folder / f"{index:06d}.png"
+
+
+def save_png_atomic(array: np.ndarray, path: Path) -> None:
+    from PIL import Image
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    Image.fromarray(array).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def write_npz(folder: Path, num: int) -> Path:
+    """Stack ``000000.png`` .. into ``<folder>.npz`` (arr_0, uint8 NHWC), written atomically."""
+    from PIL import Image
+    first = np.asarray(Image.open(png_path(folder, 0)).convert("RGB"))
+    arr = np.empty((num, *first.shape), dtype=np.uint8)
+    for i in range(num):
+        arr[i] = np.asarray(Image.open(png_path(folder, i)).convert("RGB"))
+    out = folder.with_name(folder.name + ".npz")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, arr_0=arr)
+    os.replace(tmp, out)
+    return out
+
+
+def missing_in_batch(folder: Path, batch: int, bs: int, total: int) -> list[int]:
+    return [i for i in range(batch * bs, min((batch + 1) * bs, total)) if not png_path(folder, i).exists()]
+
+
+class PerSampleNoise:
+    """DDPM step noise from each sample's generator; the uncond CFG half copies the cond half (unused)."""
+
+    def __init__(self, generators: list[torch.Generator], cfg: bool) -> None:
+        self.generators, self.cfg = generators, cfg
+
+    def __call__(self, like: torch.Tensor) -> torch.Tensor:
+        shape = like.shape[1:]
+        rows = torch.stack([torch.randn(shape, generator=g) for g in self.generators]).to(like.device, like.dtype)
+        return torch.cat([rows, rows]) if self.cfg else rows
+
+
+def prepare(args: argparse.Namespace, parser: argparse.ArgumentParser, rank: int):
+    """Validate everything before any sampling: flags, checkpoint, model, VAE, output folder."""
+    try:
+        validate_common(args)
+        if args.per_proc_batch_size < 1:
+            raise ValueError(f"--per-proc-batch-size {args.per_proc_batch_size} must be >= 1")
+        if args.num_fid_samples < 1:
+            raise ValueError(f"--num-fid-samples {args.num_fid_samples} must be >= 1")
+        cache_cfg, cache_desc = cache_config_from_args(args)
+        side, channels = latent_geometry(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    ckpt_path = resolve_checkpoint(args.ckpt, args.model, args.image_size)
+    ckpt = load_checkpoint(ckpt_path)
+    model = build_dit(args.model, input_size=side, num_classes=args.num_classes, in_channels=channels,
+                      config=ckpt.config)
+    load_into(model, ckpt, f"{args.model} at {args.image_size}px" if ckpt.config is None else "its stored config")
+    folder = Path(args.out) if args.out else default_folder(args, ckpt_path.stem, cache_tag(cache_cfg))
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"output folder {folder} exists and is not a folder")
+    manifest = {"model": args.model, "ckpt_file": ckpt_path.name, "vae": args.vae, "image_size": args.image_size,
+                "num_classes": model.num_classes, "cfg_scale": args.cfg_scale,
+                "num_sampling_steps": args.num_sampling_steps, "ddim_sample": args.ddim_sample,
+                "global_seed": args.global_seed, "cache": asdict(cache_cfg), "in_channels": model.in_channels,
+                "per_proc_batch_size": args.per_proc_batch_size, "num_fid_samples": args.num_fid_samples,
+                "cache_description": cache_desc}
+    manifest = json.loads(json.dumps(manifest))
+    if (folder / MANIFEST).is_file():
+        old = json.loads((folder / MANIFEST).read_text())
+        diff = [k for k in IMAGE_FIELDS + ("per_proc_batch_size",) if old.get(k) != manifest.get(k)]
+        if diff:
+            raise ValueError(f"output folder {folder} holds samples of a different run (differs in "
+                             f"{', '.join(diff)}); use another --out / --sample-dir or remove it")
+    elif folder.is_dir() and any(folder.glob("*.png")):
+        raise ValueError(f"output folder {folder} has PNGs but no {MANIFEST}; refusing to mix runs")
+    if rank == 0:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise OSError(f"output folder {folder} is not writable: {exc}") from exc
+        tmp = folder / f".{MANIFEST}.tmp"
+        tmp.write_text(json.dumps(manifest, indent=2))
+        os.replace(tmp, folder / MANIFEST)
+    return model, cache_cfg, cache_desc, folder, ckpt_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    distributed = "WORLD_SIZE" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    use_cuda = torch.cuda.is_available()
+    if distributed:
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world = 0, 1
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    torch.set_grad_enabled(False)
+
+    try:
+        model, cache_cfg, cache_desc, folder, ckpt_path = prepare(args, parser, rank)
+        vae = load_vae(args.vae, device)
+    except (CheckpointError, VAEError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if distributed:
+            dist.destroy_process_group()
+        return 2
+    if distributed:
+        dist.barrier()                                   # rank 0 has created the folder and manifest
+    model = model.to(device).eval()
+    model.configure_cache(cache_cfg)
+    diffusion = create_diffusion(str(args.num_sampling_steps))
+    using_cfg = args.cfg_scale > 1.0
+    bs, total = args.per_proc_batch_size, args.num_fid_samples
+    num_batches = math.ceil(total / bs)
+    mine = [b for b in range(rank, num_batches, world) if missing_in_batch(folder, b, bs, total)]
+    if rank == 0:
+        done = total - sum(len(missing_in_batch(folder, b, bs, total)) for b in range(num_batches))
+        print(f"{cache_desc}; {total} samples in {folder} ({done} already there), {world} process(es), "
+              f"batch {bs}, {'DDIM' if args.ddim_sample else 'DDPM'}-{args.num_sampling_steps}, cfg {args.cfg_scale}")
+
+    from tqdm.auto import tqdm
+    bar = tqdm(total=len(mine), desc=f"rank {rank}", disable=rank != 0)
+    for count, b in enumerate(mine):
+        if args.stop_after_batches is not None and count >= args.stop_after_batches:
+            break
+        indices = list(range(b * bs, min((b + 1) * bs, total)))
+        gens = [torch.Generator().manual_seed(sample_seed(args.global_seed, i)) for i in indices]
+        y = torch.tensor([int(torch.randint(0, model.num_classes, (1,), generator=g)) for g in gens], device=device)
+        z = torch.stack([torch.randn(model.in_channels, model.input_size, model.input_size, generator=g)
+                         for g in gens]).to(device)
+        if using_cfg:
+            z = torch.cat([z, z], 0)
+            y = torch.cat([y, torch.full_like(y, model.num_classes)], 0)
+            fn, kwargs = model.forward_with_cfg, dict(y=y, cfg_scale=args.cfg_scale)
+        else:
+            fn, kwargs = model.forward, dict(y=y)
+        latents = diffusion.sample_loop(fn, z.shape, noise=z, model_kwargs=kwargs, ddim=args.ddim_sample,
+                                        clip_denoised=False, feature_cache=model.feature_cache,
+                                        grid=model.grid_size, cfg_halves=using_cfg,
+                                        step_noise=PerSampleNoise(gens, using_cfg))
+        if using_cfg:
+            latents, _ = latents.chunk(2, dim=0)
+        images = to_uint8_images(decode_latents(vae, latents)).numpy()
+        for i, img in zip(indices, images):
+            path = png_path(folder, i)
+            if not path.exists():
+                save_png_atomic(img, path)
+        bar.update(1)
+    bar.close()
+
+    if distributed:
+        dist.barrier()
+    code = 0
+    if rank == 0:
+        remaining = sum(len(missing_in_batch(folder, b, bs, total)) for b in range(num_batches))
+        if remaining:
+            print(f"{remaining} samples still missing in {folder}; rerun the same command to finish")
+            code = 3
+        elif not args.no_npz:
+            out = write_npz(folder, total)
+            print(f"wrote {out} ({total} x {args.image_size} x {args.image_size} x 3, uint8, key arr_0)")
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
