@@ -85,7 +85,10 @@ def read_pth_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint file {str(path)!r} does not exist; download PixArt-XL-2-256x256.pth "
                               f"(hub repo PixArt-alpha/PixArt-alpha) and pass its path with --model_path")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:       # legacy (non-zip) files cannot be memory-mapped
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - re-raised with the file named
         raise CheckpointError(f"cannot read {str(path)!r} as a torch checkpoint ({type(err).__name__}: {err})") from err
     if isinstance(obj, dict) and "state_dict" in obj:

@@ -1,0 +1,125 @@
+"""Data-parallel PixArt sampling over a prompt file (torchrun), e.g. the COCO-30k protocol.
+
+    torchrun --nproc_per_node=6 scripts/inference_ddp.py --model_path PixArt-XL-2-256x256.pth --image_size 256 \
+        --bs 100 --txt_file COCO_caption_prompts_30k.txt --fresh_threshold 3 --fresh_ratio 0.75 \
+        --cache_type attention --force_fresh global --soft_fresh_weight 0.25 --ratio_scheduler ToCa
+
+* Image ``--out/{index:06d}.png`` is prompt line ``index``; ``--out/prompts.txt`` is a copy of the list.
+* Identical images for any number of processes: the prompts are cut into fixed global batches
+  ``[b*bs, (b+1)*bs)`` (so each batch, and the cache's token selection inside it, is the same whoever runs
+  it), rank r runs batches b = r, r + world, ...; the noise of image i is drawn from a generator
+  seeded with ``--seed + i``.
+* Writes are atomic (temp file then rename); a rerun skips batches whose images all exist.
+* NCCL on GPU, gloo on CPU. Runs without torchrun as a single process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from pixart_duca import cli
+from pixart_duca.pipeline import latent_shape
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except cli.UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def init_distributed(device_flag: str) -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_flag == "auto" and torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+    else:
+        device = cli.pick_device(device_flag)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def index_noise(indices: list[int], seed: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Noise of image i from a generator seeded with seed + i: independent of batching and ranks."""
+    return torch.cat([torch.randn((1, *shape[1:]), generator=torch.Generator(device).manual_seed(seed + i),
+                                  device=device) for i in indices])
+
+
+def run(args: argparse.Namespace) -> int:
+    # Every check runs on every rank before anything heavy: all ranks fail alike, nothing is half written.
+    cli.check_sampling_args(args)
+    cache = cli.cache_config_from_args(args)
+    prompts = cli.read_prompts(args)
+    cli.check_vae_path(args.vae_path)
+    if args.flops_only:
+        raise cli.UsageError("--flops-only is a single-process option: use scripts/inference.py --flops-only")
+    if not args.model_path:
+        raise cli.UsageError("--model_path is required")
+    cli.resolve_t5_path(args.t5_path)
+    config = cli.model_config_for(args)
+    hw = cli.image_hw(config, args)
+    rank, world, device = init_distributed(args.device)
+    out = Path(args.out)
+    if rank == 0:
+        cli.write_prompts_copy(out, prompts)
+    if world > 1:
+        dist.barrier()
+
+    batches = [list(range(s, min(s + args.bs, len(prompts)))) for s in range(0, len(prompts), args.bs)]
+    mine = [b for k, b in enumerate(batches) if k % world == rank]
+    todo = [b for b in mine if not all((out / cli.IMAGE_NAME.format(index=i)).is_file() for i in b)]
+    if rank == 0:
+        print(f"{len(prompts)} prompts, {len(batches)} batches of {args.bs} over {world} process(es); "
+              f"rank 0 has {len(todo)} of its {len(mine)} batches to do")
+    seconds = 0.0
+    if todo:
+        parts = cli.load_components(args, cache, device)
+        for batch in tqdm(todo, desc=f"rank {rank}", unit="batch", disable=rank != 0):
+            noise = index_noise(batch, args.seed, latent_shape(parts.model.config, len(batch), *hw), device)
+            result = cli.generate(parts, [prompts[i] for i in batch], noise, args, hw)
+            for i, image in zip(batch, result.images):
+                path = out / cli.IMAGE_NAME.format(index=i)
+                if not path.is_file():          # a finished image is never rewritten
+                    cli.save_image(image, path)
+            seconds += result.seconds
+    if world > 1:
+        dist.barrier()
+    if rank == 0:
+        missing = [i for i in range(len(prompts)) if not (out / cli.IMAGE_NAME.format(index=i)).is_file()]
+        if missing:
+            print(f"error: {len(missing)} images are missing (first index {missing[0]}); rerun to finish them",
+                  file=sys.stderr)
+            return 1
+        print(f"all {len(prompts)} images are in {out}")
+        if args.report:
+            report = cli.describe_run(args, cache, config, hw)
+            lengths, source = cli.text_lengths_for_flops(args, prompts[:args.bs])
+            report.update(cli.flops_section(config, cache, len(lengths), hw, lengths + lengths, args.steps))
+            report["flops"]["text_lengths_from"] = source
+            report.update(images=len(prompts), world_size=world, out=str(out), rank0_sampling_seconds=seconds)
+            cli.write_report(args.report, report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
