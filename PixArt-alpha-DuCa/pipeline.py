@@ -154,7 +154,9 @@ def flops_report(config: PixArtConfig, cache_config: CacheConfig, images: int, h
     if len(text_lengths) != 2 * images:
         raise ValueError(f"text_lengths has {len(text_lengths)} entries for {images} images; need {2 * images}")
     measured_cached, trace = meta_run(config, cache_config, images, height, width, text_lengths, num_steps)
-    measured_full, _ = meta_run(config, CacheConfig(method="none"), images, height, width, text_lengths, num_steps)
+    # Every uncached step costs the same: count one and multiply.
+    one_step, _ = meta_run(config, CacheConfig(method="none"), images, height, width, text_lengths, 1)
+    measured_full = one_step * num_steps
     tokens = (height // VAE_DOWNSAMPLE // config.patch_size) * (width // VAE_DOWNSAMPLE // config.patch_size)
     dims = transformer_dims(config, images, tokens, text_lengths)
     report = FlopsReport(reference_cached=reference_flops(trace, dims),

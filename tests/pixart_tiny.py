@@ -14,8 +14,8 @@ T5_DIM = 16
 WORDS = ("a man horse dog cat red blue the on with of in at sitting next to each other park city tennis "
          "racket serve carriage historic two gray fire hydrants").split()
 # Latent 8x8 -> 64 px images, 16 tokens; head width 72 so the head count is inferred as for XL/2.
-TINY = PixArtConfig(input_size=8, hidden_size=144, depth=3, caption_channels=T5_DIM)
-TINY_MS = PixArtConfig(input_size=8, hidden_size=144, depth=3, caption_channels=T5_DIM, multi_scale=True,
+TINY = PixArtConfig(input_size=8, hidden_size=144, depth=3, num_heads=2, caption_channels=T5_DIM)
+TINY_MS = PixArtConfig(input_size=8, hidden_size=144, depth=3, num_heads=2, caption_channels=T5_DIM, multi_scale=True,
                        lewei_scale=2.0)
 
 
