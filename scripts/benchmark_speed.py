@@ -1,0 +1,330 @@
+"""Speed benchmark: FLOPs (two ways), wall-clock, peak memory, cache bytes and engine overhead, side by side.
+
+    python -m duca_scripts.benchmark_speed --model DiT-XL/2 --steps 50 --methods dit-duca-n3-r95 dit-fora-n3
+    python -m duca_scripts.benchmark_speed --model digits --steps 50 --images 8 --repeats 5 --methods duca:n=3
+
+Every method runs in the same invocation as the uncached baseline (added when not listed), with the
+same noise, labels and sampler (the real DDIM loop of ``dit_duca.diffusion``; DPM-Solver++ for
+PixArt), VAE excluded. Per method:
+
+* reference-formula FLOPs (``reference_flops`` on the run's trace) and measured FLOPs (torch's
+  ``FlopCounterMode`` over the whole loop on the meta device), with speed-ups against the baseline;
+* wall-clock: ``--warmup`` untimed runs, then ``--repeats`` timed runs; the methods are interleaved
+  (round robin) so a change of machine load hits all of them alike. Median, min, max, stdev, and the
+  speed-up both as ratio of medians and as median of per-repeat ratios;
+* peak memory above the start of the run (CUDA allocator; CPU: sampled RSS, see ``measure.py``) and the
+  bytes the cache holds at its peak (``feature_cache.last_peak_bytes``);
+* the engine's own time (``session(profile=True)``: token scoring, gather/scatter, cache writes), as
+  seconds and as a fraction of the run. On CPU the timed runs are the profiled runs (profiling only
+  reads a clock); on CUDA profiling synchronises, so one extra profiled run per method measures it.
+
+Writes ``<out>/benchmark.json`` and ``<out>/benchmark.md`` and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from duca_common.cache import measured_flops, reference_flops, speedup
+
+from .measure import Summary, timed_run
+from .methods import MethodSpec, MethodSpecError, parse_methods
+from .report import environment, fmt, markdown_table, sig, write_json
+from .targets import TARGET_HELP, Target, TargetError, build_target
+
+DEFAULT_METHODS = ["dit-fora-n3", "dit-toca-n3-r93", "dit-duca-n3-r95", "dit-duca-n5-r95", "dit-taylorseer-n3-o3"]
+PROFILE_MODES = ("auto", "same", "separate", "off")
+# Issue 7 targets (reported, not asserted): wall-clock speed-up >= 0.9 x FLOPs speed-up, engine <= 5%.
+TARGET_EFFICIENCY = 0.9
+TARGET_OVERHEAD = 0.05
+
+
+@dataclass
+class BenchOptions:
+    model: str = "DiT-S/2"
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    images: int = 1
+    steps: int = 50
+    repeats: int = 3
+    warmup: int = 1
+    warmup_steps: int | None = None       # steps of each warm-up run (default: --steps)
+    device: str = "cpu"
+    compile: bool = False
+    seed: int = 0
+    threads: int | None = None
+    profile: str = "auto"
+    ckpt: str | None = None
+    cfg_scale: float | None = None
+    step_progress: bool = False
+    skip_measured_flops: bool = False
+    out: Path = Path("results/benchmark")
+
+    def validate(self) -> None:
+        checks = [(self.images >= 1, "--images", "an integer >= 1"),
+                  (self.steps >= 1, "--steps", "an integer >= 1"),
+                  (self.repeats >= 1, "--repeats", "an integer >= 1"),
+                  (self.warmup >= 0, "--warmup", "an integer >= 0"),
+                  (self.warmup_steps is None or 1 <= self.warmup_steps, "--warmup-steps", "an integer >= 1"),
+                  (self.threads is None or self.threads >= 1, "--threads", "an integer >= 1"),
+                  (self.profile in PROFILE_MODES, "--profile", f"one of {PROFILE_MODES}")]
+        for ok, flag, allowed in checks:
+            if not ok:
+                raise BenchError(f"{flag}={getattr(self, flag[2:].replace('-', '_'))!r} is invalid: allowed {allowed}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise BenchError(f"--device {self.device}: CUDA is not available on this machine; use --device cpu")
+        if self.compile and self.device == "cpu":
+            print("note: --compile on CPU needs a C++ toolchain and compiles for minutes", file=sys.stderr)
+
+
+class BenchError(ValueError):
+    """A bad option, reported before any model is built."""
+
+
+@dataclass
+class MethodResult:
+    label: str
+    family: str
+    setting: str
+    paper_row: str
+    reference_flops: int | None = None
+    measured_flops: int | None = None
+    times: list[float] = field(default_factory=list)
+    cpu_times: list[float] = field(default_factory=list)
+    peak_memory_bytes: list[int | None] = field(default_factory=list)
+    cache_peak_bytes: int = 0
+    engine_seconds: dict[str, float] = field(default_factory=dict)   # summed over the profiled runs
+    profiled_seconds: float = 0.0                                       # wall time of those runs
+    trace_table: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def time(self) -> Summary:
+        return Summary.of(self.times)
+
+    @property
+    def engine_fraction(self) -> float | None:
+        if not self.profiled_seconds or not self.engine_seconds:
+            return None
+        return sum(self.engine_seconds.values()) / self.profiled_seconds
+
+
+def _compile_blocks(model: torch.nn.Module) -> None:
+    """torch.compile the heavy modules of each block; the engine's Python logic stays eager (no graph breaks
+    through it). ``dynamic=True`` because partial steps change the token count."""
+    for block in model.blocks:
+        for name in ("attn", "mlp", "cross_attn"):
+            if hasattr(block, name):
+                setattr(block, name, torch.compile(getattr(block, name), dynamic=True))
+
+
+def _count_flops(target: Target, spec: MethodSpec, opts: BenchOptions) -> tuple[int | None, int | None, str]:
+    """Reference and measured FLOPs of the whole run, traced on the meta device (no compute)."""
+    if spec.is_peer:
+        return None, None, ""
+    meta = target.build_meta()
+    meta.configure_cache(spec.config) if hasattr(meta, "configure_cache") else None
+    if not hasattr(meta, "configure_cache"):
+        from duca_common.cache import FeatureCache
+        meta.feature_cache = FeatureCache(spec.config, meta.feature_cache.layout)
+    noise = torch.empty(opts.images, *target.latent_shape, device="meta")
+    labels = torch.zeros(opts.images, dtype=torch.long, device="meta")
+    measured = None
+    if opts.skip_measured_flops:
+        target.sample(noise, labels, opts.steps, model=meta)
+    else:
+        measured = measured_flops(lambda: target.sample(noise, labels, opts.steps, model=meta))
+    trace = meta.feature_cache.last_trace
+    return reference_flops(trace, target.dims(opts.images, meta)), measured, trace.table()
+
+
+def run_benchmark(opts: BenchOptions) -> dict:
+    opts.validate()
+    specs = parse_methods(opts.methods, model_family="pixart" if opts.model.lower().startswith("pixart") else "dit")
+    peers = [s for s in specs if s.is_peer]
+    if peers:
+        from .peers import check_peer_support
+        check_peer_support(opts.model)
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
+    device = torch.device(opts.device)
+    target = build_target(opts.model, device=device, ckpt=opts.ckpt, cfg_scale=opts.cfg_scale)
+    if opts.compile:
+        _compile_blocks(target.model)
+    profile_mode = opts.profile if opts.profile != "auto" else ("separate" if device.type == "cuda" else "same")
+    results = {s.label: MethodResult(s.label, s.family, s.setting, s.paper_row) for s in specs}
+
+    for spec in tqdm(specs, desc="FLOPs (meta device)", leave=False):
+        r = results[spec.label]
+        r.reference_flops, r.measured_flops, r.trace_table = _count_flops(target, spec, opts)
+
+    noise = target.noise(opts.images, opts.seed)
+    labels = target.labels(opts.images)
+
+    def one_run(spec: MethodSpec, steps: int, profile: bool, record: bool):
+        """One sampling run; with ``record`` its trace, cache bytes and engine timers are kept."""
+        r = results[spec.label]
+        if spec.is_peer:
+            from .peers import attach_peer
+            with attach_peer(target, spec.peer, steps) as peer_run:
+                timed = timed_run(lambda: target.sample(noise, labels, steps), device)
+            if record:
+                r.reference_flops = peer_run.reference_flops(target.dims(opts.images))
+                r.trace_table = peer_run.table()
+            return timed
+        target.configure(spec.config)
+        timed = timed_run(lambda: target.sample(noise, labels, steps, profile=profile, progress=opts.step_progress),
+                          device)
+        if record:
+            cache = target.cache
+            r.cache_peak_bytes = max(r.cache_peak_bytes, cache.last_peak_bytes)
+            if profile and cache.last_timers is not None:
+                for k, v in asdict(cache.last_timers).items():
+                    r.engine_seconds[k] = r.engine_seconds.get(k, 0.0) + v
+                r.profiled_seconds += timed.seconds
+        return timed
+
+    warm_steps = opts.warmup_steps or opts.steps
+    separate = profile_mode == "separate"
+    total = len(specs) * (opts.warmup + opts.repeats + (1 if separate else 0))
+    with torch.inference_mode(), tqdm(total=total, desc=f"{opts.model} runs") as bar:
+        for _ in range(opts.warmup):
+            for spec in specs:
+                one_run(spec, warm_steps, False, False)
+                bar.update()
+        for _ in range(opts.repeats):
+            for spec in specs:        # interleaved: a change of machine load affects every method alike
+                timed = one_run(spec, opts.steps, profile_mode == "same", True)
+                results[spec.label].times.append(timed.seconds)
+                if timed.cpu_seconds is not None:
+                    results[spec.label].cpu_times.append(timed.cpu_seconds)
+                results[spec.label].peak_memory_bytes.append(timed.peak_bytes)
+                bar.update()
+        if separate:                  # CUDA: profiling synchronises, so it gets its own run
+            for spec in specs:
+                one_run(spec, opts.steps, True, True)
+                bar.update()
+
+    return _summarise(opts, specs, results, target, device)
+
+
+def _summarise(opts: BenchOptions, specs: list[MethodSpec], results: dict[str, MethodResult], target: Target,
+               device: torch.device) -> dict:
+    base = results[specs[0].label]
+    rows = []
+    for spec in specs:
+        r = results[spec.label]
+        t = r.time
+        per_repeat = [b / m for b, m in zip(base.times, r.times) if m > 0]
+        flops_su = speedup(base.reference_flops, r.reference_flops) if r.reference_flops else None
+        measured_su = speedup(base.measured_flops, r.measured_flops) if r.measured_flops else None
+        wall_su = speedup(base.time.median, t.median)
+        rows.append({
+            "label": r.label, "family": r.family, "setting": r.setting, "paper_row": r.paper_row,
+            "reference_flops": r.reference_flops, "measured_flops": r.measured_flops,
+            "reference_tflops_per_image": r.reference_flops / opts.images / 1e12 if r.reference_flops else None,
+            "measured_tflops_per_image": r.measured_flops / opts.images / 1e12 if r.measured_flops else None,
+            "flops_speedup": flops_su, "measured_flops_speedup": measured_su,
+            "seconds": r.times, "seconds_median": t.median, "seconds_min": t.min, "seconds_max": t.max,
+            "seconds_stdev": t.stdev, "spread": t.spread,
+            "wall_speedup": wall_su, "wall_speedup_median_of_repeats": Summary.of(per_repeat).median,
+            "wall_over_flops": wall_su / flops_su if flops_su else None,
+            "cpu_seconds": r.cpu_times,
+            "cpu_seconds_median": Summary.of(r.cpu_times).median if r.cpu_times else None,
+            "cpu_speedup": (speedup(Summary.of(base.cpu_times).median, Summary.of(r.cpu_times).median)
+                            if r.cpu_times and base.cpu_times else None),
+            "cpu_over_flops": None,
+            "peak_memory_bytes": max((m for m in r.peak_memory_bytes if m is not None), default=None),
+            "cache_peak_bytes": r.cache_peak_bytes,
+            "engine_seconds": r.engine_seconds, "engine_fraction": r.engine_fraction,
+            "trace": r.trace_table, "notes": r.notes,
+        })
+    for row in rows:
+        if row["cpu_speedup"] and row["flops_speedup"]:
+            row["cpu_over_flops"] = row["cpu_speedup"] / row["flops_speedup"]
+    data = {"options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
+            "environment": environment(device), "model": target.name,
+            "targets": {"wall_over_flops_at_least": TARGET_EFFICIENCY, "engine_fraction_at_most": TARGET_OVERHEAD},
+            "memory_note": ("CUDA max_memory_allocated above the start of the run" if device.type == "cuda" else
+                            "CPU: peak of RSS sampled every 2 ms above the RSS at the start of the run (estimate)"),
+            "flops_note": ("reference = hand formula of the reference code over the transformer blocks "
+                           "(paper.md section 4); measured = torch FlopCounterMode over the whole sampling loop on "
+                           "the meta device (embedders, final layer and all CFG rows included; VAE excluded)"),
+            "rows": rows}
+    return data
+
+
+def render_markdown(data: dict) -> str:
+    o = data["options"]
+    head = (f"**{data['model']}**, {o['steps']} steps, {o['images']} image(s) + CFG twin, {o['repeats']} repeat(s), "
+            f"device {data['environment']['device']} ({data['environment']['threads']} threads)\n\n")
+    headers = ["method", "setting", "TFLOPs/img (ref)", "FLOPs speed-up", "measured FLOPs speed-up",
+               "wall s median (min-max)", "wall speed-up", "wall / FLOPs", "CPU s median", "CPU speed-up",
+               "CPU / FLOPs", "engine %", "scoring / gather+scatter / writes s", "cache MiB", "peak mem MiB"]
+    rows = []
+    for r in data["rows"]:
+        e = r["engine_seconds"]
+        eng = "-" if not e else f"{sig(e['scoring'], 3)} / {sig(e['gather_scatter'], 3)} / {sig(e['cache_writes'], 3)}"
+        rows.append([r["label"], r["setting"], sig(r["reference_tflops_per_image"]),
+                     fmt(r["flops_speedup"], 2, "x"), fmt(r["measured_flops_speedup"], 2, "x"),
+                     f"{sig(r['seconds_median'], 3)} ({sig(r['seconds_min'], 3)}-{sig(r['seconds_max'], 3)})",
+                     fmt(r["wall_speedup"], 2, "x"), fmt(r["wall_over_flops"], 2),
+                     sig(r["cpu_seconds_median"], 3), fmt(r["cpu_speedup"], 2, "x"), fmt(r["cpu_over_flops"], 2),
+                     fmt(None if r["engine_fraction"] is None else 100 * r["engine_fraction"], 1),
+                     eng, sig(r["cache_peak_bytes"] / 2 ** 20, 3),
+                     fmt(None if r["peak_memory_bytes"] is None else r["peak_memory_bytes"] / 2 ** 20, 0)])
+    return head + markdown_table(headers, rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = BenchOptions()
+    p.add_argument("--model", default=d.model, help=TARGET_HELP)
+    p.add_argument("--methods", nargs="+", default=d.methods,
+                   help="presets, engine methods (duca:n=3,r=0.95) or cache-dit peers; 'none' is added first")
+    p.add_argument("--images", type=int, default=d.images, help="images per run (the forward batch is twice this: CFG)")
+    p.add_argument("--steps", type=int, default=d.steps, help="sampling steps")
+    p.add_argument("--repeats", type=int, default=d.repeats, help="timed runs per method")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="untimed runs per method before timing")
+    p.add_argument("--warmup-steps", type=int, default=None, help="steps of each warm-up run (default --steps)")
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--compile", action="store_true", help="torch.compile each block's attention and MLP")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--profile", default=d.profile, choices=PROFILE_MODES,
+                   help="engine timers: in the timed runs (same), in one extra run (separate), off; "
+                        "auto = same on CPU, separate on CUDA")
+    p.add_argument("--ckpt", default=None, help="DiT weights (default: random weights, the official initialisation)")
+    p.add_argument("--cfg-scale", type=float, default=None)
+    p.add_argument("--step-progress", action="store_true", help="a progress bar per sampling loop (long runs)")
+    p.add_argument("--skip-measured-flops", action="store_true", help="only the hand-formula FLOPs (faster meta pass)")
+    p.add_argument("--out", type=Path, default=d.out, help="output folder for benchmark.json and benchmark.md")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    opts = BenchOptions(**{k: v for k, v in vars(args).items()})
+    try:
+        t0 = time.perf_counter()
+        data = run_benchmark(opts)
+    except (BenchError, MethodSpecError, TargetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    data["total_seconds"] = time.perf_counter() - t0
+    md = render_markdown(data)
+    write_json(opts.out / "benchmark.json", data)
+    (opts.out / "benchmark.md").write_text(md)
+    print(md)
+    print(f"wrote {opts.out / 'benchmark.json'} and {opts.out / 'benchmark.md'}")
+    return data
+
+
+if __name__ == "__main__":
+    main()

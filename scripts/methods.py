@@ -1,0 +1,226 @@
+"""Method specifications for the benchmark and the table: presets, method strings and the paper's grid.
+
+A method is written one of three ways on the command line:
+
+* a preset name from ``duca_common.cache.presets`` (``dit-duca-n3-r95``);
+* an engine method with optional settings, ``METHOD[:key=value,...]``::
+
+      none
+      fora:n=3
+      toca:n=3,r=0.93            # R is the cache ratio, fresh ratio = 1 - R
+      duca:n=5,r=0.95,sel=value_norm
+      taylorseer:n=4,o=3
+
+  Token-wise methods (ToCa, DuCa) use the DiT reference rules (models.md A.7): the 'ToCa' ratio
+  schedule, the DiT interval rule, the staleness and 2x2 spatial bonuses of the presets;
+* a peer baseline from cache-dit (``duca_scripts.peers``)::
+
+      cachedit-dbcache:fn=1,bn=0,rdt=0.08,warmup=2
+      cachedit-taylorseer:fn=1,bn=0,rdt=0.24,o=1
+
+Every spec parses into a :class:`MethodSpec` before any model is built, so a typo fails in
+milliseconds with the list of what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from duca_common.cache import DIT_TOCA_SCHEDULE, PRESETS, CacheConfig, get_preset
+from duca_common.cache.config import SELECTORS
+from duca_common.cache.presets import DIT_SPATIAL, REFERENCE_STALENESS
+
+ENGINE_METHODS = ("none", "fora", "toca", "duca", "taylorseer")
+PEER_METHODS = ("cachedit-dbcache", "cachedit-taylorseer")
+
+# Selector each token-wise method uses by default: ToCa's DiT table uses the attention received
+# ("attention" cache type), DuCa's Table 3 uses V-norm ("kv-norm"); paper.md section 2.
+DEFAULT_SELECTOR = {"toca": "attention_received", "duca": "value_norm"}
+# Cache ratio R of the paper's DiT rows (paper.md section 2): ToCa R=93%, DuCa R=95%.
+DEFAULT_CACHE_RATIO = {"toca": 0.93, "duca": 0.95}
+# TaylorSeer expansion order of the published DiT rows (N=3/5, O=3).
+DEFAULT_TAYLOR_ORDER = 3
+DEFAULT_INTERVAL = 3
+
+# The paper's DiT grid: every method at N = 2..7 (the range of the DuCa/TaylorSeer ablations).
+PAPER_GRID_INTERVALS = (2, 3, 4, 5, 6, 7)
+PAPER_GRID_METHODS = ("fora", "toca", "duca", "taylorseer")
+
+_ALLOWED_KEYS = {
+    "none": set(),
+    "fora": {"n"},
+    "toca": {"n", "r", "sel"},
+    "duca": {"n", "r", "sel"},
+    "taylorseer": {"n", "o"},
+}
+
+
+class MethodSpecError(ValueError):
+    """A method string that cannot be parsed; the message lists what is allowed."""
+
+
+@dataclass(frozen=True)
+class PeerSettings:
+    """cache-dit settings (DBCache: Fn compute blocks, Bn compute blocks at the end, residual diff threshold)."""
+
+    kind: str                       # "dbcache" or "taylorseer"
+    fn: int = 1                     # Fn_compute_blocks
+    bn: int = 0                     # Bn_compute_blocks
+    rdt: float = 0.08               # residual_diff_threshold
+    warmup: int = 2                 # max_warmup_steps: always-computed first steps
+    order: int = 1                  # TaylorSeer calibrator order
+    max_cached: int = -1            # max_cached_steps (-1: unlimited)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One row of a benchmark or table: a label, the engine config (or peer settings) and a setting string."""
+
+    label: str                      # the text the user gave (unique within a run)
+    family: str                     # "none", "fora", "toca", "duca", "taylorseer", "cachedit-dbcache", ...
+    setting: str                    # human-readable, e.g. "N=3, R=95%"
+    config: CacheConfig = field(default_factory=CacheConfig)
+    peer: PeerSettings | None = None
+    paper_row: str = ""
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.family == "none"
+
+    @property
+    def is_peer(self) -> bool:
+        return self.peer is not None
+
+
+def _parse_kv(label: str, body: str, allowed: set[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in filter(None, body.split(",")):
+        if "=" not in part:
+            raise MethodSpecError(f"method {label!r}: setting {part!r} is not key=value")
+        key, value = (s.strip() for s in part.split("=", 1))
+        if key not in allowed:
+            raise MethodSpecError(f"method {label!r}: unknown setting {key!r}; allowed: {', '.join(sorted(allowed)) or 'none'}")
+        out[key] = value
+    return out
+
+
+def _number(label: str, key: str, value: str, kind: type) -> float | int:
+    try:
+        return kind(value)
+    except ValueError:
+        raise MethodSpecError(f"method {label!r}: {key}={value!r} is not {'an integer' if kind is int else 'a number'}") from None
+
+
+def token_config(method: str, interval: int, cache_ratio: float, selector: str) -> CacheConfig:
+    """ToCa / DuCa with the DiT reference rules (the presets' construction, any N and R)."""
+    return CacheConfig(method=method, interval=interval, fresh_ratio=round(1.0 - cache_ratio, 6),
+                       ratio_schedule=DIT_TOCA_SCHEDULE, interval_rule="dit", selector=selector,
+                       staleness_weight=REFERENCE_STALENESS, **DIT_SPATIAL)
+
+
+def _engine_spec(label: str, method: str, kv: dict[str, str]) -> MethodSpec:
+    n = int(_number(label, "n", kv["n"], int)) if "n" in kv else DEFAULT_INTERVAL
+    try:
+        if method == "none":
+            return MethodSpec(label, "none", "-", CacheConfig(method="none"))
+        if method == "fora":
+            return MethodSpec(label, "fora", f"N={n}", CacheConfig(method="fora", interval=n))
+        if method == "taylorseer":
+            order = int(_number(label, "o", kv["o"], int)) if "o" in kv else DEFAULT_TAYLOR_ORDER
+            return MethodSpec(label, "taylorseer", f"N={n}, O={order}",
+                              CacheConfig(method="taylorseer", interval=n, taylor_order=order))
+        r = float(_number(label, "r", kv["r"], float)) if "r" in kv else DEFAULT_CACHE_RATIO[method]
+        if not 0.0 <= r <= 1.0:
+            raise MethodSpecError(f"method {label!r}: r={r} is the cache ratio R and must be in [0, 1] (R=0.95 means 95%)")
+        selector = kv.get("sel", DEFAULT_SELECTOR[method])
+        if selector not in SELECTORS:
+            raise MethodSpecError(f"method {label!r}: sel={selector!r} is not one of {', '.join(SELECTORS)}")
+        sel_note = "" if selector == DEFAULT_SELECTOR[method] else f", {selector}"
+        return MethodSpec(label, method, f"N={n}, R={r:.0%}{sel_note}", token_config(method, n, r, selector))
+    except ValueError as exc:
+        if isinstance(exc, MethodSpecError):
+            raise
+        raise MethodSpecError(f"method {label!r}: {exc}") from None
+
+
+def _peer_spec(label: str, family: str, kv: dict[str, str]) -> MethodSpec:
+    kind = family.split("-", 1)[1]
+    peer = PeerSettings(kind=kind,
+                        fn=int(_number(label, "fn", kv.get("fn", "1"), int)),
+                        bn=int(_number(label, "bn", kv.get("bn", "0"), int)),
+                        rdt=float(_number(label, "rdt", kv.get("rdt", "0.08"), float)),
+                        warmup=int(_number(label, "warmup", kv.get("warmup", "2"), int)),
+                        order=int(_number(label, "o", kv.get("o", "1"), int)),
+                        max_cached=int(_number(label, "max", kv.get("max", "-1"), int)))
+    if peer.fn < 1 or peer.bn < 0 or peer.rdt < 0 or peer.warmup < 0 or peer.order < 1:
+        raise MethodSpecError(f"method {label!r}: need fn >= 1, bn >= 0, rdt >= 0, warmup >= 0, o >= 1; got {peer}")
+    setting = f"F{peer.fn}B{peer.bn}, rdt={peer.rdt:g}" + (f", O={peer.order}" if kind == "taylorseer" else "")
+    return MethodSpec(label, family, setting, CacheConfig(method="none"), peer=peer)
+
+
+def parse_method(text: str) -> MethodSpec:
+    """Parse one method string (preset name, ``method[:k=v,...]`` or a cache-dit peer)."""
+    label = text.strip()
+    if label in PRESETS:
+        preset = get_preset(label)
+        cfg = preset.config
+        if cfg.method in ("toca", "duca"):
+            setting = f"N={cfg.interval}, R={1 - cfg.fresh_ratio:.0%}, {cfg.selector}"
+        elif cfg.method == "taylorseer":
+            setting = f"N={cfg.interval}, O={cfg.taylor_order}"
+        elif cfg.method == "fora":
+            setting = f"N={cfg.interval}"
+        else:
+            setting = "-"
+        return MethodSpec(label, cfg.method, setting, cfg, paper_row=preset.paper_row)
+    name, _, body = label.partition(":")
+    if name in ENGINE_METHODS:
+        return _engine_spec(label, name, _parse_kv(label, body, _ALLOWED_KEYS[name]))
+    if name in PEER_METHODS:
+        return _peer_spec(label, name, _parse_kv(label, body, {"fn", "bn", "rdt", "warmup", "o", "max"}))
+    raise MethodSpecError(f"unknown method {label!r}: use a preset ({', '.join(sorted(PRESETS))}), "
+                          f"an engine method ({', '.join(ENGINE_METHODS)}) with optional ':n=3,r=0.95,...', "
+                          f"or a peer ({', '.join(PEER_METHODS)})")
+
+
+def parse_methods(texts: list[str], *, model_family: str = "dit") -> list[MethodSpec]:
+    """Parse a list, check labels are unique and presets fit the model; put the uncached baseline first
+    (added when missing: every ratio is taken against the uncached run of the same invocation)."""
+    specs = [parse_method(t) for t in texts]
+    labels = [s.label for s in specs]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise MethodSpecError(f"methods listed twice: {', '.join(dupes)}")
+    for s in specs:
+        if s.label in PRESETS and PRESETS[s.label].model != model_family:
+            raise MethodSpecError(f"preset {s.label!r} is for {PRESETS[s.label].model}, not {model_family}; "
+                                  f"its presets: {', '.join(p for p, v in PRESETS.items() if v.model == model_family)}")
+    baseline = [s for s in specs if s.is_baseline]
+    if not baseline:
+        baseline = [parse_method("none")]
+    return baseline[:1] + [s for s in specs if not s.is_baseline] + baseline[1:]
+
+
+def paper_grid(intervals: tuple[int, ...] = PAPER_GRID_INTERVALS,
+               methods: tuple[str, ...] = PAPER_GRID_METHODS) -> list[str]:
+    """The paper's DiT grid as method strings: each method at each N, token methods at the preset ratios."""
+    out = ["none"]
+    for method in methods:
+        for n in intervals:
+            if method in ("toca", "duca"):
+                out.append(f"{method}:n={n},r={DEFAULT_CACHE_RATIO[method]}")
+            else:
+                out.append(f"{method}:n={n}")
+    return out
+
+
+# cache-dit settings spanning the FLOPs range of the engine grid: DBCache with one front compute
+# block and a growing residual-diff threshold (cache-dit's documented knob); the TaylorSeer
+# calibrator at the same thresholds. Thresholds are relative L1 changes of the first block's residual.
+PEER_GRID_THRESHOLDS = (0.04, 0.08, 0.16, 0.32)
+
+
+def peer_grid(thresholds: tuple[float, ...] = PEER_GRID_THRESHOLDS) -> list[str]:
+    out = [f"cachedit-dbcache:fn=1,bn=0,rdt={t:g}" for t in thresholds]
+    out += [f"cachedit-taylorseer:fn=1,bn=0,rdt={t:g},o=1" for t in thresholds]
+    return out

@@ -1,0 +1,89 @@
+"""Writers for the benchmark and table outputs: JSON, markdown and CSV, plus the run's environment."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+
+def environment(device: torch.device) -> dict:
+    """What the numbers were measured on (device, threads, load) so tables can be compared honestly."""
+    env = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
+           "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "platform": platform.platform()}
+    if hasattr(os, "getloadavg"):
+        env["load_average_1m_at_start"] = os.getloadavg()[0]
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(data), indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def fmt(value, digits: int = 2, suffix: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "inf" if value > 0 else "-"
+        return f"{value:.{digits}f}{suffix}"
+    return f"{value}{suffix}"
+
+
+def sig(value: float | None, digits: int = 4) -> str:
+    """``digits`` significant digits (FLOPs of a tiny model and of DiT-XL/2 in one column)."""
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def parse_markdown_table(text: str) -> list[dict[str, str]]:
+    """The first pipe table in ``text`` as a list of {header: cell} (used by tests and docs tooling)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("|")]
+    if len(lines) < 2:
+        raise ValueError("no markdown table found")
+    headers = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = []
+    for ln in lines[2:]:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        if len(cells) != len(headers):
+            raise ValueError(f"row has {len(cells)} cells, header has {len(headers)}: {ln}")
+        rows.append(dict(zip(headers, cells)))
+    return rows
+
+
+def write_csv(path: Path, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(headers)
+        writer.writerows(rows)
+    return path

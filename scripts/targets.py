@@ -1,0 +1,230 @@
+"""The models the benchmark and the table run on, behind one small interface.
+
+A :class:`Target` owns a model wired to the cache engine and knows how to draw fixed noise and
+conditions, run the *real* sampling loop of its stack (DiT: the respaced DDIM loop of
+``dit_duca.diffusion``; PixArt: DPM-Solver++ of ``pixart_duca.pipeline``) inside the model's cache
+session, and repeat the run on the meta device to count FLOPs. The VAE is excluded everywhere: the
+benchmark measures the transformer and the sampler.
+
+Names (``--model``):
+
+* any DiT config name (``DiT-XL/2``, ``DiT-S/2``, ...): random weights (the official initialisation)
+  at the shape of a 256 px model (32x32 latents, 4 channels, 1000 classes), or ``--ckpt`` weights;
+* ``digits``: the embedded digits DiT shipped with the package (``dit_duca.embedded``);
+* ``tiny``: a 2-block random DiT on 8x8 latents for tests and smoke runs;
+* ``PixArt-XL/2``: random weights at 256 px (``pixart_duca``), with a synthetic caption.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from duca_common.cache import CacheConfig, FeatureCache, TransformerDims
+
+# The DiT-XL/2 256 px shape (models.md A.1): 32x32 latents of the SD VAE, 4 channels, 1000 classes.
+DIT_LATENT_SIDE = 32
+DIT_LATENT_CHANNELS = 4
+IMAGENET_CLASSES = 1000
+# Reference sampling settings of the DiT table (paper.md section 2): cfg 1.5; PixArt cfg 4.5.
+DIT_CFG_SCALE = 1.5
+PIXART_CFG_SCALE = 4.5
+# The class the reference sample.py draws first (golden retriever); any label works for timing.
+DIT_BENCH_LABEL = 207
+# Classifier-free guidance of the embedded digits model's demo (docs/embedded.md uses a stronger guidance
+# than ImageNet because the model is tiny); see DIGITS_CFG_SCALE's use in reproduce_table.
+DIGITS_CFG_SCALE = 4.0
+# Tiny test model: 2 blocks, width 32, 8x8 inputs with patch 2 (16 tokens), 10 classes.
+TINY_KWARGS = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2, num_classes=10)
+# PixArt benchmark caption: T5 tokens the synthetic prompt keeps valid (a typical short COCO caption
+# is ~15-25 T5 tokens; the hand formula's cross-attention cost scales with it).
+PIXART_BENCH_TEXT_TOKENS = 20
+PIXART_IMAGE_SIZE = 256
+
+TARGET_HELP = "a DiT config (DiT-XL/2, DiT-S/2, ...), 'digits' (embedded model), 'tiny', or 'PixArt-XL/2'"
+
+
+class TargetError(ValueError):
+    """A model name, checkpoint or setting the benchmark cannot use; the message says what to do."""
+
+
+@contextlib.contextmanager
+def profiled_sessions(cache: FeatureCache) -> Iterator[None]:
+    """Make every session opened on ``cache`` a profiled one, for samplers that take no ``profile`` flag.
+
+    (The PixArt pipeline opens its own session; a ``profile=`` argument there would make this unneeded.)
+    """
+    cache.session = functools.partial(FeatureCache.session, cache, profile=True)   # instance attribute
+    try:
+        yield
+    finally:
+        del cache.session
+
+
+@dataclass
+class Target:
+    """A model plus its sampler. ``sample`` returns the final latents (or images) of the cond half."""
+
+    name: str
+    family: str                                   # "dit" (presets for DiT) or "pixart"
+    model: torch.nn.Module
+    latent_shape: tuple[int, int, int]            # (C, H, W) of one sample
+    cfg_scale: float
+    num_classes: int
+    build_meta: Callable[[], torch.nn.Module]     # the same architecture on the meta device
+    run_loop: Callable[..., torch.Tensor]         # (model, noise, labels, steps, profile, progress) -> samples
+    is_pixel_model: bool = False                  # samples are images in [-1, 1] (no VAE)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def cache(self) -> FeatureCache:
+        return self.model.feature_cache
+
+    def configure(self, config: CacheConfig) -> None:
+        self.model.configure_cache(config) if hasattr(self.model, "configure_cache") else self._replace_cache(config)
+
+    def _replace_cache(self, config: CacheConfig) -> None:
+        old = self.model.feature_cache
+        self.model.feature_cache = FeatureCache(config, old.layout)
+
+    def noise(self, images: int, seed: int, device: torch.device | None = None) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(images, *self.latent_shape, generator=g)
+        return z.to(device or self.device)
+
+    def labels(self, images: int, offset: int = 0) -> torch.Tensor:
+        if self.num_classes == IMAGENET_CLASSES:
+            return torch.full((images,), DIT_BENCH_LABEL, dtype=torch.long)
+        return torch.arange(offset, offset + images, dtype=torch.long) % self.num_classes
+
+    def dims(self, images: int, model: torch.nn.Module | None = None) -> TransformerDims:
+        m = model or self.model
+        if self.family == "pixart":
+            cfg = m.config
+            side = cfg.input_size // cfg.patch_size
+            return TransformerDims(batch=2 * images, tokens=side * side, hidden=cfg.hidden_size, heads=cfg.num_heads,
+                                   text_tokens=2 * images * PIXART_BENCH_TEXT_TOKENS)
+        h, w = m.grid_size
+        return TransformerDims(batch=2 * images, tokens=h * w, hidden=m.hidden_size, heads=m.num_heads)
+
+    def sample(self, noise: torch.Tensor, labels: torch.Tensor, steps: int, *, profile: bool = False,
+               progress: bool = False, model: torch.nn.Module | None = None) -> torch.Tensor:
+        return self.run_loop(model or self.model, noise, labels.to(noise.device), steps, profile, progress)
+
+
+# ------------------------------------------------------------------------------------------------ DiT
+
+@functools.lru_cache(maxsize=16)
+def _diffusion(steps: int):
+    from dit_duca.diffusion import create_diffusion
+    return create_diffusion(str(steps))
+
+
+def dit_loop(cfg_scale: float) -> Callable[..., torch.Tensor]:
+    """The reference DiT sampling: batch [z, z] with labels [y, null], DDIM (eta 0), CFG, one cache session."""
+
+    def run(model, noise: torch.Tensor, labels: torch.Tensor, steps: int, profile: bool, progress: bool) -> torch.Tensor:
+        n = noise.shape[0]
+        y = torch.cat([labels, torch.full_like(labels, model.num_classes)])
+        zz = torch.cat([noise, noise])
+        out = _diffusion(steps).ddim_sample_loop(
+            model.forward_with_cfg, zz.shape, noise=zz, model_kwargs=dict(y=y, cfg_scale=cfg_scale),
+            clip_denoised=False, progress=progress, feature_cache=model.feature_cache, grid=model.grid_size,
+            cfg_halves=True, profile=profile)
+        return out[:n]
+
+    return run
+
+
+def _dit_target(name: str, builder: Callable[[], torch.nn.Module], cfg_scale: float, pixel: bool,
+                device: torch.device) -> Target:
+    with torch.device(device):
+        model = builder()
+    model.eval().requires_grad_(False)
+
+    def meta() -> torch.nn.Module:
+        with torch.device("meta"):
+            return builder().eval()
+
+    shape = (model.in_channels, model.input_size, model.input_size)
+    return Target(name, "dit", model, shape, cfg_scale, model.num_classes, meta, dit_loop(cfg_scale), pixel)
+
+
+def _load_dit_ckpt(model: torch.nn.Module, ckpt: Path) -> None:
+    from dit_duca.loading import load_checkpoint, load_into
+    load_into(model, load_checkpoint(str(ckpt)), str(ckpt))
+
+
+def _pixart_target(device: torch.device) -> Target:
+    try:
+        from pixart_duca.model import PixArt, pixart_xl_2
+        from pixart_duca.model import Caption
+        from pixart_duca.pipeline import sample as pixart_sample
+    except ImportError as exc:        # the PixArt stack is optional for the benchmark
+        raise TargetError(f"PixArt-XL/2 needs the pixart_duca package ({exc})") from exc
+    config = pixart_xl_2(PIXART_IMAGE_SIZE)
+    with torch.device(device):
+        model = PixArt(config)
+    model.eval().requires_grad_(False)
+    g = torch.Generator().manual_seed(0)
+    # A synthetic caption: random T5-width features, PIXART_BENCH_TEXT_TOKENS valid tokens per row.
+    text = torch.randn(1, PIXART_BENCH_TEXT_TOKENS, config.caption_channels, generator=g)
+
+    def caption(rows: int, dev: torch.device) -> Caption:
+        return Caption(text.expand(rows, -1, -1).to(dev), torch.ones(rows, PIXART_BENCH_TEXT_TOKENS, device=dev))
+
+    def run(m, noise, labels, steps, profile, progress):
+        ctx = profiled_sessions(m.feature_cache) if profile else contextlib.nullcontext()
+        with ctx:
+            return pixart_sample(m, noise, caption(2 * noise.shape[0], noise.device), steps, PIXART_CFG_SCALE)
+
+    def meta() -> torch.nn.Module:
+        with torch.device("meta"):
+            return PixArt(config).eval()
+
+    shape = (config.in_channels, config.input_size, config.input_size)
+    return Target("PixArt-XL/2", "pixart", model, shape, PIXART_CFG_SCALE, 1, meta, run)
+
+
+def build_target(name: str, *, device: str | torch.device = "cpu", ckpt: str | None = None,
+                 cfg_scale: float | None = None) -> Target:
+    """The model named ``name`` on ``device`` (random weights unless it is the embedded model or ``ckpt``)."""
+    from dit_duca.models import DiT, DiT_models
+
+    device = torch.device(device)
+    if ckpt is not None and not Path(ckpt).is_file():
+        raise TargetError(f"--ckpt {ckpt} does not exist")
+    if name in DiT_models:
+        def builder() -> torch.nn.Module:
+            return DiT_models[name](input_size=DIT_LATENT_SIDE, in_channels=DIT_LATENT_CHANNELS,
+                                    num_classes=IMAGENET_CLASSES)
+        target = _dit_target(name, builder, cfg_scale or DIT_CFG_SCALE, False, device)
+        if ckpt is not None:
+            _load_dit_ckpt(target.model, Path(ckpt))
+        return target
+    if name == "tiny":
+        return _dit_target(name, lambda: DiT(**TINY_KWARGS), cfg_scale or DIT_CFG_SCALE, False, device)
+    if name == "digits":
+        from dit_duca.embedded import DEFAULT_EMBEDDED_PATH, DiTSpec, read_metadata
+        path = Path(ckpt) if ckpt is not None else DEFAULT_EMBEDDED_PATH
+        if not path.is_file():
+            raise TargetError(f"the embedded digits DiT is missing at {path}; train it with "
+                              f"`python -m dit_duca.train --export {path}` (docs/embedded.md)")
+        spec = DiTSpec.from_json(read_metadata(path)["spec"])
+        target = _dit_target(name, spec.build, cfg_scale or DIGITS_CFG_SCALE, True, device)
+        from safetensors.torch import load_file
+        target.model.load_state_dict(load_file(str(path)), strict=True)
+        return target
+    if name in ("PixArt-XL/2", "pixart"):
+        if ckpt is not None:
+            raise TargetError("PixArt benchmarking runs random weights; --ckpt is for DiT models")
+        return _pixart_target(device)
+    raise TargetError(f"unknown --model {name!r}: {TARGET_HELP}")
