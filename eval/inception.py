@@ -34,6 +34,8 @@ INCEPTION_WEIGHTS = WeightSource(
     filename="weights-inception-2015-12-05-6726825d.pth",
     url="https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
     flag="--inception-weights",
+    # pytorch-fid's conversion of the same TF graph, with the same parameter names.
+    aliases=("pt_inception-2015-12-05-6726825d.pth",),
 )
 
 POOL_FEATURE = "2048"  # torch-fidelity's name for pool_3
@@ -92,7 +94,7 @@ class InceptionFeatures:
 
     @torch.no_grad()
     def __call__(self, images_nhwc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        batch = torch.from_numpy(np.ascontiguousarray(images_nhwc)).to(self.device).permute(0, 3, 1, 2)
+        batch = torch.from_numpy(np.array(images_nhwc, copy=True)).to(self.device).permute(0, 3, 1, 2)
         pool, logits = self.model(batch)
         spatial = self._spatial
         self._spatial = None

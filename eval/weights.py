@@ -35,12 +35,14 @@ class WeightSource:
         filename: file name looked up in (and downloaded to) the torch hub checkpoint folder.
         url: download address, or ``None`` when the file cannot be downloaded automatically.
         flag: the CLI flag that takes a local path to this file.
+        aliases: other file names of the same weights, also accepted in the hub folder.
     """
 
     label: str
     filename: str
     url: str | None
     flag: str
+    aliases: tuple[str, ...] = ()
 
     def how_to_get(self) -> str:
         where = f"download {self.url}" if self.url else "obtain the file"
@@ -90,9 +92,10 @@ def resolve_weights(path: str | os.PathLike | None, source: WeightSource) -> Pat
         raise MissingWeightsError(
             f"{source.label} weights not found at {candidate} (given by {source.flag}); {source.how_to_get()}."
         )
+    for name in (source.filename, *source.aliases):
+        if (hub_checkpoint_dir() / name).is_file():
+            return hub_checkpoint_dir() / name
     cached = hub_checkpoint_dir() / source.filename
-    if cached.is_file():
-        return cached
     if source.url is not None and network_reachable(source.url):
         import torch.hub
 
