@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from dit_duca.diffusion import create_diffusion
-from dit_duca.loading import (CheckpointError, VAEError, build_dit, decode_latents, load_checkpoint, load_into,
-                              load_vae, resolve_checkpoint)
+from dit_duca.loading import (CheckpointError, CheckpointNotFoundError, VAEError, build_dit, decode_latents,
+                              load_checkpoint, load_into, load_vae, resolve_checkpoint)
 from dit_duca.options import (add_cache_args, add_model_args, cache_config_from_args, latent_geometry,
                               validate_common)
 from duca_common.cache import TransformerDims, full_run_flops, measured_flops, reference_flops
@@ -116,6 +116,28 @@ def count_flops(args: argparse.Namespace, cache_cfg, config: dict | None, n: int
             "trunk_reused": list(map(bool, trace.trunk_reused)), "step_labels": list(trace.step_labels)}
 
 
+def use_embedded_model_if_no_checkpoint(args: argparse.Namespace) -> bool:
+    """No ``--ckpt`` and no official checkpoint on disk: sample the embedded digits DiT shipped with the
+    package instead (docs/embedded.md). It works in pixel space, so its stored geometry replaces
+    ``--image-size``, ``--num-classes`` and ``--in-channels``, and ``--vae`` becomes ``none``."""
+    if args.ckpt is not None:
+        return False
+    try:
+        resolve_checkpoint(None, args.model, args.image_size)
+        return False
+    except CheckpointNotFoundError:
+        pass
+    from dit_duca.embedded import DEFAULT_EMBEDDED_PATH, read_spec
+
+    spec = read_spec(DEFAULT_EMBEDDED_PATH)
+    args.ckpt, args.vae = str(DEFAULT_EMBEDDED_PATH), "none"
+    args.image_size, args.num_classes, args.in_channels = spec.input_size, spec.num_classes, spec.in_channels
+    print(f"note: no --ckpt and no official {args.model} checkpoint found; sampling the embedded digits DiT "
+          f"({DEFAULT_EMBEDDED_PATH.name}, {spec.input_size}x{spec.input_size} pixels, {spec.num_classes} classes)",
+          file=sys.stderr)
+    return True
+
+
 def _jsonable(obj):
     if isinstance(obj, dict):
         return {k: _jsonable(v) for k, v in obj.items()}
@@ -156,6 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_grad_enabled(False)
     # Everything that can fail does so before sampling.
     try:
+        use_embedded_model_if_no_checkpoint(args)
         ckpt_path = resolve_checkpoint(args.ckpt, args.model, args.image_size)
         ckpt = load_checkpoint(ckpt_path)
         model = build_dit(args.model, input_size=side, num_classes=args.num_classes, in_channels=channels,
