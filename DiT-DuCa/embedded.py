@@ -58,11 +58,13 @@ class DiTSpec:
     def tokens(self) -> int:
         return (self.input_size // self.patch_size) ** 2
 
+    def dit_kwargs(self) -> dict:
+        """The :class:`DiT` constructor arguments (also stored as ``dit_config``, which
+        ``dit_duca.loading.load_checkpoint`` reads, so ``sample.py --ckpt`` builds the same model)."""
+        return asdict(self)
+
     def build(self, cache_config: CacheConfig | None = None) -> DiT:
-        return DiT(input_size=self.input_size, patch_size=self.patch_size, in_channels=self.in_channels,
-                   hidden_size=self.hidden_size, depth=self.depth, num_heads=self.num_heads,
-                   mlp_ratio=self.mlp_ratio, class_dropout_prob=self.class_dropout_prob,
-                   num_classes=self.num_classes, learn_sigma=self.learn_sigma, cache_config=cache_config)
+        return DiT(**self.dit_kwargs(), cache_config=cache_config)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -84,7 +86,8 @@ def save_dit(state_dict: dict[str, torch.Tensor], spec: DiTSpec, path: str | os.
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"kind": METADATA_KIND, "spec": spec.to_json(), **(extra or {})}
+    meta = {**(extra or {}), "kind": METADATA_KIND, "spec": spec.to_json(),
+            "dit_config": json.dumps(spec.dit_kwargs(), sort_keys=True)}
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp), metadata=meta)
     os.replace(tmp, path)
@@ -98,6 +101,15 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
+def read_spec(path: str | os.PathLike) -> DiTSpec:
+    """The model spec stored in a checkpoint written by :func:`save_dit`."""
+    meta = read_metadata(path)
+    if meta.get("kind") != METADATA_KIND or "spec" not in meta:
+        raise ValueError(f"{path} has no DiT spec in its metadata (kind={meta.get('kind')!r}); it was not written "
+                         f"by dit_duca.train. Official .pt checkpoints load through dit_duca.sample --ckpt instead")
+    return DiTSpec.from_json(meta["spec"])
+
+
 def load_dit_checkpoint(path: str | os.PathLike, cache_config: CacheConfig | None = None,
                         device: str | torch.device = "cpu") -> DiT:
     """A DiT from a safetensors file written by :func:`save_dit`, loaded with ``strict=True``."""
@@ -106,11 +118,7 @@ def load_dit_checkpoint(path: str | os.PathLike, cache_config: CacheConfig | Non
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"DiT checkpoint not found at {path}")
-    meta = read_metadata(path)
-    if meta.get("kind") != METADATA_KIND or "spec" not in meta:
-        raise ValueError(f"{path} has no DiT spec in its metadata (kind={meta.get('kind')!r}); it was not written "
-                         f"by dit_duca.train. Official .pt checkpoints load through dit_duca.sample --ckpt instead")
-    model = DiTSpec.from_json(meta["spec"]).build(cache_config)
+    model = read_spec(path).build(cache_config)
     model.load_state_dict(load_file(str(path)), strict=True)
     return model.to(device).eval()
 

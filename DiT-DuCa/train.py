@@ -176,6 +176,9 @@ def train(cfg: TrainConfig, results_dir: Path, export: Path | None = None, resum
         ema.load_state_dict(state["ema"], strict=True)
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
+        # --steps may have grown since the checkpoint: the next step's rate follows this run's schedule.
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * lr_factor(sched.last_epoch, cfg)
         torch.set_rng_state(state["rng"])
         step, elapsed, losses = int(state["step"]), float(state["elapsed"]), list(state["losses"])
     results_dir.mkdir(parents=True, exist_ok=True)
