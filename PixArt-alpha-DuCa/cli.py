@@ -184,8 +184,11 @@ def model_config_for(args: argparse.Namespace) -> PixArtConfig:
     """The architecture: from the checkpoint's shapes when it is a readable .pth, else official XL/2."""
     path = args.model_path
     if path and Path(path).is_file():
-        config = config_from_state_dict(read_pth_state_dict(path))
-        check_image_size(config, args.image_size, path)
+        try:
+            config = config_from_state_dict(read_pth_state_dict(path))
+            check_image_size(config, args.image_size, path)
+        except CheckpointError as err:
+            raise UsageError(str(err)) from err
         return config
     try:
         return pixart_xl_2(args.image_size)

@@ -37,7 +37,6 @@ def run(args: argparse.Namespace) -> int:
     cli.check_sampling_args(args)
     cache = cli.cache_config_from_args(args)
     prompts = cli.read_prompts(args)
-    cli.check_vae_path(args.vae_path)
     config = cli.model_config_for(args)
     hw = cli.image_hw(config, args)
     batch = min(args.bs, len(prompts))
@@ -58,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.model_path:
         raise cli.UsageError("--model_path is required to sample (only --flops-only runs without weights)")
     cli.resolve_t5_path(args.t5_path)
+    cli.check_vae_path(args.vae_path)
     device = cli.pick_device(args.device)
     out = Path(args.out)
     cli.write_prompts_copy(out, prompts)
