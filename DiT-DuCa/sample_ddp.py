@@ -131,7 +131,7 @@ class PerSampleNoise:
         return torch.cat([rows, rows]) if self.cfg else rows
 
 
-def prepare(args: argparse.Namespace, parser: argparse.ArgumentParser, rank: int):
+def prepare(args: argparse.Namespace, parser: argparse.ArgumentParser, rank: int, device: torch.device):
     """Validate everything before any sampling: flags, checkpoint, model, VAE, output folder."""
     try:
         validate_common(args)
@@ -148,10 +148,11 @@ def prepare(args: argparse.Namespace, parser: argparse.ArgumentParser, rank: int
     model = build_dit(args.model, input_size=side, num_classes=args.num_classes, in_channels=channels,
                       config=ckpt.config)
     load_into(model, ckpt, f"{args.model} at {args.image_size}px" if ckpt.config is None else "its stored config")
+    vae = load_vae(args.vae, device)                     # a bad VAE fails before the folder is touched
     folder = Path(args.out) if args.out else default_folder(args, ckpt_path.stem, cache_tag(cache_cfg))
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"output folder {folder} exists and is not a folder")
-    manifest = {"model": args.model, "ckpt_file": ckpt_path.name, "vae": args.vae, "image_size": args.image_size,
+    manifest = {"model": args.model if ckpt.config is None else "stored config", "ckpt_file": ckpt_path.name, "vae": args.vae, "image_size": args.image_size,
                 "num_classes": model.num_classes, "cfg_scale": args.cfg_scale,
                 "num_sampling_steps": args.num_sampling_steps, "ddim_sample": args.ddim_sample,
                 "global_seed": args.global_seed, "cache": asdict(cache_cfg), "in_channels": model.in_channels,
@@ -177,7 +178,7 @@ def prepare(args: argparse.Namespace, parser: argparse.ArgumentParser, rank: int
         tmp = folder / f".{MANIFEST}.tmp"
         tmp.write_text(json.dumps(manifest, indent=2))
         os.replace(tmp, folder / MANIFEST)
-    return model, cache_cfg, cache_desc, folder, ckpt_path
+    return model, vae, cache_cfg, cache_desc, folder, ckpt_path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,8 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_grad_enabled(False)
 
     try:
-        model, cache_cfg, cache_desc, folder, ckpt_path = prepare(args, parser, rank)
-        vae = load_vae(args.vae, device)
+        model, vae, cache_cfg, cache_desc, folder, ckpt_path = prepare(args, parser, rank, device)
     except (CheckpointError, VAEError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         if distributed:

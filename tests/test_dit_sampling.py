@@ -256,4 +256,6 @@ def test_ddp_bad_output_folder_and_checkpoint(tmp_path, tiny_ckpt, capsys):
     assert "not a folder" in capsys.readouterr().err
     assert sample_ddp.main(_ddp_flags(tmp_path / "nope.pt", tmp_path / "o")) == 2
     assert "no such file" in capsys.readouterr().err
+    assert sample_ddp.main(_ddp_flags(tiny_ckpt, tmp_path / "o") + ["--vae", str(tmp_path / "novae")]) == 2
+    assert "--vae" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
