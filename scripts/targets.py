@@ -77,7 +77,7 @@ class Target:
     cfg_scale: float
     num_classes: int
     build_meta: Callable[[], torch.nn.Module]     # the same architecture on the meta device
-    run_loop: Callable[..., torch.Tensor]         # (model, noise, labels, steps, profile, progress) -> samples
+    run_loop: Callable[..., torch.Tensor]         # (model, noise, labels, steps, profile, progress, session)
     is_pixel_model: bool = False                  # samples are images in [-1, 1] (no VAE)
 
     @property
@@ -116,8 +116,10 @@ class Target:
         return TransformerDims(batch=2 * images, tokens=h * w, hidden=m.hidden_size, heads=m.num_heads)
 
     def sample(self, noise: torch.Tensor, labels: torch.Tensor, steps: int, *, profile: bool = False,
-               progress: bool = False, model: torch.nn.Module | None = None) -> torch.Tensor:
-        return self.run_loop(model or self.model, noise, labels.to(noise.device), steps, profile, progress)
+               progress: bool = False, model: torch.nn.Module | None = None, session: bool = True) -> torch.Tensor:
+        """Run the sampler. ``session=False`` runs without the engine's cache session (plain forwards), for
+        peers that hook the blocks themselves."""
+        return self.run_loop(model or self.model, noise, labels.to(noise.device), steps, profile, progress, session)
 
 
 # ------------------------------------------------------------------------------------------------ DiT
@@ -131,13 +133,15 @@ def _diffusion(steps: int):
 def dit_loop(cfg_scale: float) -> Callable[..., torch.Tensor]:
     """The reference DiT sampling: batch [z, z] with labels [y, null], DDIM (eta 0), CFG, one cache session."""
 
-    def run(model, noise: torch.Tensor, labels: torch.Tensor, steps: int, profile: bool, progress: bool) -> torch.Tensor:
+    def run(model, noise: torch.Tensor, labels: torch.Tensor, steps: int, profile: bool, progress: bool,
+            session: bool = True) -> torch.Tensor:
         n = noise.shape[0]
         y = torch.cat([labels, torch.full_like(labels, model.num_classes)])
         zz = torch.cat([noise, noise])
         out = _diffusion(steps).ddim_sample_loop(
             model.forward_with_cfg, zz.shape, noise=zz, model_kwargs=dict(y=y, cfg_scale=cfg_scale),
-            clip_denoised=False, progress=progress, feature_cache=model.feature_cache, grid=model.grid_size,
+            clip_denoised=False, progress=progress, feature_cache=model.feature_cache if session else None,
+            grid=model.grid_size,
             cfg_halves=True, profile=profile)
         return out[:n]
 
@@ -156,6 +160,23 @@ def _dit_target(name: str, builder: Callable[[], torch.nn.Module], cfg_scale: fl
 
     shape = (model.in_channels, model.input_size, model.input_size)
     return Target(name, "dit", model, shape, cfg_scale, model.num_classes, meta, dit_loop(cfg_scale), pixel)
+
+
+# Std of the weights given to the zero-initialised layers of the tiny model (adaLN-Zero gates, output
+# layer): large enough that blocks change their input and methods give different samples.
+TINY_ZERO_INIT_STD = 0.2
+
+
+def randomize_zero_init(model: torch.nn.Module, seed: int = 0) -> None:
+    """Give the zero-initialised linears (adaLN-Zero, final layer) random weights.
+
+    With the official initialisation every block is the identity and the output is 0, so every cache
+    method would produce the same samples; tests and smoke runs need a model whose blocks do something."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and not module.weight.is_meta and not module.weight.any():
+                module.weight.copy_(torch.randn(module.weight.shape, generator=g) * TINY_ZERO_INIT_STD)
 
 
 def _load_dit_ckpt(model: torch.nn.Module, ckpt: Path) -> None:
@@ -181,7 +202,9 @@ def _pixart_target(device: torch.device) -> Target:
     def caption(rows: int, dev: torch.device) -> Caption:
         return Caption(text.expand(rows, -1, -1).to(dev), torch.ones(rows, PIXART_BENCH_TEXT_TOKENS, device=dev))
 
-    def run(m, noise, labels, steps, profile, progress):
+    def run(m, noise, labels, steps, profile, progress, session=True):
+        if not session:
+            raise TargetError("cache-dit peers are wired for DiT only; PixArt runs the engine's methods")
         ctx = profiled_sessions(m.feature_cache) if profile else contextlib.nullcontext()
         with ctx:
             return pixart_sample(m, noise, caption(2 * noise.shape[0], noise.device), steps, PIXART_CFG_SCALE)
@@ -211,7 +234,9 @@ def build_target(name: str, *, device: str | torch.device = "cpu", ckpt: str | N
             _load_dit_ckpt(target.model, Path(ckpt))
         return target
     if name == "tiny":
-        return _dit_target(name, lambda: DiT(**TINY_KWARGS), cfg_scale or DIT_CFG_SCALE, False, device)
+        target = _dit_target(name, lambda: DiT(**TINY_KWARGS), cfg_scale or DIT_CFG_SCALE, False, device)
+        randomize_zero_init(target.model)
+        return target
     if name == "digits":
         from dit_duca.embedded import DEFAULT_EMBEDDED_PATH, DiTSpec, read_metadata
         path = Path(ckpt) if ckpt is not None else DEFAULT_EMBEDDED_PATH

@@ -1,0 +1,422 @@
+"""Paper-table reproduction: a grid of methods on one model, same seeds, FLOPs, speed-ups, quality, plots.
+
+    python -m duca_scripts.reproduce_table --model digits --out docs/results/digits            # paper grid
+    python -m duca_scripts.reproduce_table --model digits --peers --out docs/results/digits    # + cache-dit
+    python -m duca_scripts.reproduce_table --model DiT-XL/2 --protocol fid50k --ckpt DiT-XL-2-256x256.pt \\
+        --ref VIRTUAL_imagenet256_labeled.npz --out runs/dit_table                               # GPUs
+
+Default grid (``--methods`` overrides): FORA, ToCa (R=93%), DuCa (R=95%) and TaylorSeer (O=3) at
+N = 2..7, plus the uncached run; ``--peers`` adds cache-dit's DBCache and TaylorSeer calibrator at
+residual thresholds that span the same FLOPs range.
+
+In-memory protocol (``--protocol memory``, default): every method samples the same ``--images`` with
+the same noise and labels (seeded by ``--seed``), in batches of ``--batch-size``, with the real DDIM
+loop. Then:
+
+* FLOPs: reference formula and measured (meta device) per image, speed-ups against the uncached row;
+  wall-clock and CPU-time speed-ups of the same sampling, from this run;
+* quality: for the embedded ``digits`` model, class accuracy and the Frechet distance in the digits
+  classifier's features against the real held-out digits (``duca_eval.digits``); for every model,
+  PSNR and SSIM against the uncached samples of the same seeds (``duca_eval.fidelity``; pixel models
+  compare images in [0, 1], latent models compare latents mapped linearly to [0, 1] with one range for
+  both runs);
+* outputs in ``--out``: ``table.md``, ``table.csv``, ``table.json``, ``pareto.png`` (quality and PSNR
+  against FLOPs speed-up) and ``heatmaps/<method>.png`` (the schedule each method ran).
+
+FID-50k protocol (``--protocol fid50k``, official weights on GPUs): writes ``fid50k.sh`` that samples
+50,000 images per method with ``torchrun dit_duca.sample_ddp`` and evaluates them with
+``duca_eval.imagenet`` against the ADM reference batch; FLOPs per method are computed here and written
+to ``table.md`` with the FID columns left to the evaluation JSONs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from duca_common.cache import measured_flops, reference_flops, speedup
+
+from .measure import timed_run
+from .methods import MethodSpec, MethodSpecError, paper_grid, parse_methods, peer_grid
+from .report import environment, fmt, markdown_table, sig, write_csv, write_json
+from .targets import TARGET_HELP, Target, TargetError, build_target
+
+PROTOCOLS = ("memory", "fid50k")
+# Samples per method on CPU with the digits model: 10 per class; enough for the accuracy and a stable
+# ranking of the Frechet distance (64-dim features), small enough for the whole grid in < 20 min.
+DEFAULT_IMAGES = 100
+DEFAULT_STEPS = 50                  # the paper's DDIM-50
+FID_NUM_SAMPLES = 50_000            # the ADM FID-50k protocol (paper.md section 2)
+FID_DEFAULT_BATCH = 125
+
+
+class TableError(ValueError):
+    """A bad option, reported before any sampling."""
+
+
+@dataclass
+class TableOptions:
+    model: str = "digits"
+    methods: list[str] | None = None        # None: the paper grid
+    peers: bool = False
+    images: int = DEFAULT_IMAGES
+    batch_size: int = DEFAULT_IMAGES
+    steps: int = DEFAULT_STEPS
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+    ckpt: str | None = None
+    cfg_scale: float | None = None
+    protocol: str = "memory"
+    ref: str | None = None                  # fid50k: ADM reference batch
+    gpus: int = 8
+    out: Path = Path("results/table")
+
+    def validate(self) -> None:
+        if self.images < 1:
+            raise TableError(f"--images {self.images} must be >= 1")
+        if self.batch_size < 1:
+            raise TableError(f"--batch-size {self.batch_size} must be >= 1")
+        if self.steps < 1:
+            raise TableError(f"--steps {self.steps} must be >= 1")
+        if self.threads is not None and self.threads < 1:
+            raise TableError(f"--threads {self.threads} must be >= 1")
+        if self.protocol not in PROTOCOLS:
+            raise TableError(f"--protocol {self.protocol!r} is invalid: allowed {PROTOCOLS}")
+        if self.protocol == "fid50k":
+            if self.ckpt is None:
+                raise TableError("--protocol fid50k needs --ckpt (official DiT weights); FID of random weights means nothing")
+            if self.ref is None:
+                raise TableError("--protocol fid50k needs --ref (the ADM reference batch VIRTUAL_imagenet256_labeled.npz)")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise TableError(f"--device {self.device}: CUDA is not available; use --device cpu")
+
+    def method_list(self) -> list[str]:
+        methods = list(self.methods) if self.methods else paper_grid()
+        return methods + (peer_grid() if self.peers else [])
+
+
+@dataclass
+class Row:
+    label: str
+    family: str
+    setting: str
+    reference_flops_per_image: float | None = None
+    measured_flops_per_image: float | None = None
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    samples: torch.Tensor | None = field(default=None, repr=False)
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    heatmap: str | None = None
+    schedule: str = ""
+
+
+def slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_")
+
+
+def _meta_flops(target: Target, spec: MethodSpec, steps: int) -> tuple[float, float, object]:
+    """Per-image reference and measured FLOPs and the trace of one image's run, on the meta device."""
+    meta = target.build_meta()
+    meta.configure_cache(spec.config)
+    noise = torch.empty(1, *target.latent_shape, device="meta")
+    labels = torch.zeros(1, dtype=torch.long, device="meta")
+    measured = measured_flops(lambda: target.sample(noise, labels, steps, model=meta))
+    trace = meta.feature_cache.last_trace
+    return float(reference_flops(trace, target.dims(1, meta))), float(measured), trace
+
+
+def _sample_all(target: Target, spec: MethodSpec, opts: TableOptions, noise: torch.Tensor,
+                labels: torch.Tensor, row: Row) -> None:
+    """Sample every image with this method in batches; time the sampling; keep the samples on CPU."""
+    outs, peer_flops = [], 0
+    device = target.device
+    for start in range(0, opts.images, opts.batch_size):
+        z, y = noise[start:start + opts.batch_size], labels[start:start + opts.batch_size]
+        if spec.is_peer:
+            from .peers import attach_peer
+            with attach_peer(target, spec.peer, opts.steps) as run:
+                timed = timed_run(lambda: target.sample(z, y, opts.steps), device, track_memory=False)
+            peer_flops += run.reference_flops(target.dims(z.shape[0]))
+            row.schedule = run.table()
+        else:
+            target.configure(spec.config)
+            timed = timed_run(lambda: target.sample(z, y, opts.steps), device, track_memory=False)
+        row.seconds += timed.seconds
+        row.cpu_seconds += timed.cpu_seconds or 0.0
+        outs.append(timed.result.float().cpu())
+    row.samples = torch.cat(outs)
+    if spec.is_peer:
+        row.reference_flops_per_image = peer_flops / opts.images
+
+
+def _unit_range(samples: torch.Tensor, reference: torch.Tensor, pixel: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both tensors mapped to [0, 1]: images from [-1, 1]; latents with the reference's range (same map for both)."""
+    if pixel:
+        return ((samples + 1) / 2).clamp(0, 1), ((reference + 1) / 2).clamp(0, 1)
+    lo, hi = float(reference.min()), float(reference.max())
+    scale = hi - lo if hi > lo else 1.0
+    return ((samples - lo) / scale).clamp(0, 1), ((reference - lo) / scale).clamp(0, 1)
+
+
+def _fidelity(row: Row, base: Row, pixel: bool) -> None:
+    from duca_eval.fidelity import psnr, ssim
+
+    a, b = _unit_range(row.samples, base.samples, pixel)
+    p = psnr(a, b)
+    finite = p[torch.isfinite(p)]
+    row.metrics["psnr"] = float(finite.mean()) if len(finite) else math.inf
+    row.metrics["ssim"] = float(ssim(a, b).mean()) if min(a.shape[-2:]) >= 11 else None
+
+
+class DigitsJudge:
+    """The digits classifier and the real held-out set, loaded once."""
+
+    def __init__(self) -> None:
+        from duca_eval.digits import load_default_classifier, real_heldout_digits
+
+        self.classifier = load_default_classifier()
+        self.real, _ = real_heldout_digits()
+
+    def __call__(self, row: Row, labels: torch.Tensor) -> None:
+        from duca_eval.digits import digits_scores
+
+        scores = digits_scores(self.classifier, row.samples.clamp(-1, 1), labels, self.real)
+        row.metrics["accuracy"] = scores.accuracy
+        row.metrics["frechet"] = scores.frechet_distance
+
+
+def run_table(opts: TableOptions) -> dict:
+    opts.validate()
+    family = "pixart" if opts.model.lower().startswith("pixart") else "dit"
+    specs = parse_methods(opts.method_list(), model_family=family)
+    if any(s.is_peer for s in specs):
+        from .peers import check_peer_support
+        check_peer_support(opts.model)
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
+    target = build_target(opts.model, device=opts.device, ckpt=opts.ckpt, cfg_scale=opts.cfg_scale)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    if opts.protocol == "fid50k":
+        return write_fid50k_plan(opts, specs, target)
+    judge = DigitsJudge() if opts.model == "digits" else None
+
+    rows = {s.label: Row(s.label, s.family, s.setting) for s in specs}
+    heat_dir = opts.out / "heatmaps"
+    for spec in tqdm(specs, desc="FLOPs and schedules (meta device)", leave=False):
+        if spec.is_peer:
+            continue
+        r = rows[spec.label]
+        r.reference_flops_per_image, r.measured_flops_per_image, trace = _meta_flops(target, spec, opts.steps)
+        if not spec.is_baseline:
+            r.heatmap = str(trace.save_heatmap(heat_dir / f"{slug(spec.label)}.png",
+                                               title=f"{opts.model}: {spec.label} ({spec.setting})"))
+        r.schedule = trace.table()
+
+    noise = target.noise(opts.images, opts.seed)
+    labels = target.labels(opts.images)
+    with torch.inference_mode():
+        for spec in tqdm(specs, desc=f"sampling {opts.images} images per method"):
+            _sample_all(target, spec, opts, noise, labels, rows[spec.label])
+
+    base = rows[specs[0].label]
+    for spec in specs:
+        r = rows[spec.label]
+        if not spec.is_baseline:
+            _fidelity(r, base, target.is_pixel_model)
+        if judge is not None:
+            judge(r, labels)
+    return _summarise(opts, specs, rows, target)
+
+
+def _summarise(opts: TableOptions, specs: list[MethodSpec], rows: dict[str, Row], target: Target) -> dict:
+    base = rows[specs[0].label]
+    out = []
+    for spec in specs:
+        r = rows[spec.label]
+        out.append({
+            "method": r.label, "family": r.family, "setting": r.setting,
+            "tflops_per_image": r.reference_flops_per_image / 1e12 if r.reference_flops_per_image else None,
+            "flops_speedup": speedup(base.reference_flops_per_image, r.reference_flops_per_image)
+            if r.reference_flops_per_image else None,
+            "measured_flops_speedup": speedup(base.measured_flops_per_image, r.measured_flops_per_image)
+            if r.measured_flops_per_image else None,
+            "seconds": r.seconds, "wall_speedup": speedup(base.seconds, r.seconds),
+            "cpu_seconds": r.cpu_seconds, "cpu_speedup": speedup(base.cpu_seconds, r.cpu_seconds) if r.cpu_seconds else None,
+            **{k: r.metrics.get(k) for k in ("accuracy", "frechet", "psnr", "ssim")},
+            "heatmap": r.heatmap, "schedule": r.schedule,
+        })
+    return {"options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
+            "environment": environment(target.device), "model": target.name, "protocol": opts.protocol,
+            "quality_metrics": "digits accuracy + Frechet distance (duca_eval.digits)" if opts.model == "digits"
+            else "PSNR/SSIM against the uncached samples only (no quality judge for this model)",
+            "rows": out}
+
+
+TABLE_HEADERS = ["method", "setting", "TFLOPs/img", "FLOPs speed-up", "measured FLOPs speed-up", "wall speed-up",
+                 "CPU speed-up", "accuracy", "Frechet dist.", "PSNR vs uncached", "SSIM vs uncached"]
+
+
+def table_cells(row: dict) -> list[str]:
+    acc = row.get("accuracy")
+    return [row["method"], row["setting"], sig(row["tflops_per_image"]), fmt(row["flops_speedup"], 2, "x"),
+            fmt(row["measured_flops_speedup"], 2, "x"), fmt(row.get("wall_speedup"), 2, "x"),
+            fmt(row.get("cpu_speedup"), 2, "x"), fmt(None if acc is None else 100 * acc, 1, "%"),
+            fmt(row.get("frechet"), 2), fmt(row.get("psnr"), 2), fmt(row.get("ssim"), 4)]
+
+
+def render(data: dict) -> str:
+    o = data["options"]
+    head = (f"**{data['model']}**, {o['steps']} DDIM steps, {o['images']} images per method (seed {o['seed']}), "
+            f"device {data['environment']['device']} ({data['environment']['threads']} threads)\n\n")
+    return head + markdown_table(TABLE_HEADERS, [table_cells(r) for r in data["rows"]])
+
+
+def write_csv_table(path: Path, data: dict) -> Path:
+    keys = ["method", "family", "setting", "tflops_per_image", "flops_speedup", "measured_flops_speedup", "seconds",
+            "wall_speedup", "cpu_seconds", "cpu_speedup", "accuracy", "frechet", "psnr", "ssim"]
+    return write_csv(path, keys, [[r.get(k) for k in keys] for r in data["rows"]])
+
+
+FAMILY_STYLE = {"fora": ("FORA", "o"), "toca": ("ToCa", "s"), "duca": ("DuCa", "D"), "taylorseer": ("TaylorSeer", "^"),
+                "cachedit-dbcache": ("cache-dit DBCache", "v"), "cachedit-taylorseer": ("cache-dit DBCache+TaylorSeer", "P")}
+
+
+def pareto_plot(data: dict, path: Path) -> Path:
+    """Quality (Frechet distance when available, else PSNR) and PSNR against the FLOPs speed-up, one line per method."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = data["rows"]
+    panels = [("psnr", "PSNR vs uncached (dB, higher is better)")]
+    if any(r.get("frechet") is not None for r in rows):
+        panels.insert(0, ("frechet", "Frechet distance to real digits (lower is better)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.6), squeeze=False)
+    for ax, (key, ylabel) in zip(axes[0], panels):
+        base = rows[0]
+        for family, (name, marker) in FAMILY_STYLE.items():
+            pts = sorted((r["flops_speedup"], r[key]) for r in rows
+                         if r["family"] == family and r["flops_speedup"] and r.get(key) is not None
+                         and math.isfinite(r[key]))
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=name)
+        if base.get(key) is not None and math.isfinite(base[key]):
+            ax.scatter([1.0], [base[key]], color="black", zorder=5, label="no cache")
+        ax.set_xlabel("FLOPs speed-up (reference formula)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(f"{data['model']}: quality against FLOPs speed-up ({data['options']['images']} images, "
+                 f"{data['options']['steps']} steps)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ FID-50k
+
+def cache_flags(spec: MethodSpec) -> str:
+    """``dit_duca.sample_ddp`` flags that select ``spec`` (a preset by name, else the reference flags)."""
+    cfg = spec.config
+    if spec.paper_row:
+        return f"--preset {spec.label}"
+    if cfg.method == "none":
+        return "--cache none"
+    if cfg.method == "fora":
+        return f"--cache fora --fresh-threshold {cfg.interval}"
+    if cfg.method == "taylorseer":
+        return f"--cache taylorseer --fresh-threshold {cfg.interval} --taylor-order {cfg.taylor_order}"
+    from dit_duca.options import CACHE_TYPES
+    cache_type = {v: k for k, v in CACHE_TYPES.items()}[cfg.selector]
+    return (f"--cache {cfg.method} --fresh-threshold {cfg.interval} --fresh-ratio {cfg.fresh_ratio:g} "
+            f"--cache-type {cache_type} --ratio-scheduler ToCa --soft-fresh-weight {cfg.staleness_weight:g}")
+
+
+def write_fid50k_plan(opts: TableOptions, specs: list[MethodSpec], target: Target) -> dict:
+    if any(s.is_peer for s in specs):
+        raise TableError("--protocol fid50k runs the engine's methods through dit_duca.sample_ddp; drop --peers")
+    lines = ["#!/usr/bin/env bash", "# Generated by duca_scripts.reproduce_table --protocol fid50k: FID-50k per method.",
+             "set -euo pipefail", f'NGPU="${{NGPU:-{opts.gpus}}}"', f'OUT="{opts.out}"']
+    rows = []
+    for spec in tqdm(specs, desc="FLOPs (meta device)"):
+        ref, measured, _ = _meta_flops(target, spec, opts.steps)
+        rows.append((spec, ref, measured))
+        d = f'"$OUT/samples/{slug(spec.label)}"'
+        lines += [f"# {spec.label}: {spec.setting}",
+                  f"torchrun --nproc_per_node=$NGPU -m dit_duca.sample_ddp --model {target.name} --ckpt {opts.ckpt} "
+                  f"--image-size 256 --num-sampling-steps {opts.steps} --cfg-scale {target.cfg_scale} --ddim-sample "
+                  f"--num-fid-samples {FID_NUM_SAMPLES} --per-proc-batch-size {FID_DEFAULT_BATCH} "
+                  f"--global-seed {opts.seed} --sample-dir {d} {cache_flags(spec)}",
+                  f'python -m duca_eval.imagenet --sample {d}.npz --ref {opts.ref} --out "$OUT/eval/{slug(spec.label)}.json"']
+    script = opts.out / "fid50k.sh"
+    script.write_text("\n".join(lines) + "\n")
+    script.chmod(0o755)
+    base = rows[0][1]
+    data = {"options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
+            "environment": environment(target.device), "model": target.name, "protocol": "fid50k",
+            "script": str(script),
+            "rows": [{"method": s.label, "family": s.family, "setting": s.setting, "tflops_per_image": r / 1e12,
+                      "flops_speedup": speedup(base, r), "measured_flops_speedup": speedup(rows[0][2], m)}
+                     for s, r, m in rows]}
+    return data
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = TableOptions()
+    p.add_argument("--model", default=d.model, help=TARGET_HELP)
+    p.add_argument("--methods", nargs="+", default=None, help="default: the paper's DiT grid (FORA/ToCa/DuCa/TaylorSeer, N=2..7)")
+    p.add_argument("--peers", action="store_true", help="add cache-dit DBCache and TaylorSeer-calibrator rows")
+    p.add_argument("--images", type=int, default=d.images)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per sampling batch")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--ckpt", default=None)
+    p.add_argument("--cfg-scale", type=float, default=None)
+    p.add_argument("--protocol", default=d.protocol, choices=PROTOCOLS)
+    p.add_argument("--ref", default=None, help="fid50k: ADM reference batch (.npz)")
+    p.add_argument("--gpus", type=int, default=d.gpus, help="fid50k: default NGPU in the generated script")
+    p.add_argument("--out", type=Path, default=d.out)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    opts = TableOptions(**vars(args))
+    t0 = time.perf_counter()
+    try:
+        data = run_table(opts)
+    except (TableError, MethodSpecError, TargetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    data["total_seconds"] = time.perf_counter() - t0
+    md = render(data) if opts.protocol == "memory" else markdown_table(
+        ["method", "setting", "TFLOPs/img", "FLOPs speed-up", "measured FLOPs speed-up"],
+        [[r["method"], r["setting"], sig(r["tflops_per_image"]), fmt(r["flops_speedup"], 2, "x"),
+          fmt(r["measured_flops_speedup"], 2, "x")] for r in data["rows"]])
+    write_json(opts.out / "table.json", data)
+    (opts.out / "table.md").write_text(md)
+    if opts.protocol == "memory":
+        write_csv_table(opts.out / "table.csv", data)
+        pareto_plot(data, opts.out / "pareto.png")
+    print(md)
+    print(f"wrote {opts.out}/table.md, table.json" + (", table.csv, pareto.png, heatmaps/" if opts.protocol == "memory"
+                                                      else f", {data.get('script')}"))
+    return data
+
+
+if __name__ == "__main__":
+    main()
