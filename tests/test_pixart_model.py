@@ -206,17 +206,22 @@ def test_cache_off_equals_plain_forward_and_ratio_one(config):
     assert torch.equal(sample(tiny_model(config, cache_config=toca), noise, cap, 6, micro=micro), ref)
 
 
+@pytest.fixture(scope="module")
+def uncached_run():
+    torch.manual_seed(0)
+    model = tiny_model()
+    cap, noise = _caption(model, [5, 11]), torch.randn(2, 4, 8, 8)
+    return cap, noise, sample(model, noise, cap, 20)
+
+
 @pytest.mark.parametrize("preset,selector", [("pixart-duca-r70-script", None), ("pixart-duca-r25", "value_norm"),
                                              ("pixart-toca-r70", "random"), ("pixart-fora-n3", None)])
-def test_cached_sampling_runs_and_differs_slightly(preset, selector):
-    torch.manual_seed(0)
+def test_cached_sampling_runs_and_differs_slightly(uncached_run, preset, selector):
+    cap, noise, ref = uncached_run
     cfg = get_preset(preset).config
     if selector:
         cfg = cfg.replace(selector=selector)
     model = tiny_model(cache_config=cfg)
-    cap = _caption(model, [5, 11])
-    noise = torch.randn(2, 4, 8, 8)
-    ref = sample(tiny_model(), noise, cap, 20)
     out = sample(model, noise, cap, 20)
     trace = model.feature_cache.last_trace
     assert trace.trunk_reused == ([p % 3 == 2 for p in range(20)] if cfg.method == "duca" else [False] * 20)
