@@ -1,0 +1,143 @@
+"""The speed benchmark end to end on the tiny DiT, method parsing, and bad-input errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from duca_common.cache import PRESETS
+from duca_scripts import benchmark_speed
+from duca_scripts.methods import (PAPER_GRID_INTERVALS, MethodSpecError, paper_grid, parse_method, parse_methods,
+                                  peer_grid)
+from duca_scripts.report import parse_markdown_table
+
+STEPS = 6
+
+
+# ------------------------------------------------------------------------------------------------ methods
+
+def test_presets_parse_to_their_configs():
+    spec = parse_method("dit-duca-n3-r95")
+    assert spec.config == PRESETS["dit-duca-n3-r95"].config
+    assert spec.family == "duca" and spec.setting.startswith("N=3, R=95%")
+    assert "2.48x" in spec.paper_row
+
+
+def test_engine_method_strings():
+    duca = parse_method("duca:n=5,r=0.9")
+    assert (duca.config.method, duca.config.interval, duca.config.selector) == ("duca", 5, "value_norm")
+    assert duca.config.fresh_ratio == pytest.approx(0.1)
+    toca = parse_method("toca:n=4")
+    assert toca.config.selector == "attention_received" and toca.config.fresh_ratio == pytest.approx(0.07)
+    ts = parse_method("taylorseer:n=4,o=2")
+    assert (ts.config.interval, ts.config.taylor_order) == (4, 2)
+    peer = parse_method("cachedit-dbcache:fn=2,bn=1,rdt=0.2")
+    assert peer.is_peer and (peer.peer.fn, peer.peer.bn, peer.peer.rdt) == (2, 1, 0.2)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("dcua:n=3", "unknown method"),
+    ("duca:n=3,q=1", "unknown setting 'q'"),
+    ("duca:r=95", "cache ratio R"),
+    ("fora:n=x", "not an integer"),
+    ("duca:sel=magic", "sel='magic'"),
+    ("fora:n=0", "interval"),
+])
+def test_bad_method_strings_name_the_problem(text, words):
+    with pytest.raises(MethodSpecError, match=words):
+        parse_method(text)
+
+
+def test_baseline_first_and_duplicates_refused():
+    specs = parse_methods(["fora:n=3", "dit-duca-n3-r95"])
+    assert [s.label for s in specs] == ["none", "fora:n=3", "dit-duca-n3-r95"]
+    with pytest.raises(MethodSpecError, match="twice"):
+        parse_methods(["fora:n=3", "fora:n=3"])
+    with pytest.raises(MethodSpecError, match="is for pixart"):
+        parse_methods(["pixart-fora-n3"])
+
+
+def test_paper_grid_covers_every_method_and_interval():
+    grid = paper_grid()
+    assert grid[0] == "none" and len(grid) == 1 + 4 * len(PAPER_GRID_INTERVALS)
+    specs = parse_methods(grid)
+    assert {s.family for s in specs} == {"none", "fora", "toca", "duca", "taylorseer"}
+    assert sorted({s.config.interval for s in specs if s.family == "duca"}) == list(range(2, 8))
+    assert all(parse_method(p).is_peer for p in peer_grid())
+
+
+# ------------------------------------------------------------------------------------------------ benchmark
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    data = benchmark_speed.main(["--model", "tiny", "--steps", str(STEPS), "--repeats", "2", "--warmup", "1",
+                                 "--methods", "dit-duca-n3-r95", "fora:n=2", "--out", str(out)])
+    return out, data
+
+
+def test_benchmark_writes_json_and_markdown(bench):
+    out, data = bench
+    saved = json.loads((out / "benchmark.json").read_text())
+    assert [r["label"] for r in saved["rows"]] == ["none", "dit-duca-n3-r95", "fora:n=2"]
+    table = parse_markdown_table((out / "benchmark.md").read_text())
+    assert [row["method"] for row in table] == ["none", "dit-duca-n3-r95", "fora:n=2"]
+    assert table[0]["FLOPs speed-up"] == "1.00x"
+
+
+def test_benchmark_ratios_come_from_the_same_run(bench):
+    _, data = bench
+    rows = {r["label"]: r for r in data["rows"]}
+    base = rows["none"]
+    assert base["flops_speedup"] == 1.0 and base["wall_speedup"] == 1.0
+    for label in ("dit-duca-n3-r95", "fora:n=2"):
+        r = rows[label]
+        assert len(r["seconds"]) == 2 and len(r["cpu_seconds"]) == 2
+        assert r["flops_speedup"] == pytest.approx(base["reference_flops"] / r["reference_flops"])
+        assert r["measured_flops_speedup"] == pytest.approx(base["measured_flops"] / r["measured_flops"])
+        assert r["wall_speedup"] == pytest.approx(base["seconds_median"] / r["seconds_median"])
+        assert r["wall_over_flops"] == pytest.approx(r["wall_speedup"] / r["flops_speedup"])
+        assert r["seconds_min"] <= r["seconds_median"] <= r["seconds_max"]
+        assert r["flops_speedup"] > 1.2            # caching removes work in 6 steps with N = 2 or 3
+    # the reference formula counts the blocks only, measured FLOPs the whole network: measured > reference
+    assert base["measured_flops"] > base["reference_flops"] > 0
+
+
+def test_benchmark_reports_cache_bytes_and_engine_time(bench):
+    _, data = bench
+    rows = {r["label"]: r for r in data["rows"]}
+    assert rows["none"]["cache_peak_bytes"] == 0
+    assert rows["dit-duca-n3-r95"]["cache_peak_bytes"] > 0
+    duca = rows["dit-duca-n3-r95"]
+    assert set(duca["engine_seconds"]) == {"scoring", "gather_scatter", "cache_writes"}
+    assert duca["engine_seconds"]["scoring"] > 0            # DuCa scores tokens in its partial steps
+    assert 0 < duca["engine_fraction"] < 1
+    assert "F" in duca["trace"]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--steps", "0"], "--steps=0"),
+    (["--repeats", "0"], "--repeats=0"),
+    (["--methods", "duca:n=3,bogus=1"], "unknown setting"),
+    (["--model", "DiT-XXL/2"], "unknown --model"),
+    (["--device", "cuda:7"], None),
+])
+def test_benchmark_bad_inputs_exit_with_a_message(argv, words, capsys, tmp_path):
+    import torch
+    if words is None:
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA; the no-CUDA message cannot be provoked")
+        words = "CUDA is not available"
+    with pytest.raises(SystemExit) as exc:
+        benchmark_speed.main(["--model", "tiny", "--steps", "2", "--repeats", "1", "--out", str(tmp_path)] + argv)
+    assert exc.value.code == 2
+    assert words in capsys.readouterr().err
+    assert not (tmp_path / "benchmark.json").exists()
+
+
+def test_markdown_parser_rejects_ragged_rows():
+    with pytest.raises(ValueError, match="cells"):
+        parse_markdown_table("| a | b |\n|---|---|\n| 1 |\n")
+    assert math.isclose(float(parse_markdown_table("| a |\n|---|\n| 1.5 |\n")[0]["a"]), 1.5)
