@@ -64,6 +64,7 @@ class BenchOptions:
     cfg_scale: float | None = None
     step_progress: bool = False
     skip_measured_flops: bool = False
+    flops_only: bool = False              # meta-device FLOPs table only: no weights, no timing
     out: Path = Path("results/benchmark")
 
     def validate(self) -> None:
@@ -153,8 +154,11 @@ def run_benchmark(opts: BenchOptions) -> dict:
         check_peer_support(opts.model)
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
-    device = torch.device(opts.device)
-    target = build_target(opts.model, device=device, ckpt=opts.ckpt, cfg_scale=opts.cfg_scale)
+    if opts.flops_only and peers:
+        raise BenchError("--flops-only counts on the meta device; cache-dit peers decide from values: drop them")
+    device = torch.device("meta" if opts.flops_only else opts.device)
+    target = build_target(opts.model, device=device, ckpt=None if opts.flops_only else opts.ckpt,
+                          cfg_scale=opts.cfg_scale)
     if opts.compile:
         _compile_blocks(target.model)
     profile_mode = opts.profile if opts.profile != "auto" else ("separate" if device.type == "cuda" else "same")
@@ -164,6 +168,8 @@ def run_benchmark(opts: BenchOptions) -> dict:
         r = results[spec.label]
         r.reference_flops, r.measured_flops, r.trace_table = _count_flops(target, spec, opts)
 
+    if opts.flops_only:
+        return _summarise(opts, specs, results, target, device)
     noise = target.noise(opts.images, opts.seed)
     labels = target.labels(opts.images)
 
@@ -220,21 +226,22 @@ def _summarise(opts: BenchOptions, specs: list[MethodSpec], results: dict[str, M
     rows = []
     for spec in specs:
         r = results[spec.label]
-        t = r.time
+        t = r.time if r.times else None
         per_repeat = [b / m for b, m in zip(base.times, r.times) if m > 0]
         flops_su = speedup(base.reference_flops, r.reference_flops) if r.reference_flops else None
         measured_su = speedup(base.measured_flops, r.measured_flops) if r.measured_flops else None
-        wall_su = speedup(base.time.median, t.median)
+        wall_su = speedup(base.time.median, t.median) if t else None
         rows.append({
             "label": r.label, "family": r.family, "setting": r.setting, "paper_row": r.paper_row,
             "reference_flops": r.reference_flops, "measured_flops": r.measured_flops,
             "reference_tflops_per_image": r.reference_flops / opts.images / 1e12 if r.reference_flops else None,
             "measured_tflops_per_image": r.measured_flops / opts.images / 1e12 if r.measured_flops else None,
             "flops_speedup": flops_su, "measured_flops_speedup": measured_su,
-            "seconds": r.times, "seconds_median": t.median, "seconds_min": t.min, "seconds_max": t.max,
-            "seconds_stdev": t.stdev, "spread": t.spread,
-            "wall_speedup": wall_su, "wall_speedup_median_of_repeats": Summary.of(per_repeat).median,
-            "wall_over_flops": wall_su / flops_su if flops_su else None,
+            "seconds": r.times, "seconds_median": t and t.median, "seconds_min": t and t.min,
+            "seconds_max": t and t.max, "seconds_stdev": t and t.stdev, "spread": t and t.spread,
+            "wall_speedup": wall_su,
+            "wall_speedup_median_of_repeats": Summary.of(per_repeat).median if per_repeat else None,
+            "wall_over_flops": wall_su / flops_su if flops_su and wall_su else None,
             "cpu_seconds": r.cpu_times,
             "cpu_seconds_median": Summary.of(r.cpu_times).median if r.cpu_times else None,
             "cpu_speedup": (speedup(Summary.of(base.cpu_times).median, Summary.of(r.cpu_times).median)
@@ -260,8 +267,21 @@ def _summarise(opts: BenchOptions, specs: list[MethodSpec], results: dict[str, M
     return data
 
 
+def render_flops_markdown(data: dict) -> str:
+    o = data["options"]
+    head = f"**{data['model']}**, {o['steps']} steps, {o['images']} image(s) + CFG twin, FLOPs counted on the meta device\n\n"
+    headers = ["method", "setting", "TFLOPs/img (ref formula)", "FLOPs speed-up", "measured TFLOPs/img",
+               "measured speed-up", "paper row (paper.md)"]
+    rows = [[r["label"], r["setting"], sig(r["reference_tflops_per_image"]), fmt(r["flops_speedup"], 2, "x"),
+             sig(r["measured_tflops_per_image"]), fmt(r["measured_flops_speedup"], 2, "x"), r["paper_row"] or "-"]
+            for r in data["rows"]]
+    return head + markdown_table(headers, rows)
+
+
 def render_markdown(data: dict) -> str:
     o = data["options"]
+    if o.get("flops_only"):
+        return render_flops_markdown(data)
     head = (f"**{data['model']}**, {o['steps']} steps, {o['images']} image(s) + CFG twin, {o['repeats']} repeat(s), "
             f"device {data['environment']['device']} ({data['environment']['threads']} threads)\n\n")
     headers = ["method", "setting", "TFLOPs/img (ref)", "FLOPs speed-up", "measured FLOPs speed-up",
@@ -304,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg-scale", type=float, default=None)
     p.add_argument("--step-progress", action="store_true", help="a progress bar per sampling loop (long runs)")
     p.add_argument("--skip-measured-flops", action="store_true", help="only the hand-formula FLOPs (faster meta pass)")
+    p.add_argument("--flops-only", action="store_true",
+                   help="only the FLOPs columns, counted on the meta device (no weights, no timing; any model size)")
     p.add_argument("--out", type=Path, default=d.out, help="output folder for benchmark.json and benchmark.md")
     return p
 

@@ -141,3 +141,16 @@ def test_markdown_parser_rejects_ragged_rows():
     with pytest.raises(ValueError, match="cells"):
         parse_markdown_table("| a | b |\n|---|---|\n| 1 |\n")
     assert math.isclose(float(parse_markdown_table("| a |\n|---|\n| 1.5 |\n")[0]["a"]), 1.5)
+
+
+def test_flops_only_counts_on_meta_without_timing(tmp_path):
+    data = benchmark_speed.main(["--model", "tiny", "--steps", str(STEPS), "--flops-only", "--methods", "dit-none",
+                                 "dit-fora-n3", "--out", str(tmp_path)])
+    rows = {r["label"]: r for r in data["rows"]}
+    assert list(rows) == ["dit-none", "dit-fora-n3"]
+    assert rows["dit-fora-n3"]["seconds"] == [] and rows["dit-fora-n3"]["wall_speedup"] is None
+    # FORA N=3 over 6 steps counting down 5..0: full at 5 (first), 3 and 0, the other 3 reused (adaLN
+    # still computed) -> a speed-up just under 2
+    assert 1.9 < rows["dit-fora-n3"]["flops_speedup"] < 2.0
+    table = parse_markdown_table((tmp_path / "benchmark.md").read_text())
+    assert "FID 3.55" in table[1]["paper row (paper.md)"]
