@@ -36,8 +36,8 @@ DIT_CFG_SCALE = 1.5
 PIXART_CFG_SCALE = 4.5
 # The class the reference sample.py draws first (golden retriever); any label works for timing.
 DIT_BENCH_LABEL = 207
-# Classifier-free guidance of the embedded digits model's demo (docs/embedded.md uses a stronger guidance
-# than ImageNet because the model is tiny); see DIGITS_CFG_SCALE's use in reproduce_table.
+# Classifier-free guidance of the embedded digits model: the value its demo samples with
+# (dit_duca.embedded_sampling.DEFAULT_CFG_SCALE), so the table's uncached row is the demo's quality.
 DIGITS_CFG_SCALE = 4.0
 # Tiny test model: 2 blocks, width 32, 8x8 inputs with patch 2 (16 tokens), 10 classes.
 TINY_KWARGS = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2, num_classes=10)
