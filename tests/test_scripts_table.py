@@ -57,6 +57,7 @@ def test_ratios_and_fidelity_come_from_the_same_run(table):
         assert r["flops_speedup"] == pytest.approx(base["tflops_per_image"] / r["tflops_per_image"])
         assert r["wall_speedup"] == pytest.approx(base["seconds"] / r["seconds"])
         assert math.isfinite(r["psnr"]) and r["psnr"] > 0     # cached samples differ from the uncached ones
+    assert base["seconds"] == pytest.approx(sum(t[0] for t in base["timings"]) / 2)   # timed before and after
     assert rows["fora:n=2"]["flops_speedup"] > 1.4          # every other step reused (adaLN still runs)
     if HAVE_CACHE_DIT:
         assert rows[PEER]["measured_flops_speedup"] is None   # value-dependent: not replayable on meta
