@@ -130,10 +130,7 @@ def _count_flops(target: Target, spec: MethodSpec, opts: BenchOptions) -> tuple[
     if spec.is_peer:
         return None, None, ""
     meta = target.build_meta()
-    meta.configure_cache(spec.config) if hasattr(meta, "configure_cache") else None
-    if not hasattr(meta, "configure_cache"):
-        from duca_common.cache import FeatureCache
-        meta.feature_cache = FeatureCache(spec.config, meta.feature_cache.layout)
+    target.configure(spec.config, model=meta)
     noise = torch.empty(opts.images, *target.latent_shape, device="meta")
     labels = torch.zeros(opts.images, dtype=torch.long, device="meta")
     measured = None

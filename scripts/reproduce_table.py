@@ -128,7 +128,7 @@ def slug(label: str) -> str:
 def _meta_flops(target: Target, spec: MethodSpec, steps: int) -> tuple[float, float, object]:
     """Per-image reference and measured FLOPs and the trace of one image's run, on the meta device."""
     meta = target.build_meta()
-    meta.configure_cache(spec.config)
+    target.configure(spec.config, model=meta)
     noise = torch.empty(1, *target.latent_shape, device="meta")
     labels = torch.zeros(1, dtype=torch.long, device="meta")
     measured = measured_flops(lambda: target.sample(noise, labels, steps, model=meta))

@@ -88,12 +88,13 @@ class Target:
     def cache(self) -> FeatureCache:
         return self.model.feature_cache
 
-    def configure(self, config: CacheConfig) -> None:
-        self.model.configure_cache(config) if hasattr(self.model, "configure_cache") else self._replace_cache(config)
-
-    def _replace_cache(self, config: CacheConfig) -> None:
-        old = self.model.feature_cache
-        self.model.feature_cache = FeatureCache(config, old.layout)
+    def configure(self, config: CacheConfig, model: torch.nn.Module | None = None) -> None:
+        """Use ``config`` for the next sessions of ``model`` (default: the target's model)."""
+        m = model or self.model
+        if hasattr(m, "configure_cache"):           # DiT
+            m.configure_cache(config)
+        else:                                       # PixArt: a fresh engine with the same block layout
+            m.feature_cache = FeatureCache(config, m.feature_cache.layout)
 
     def noise(self, images: int, seed: int, device: torch.device | None = None) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
