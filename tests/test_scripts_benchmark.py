@@ -154,3 +154,14 @@ def test_flops_only_counts_on_meta_without_timing(tmp_path):
     assert 1.9 < rows["dit-fora-n3"]["flops_speedup"] < 2.0
     table = parse_markdown_table((tmp_path / "benchmark.md").read_text())
     assert "FID 3.55" in table[1]["paper row (paper.md)"]
+
+
+def test_benchmark_runs_a_cache_dit_peer_in_the_same_table(tmp_path):
+    pytest.importorskip("cache_dit", reason="cache-dit peers need: pip install -e '.[peers]'")
+    data = benchmark_speed.main(["--model", "tiny", "--steps", str(STEPS), "--repeats", "1", "--warmup", "0",
+                                 "--skip-measured-flops", "--methods", "cachedit-dbcache:rdt=0.9", "--out", str(tmp_path)])
+    base, peer = data["rows"]
+    assert peer["family"] == "cachedit-dbcache" and peer["measured_flops"] is None
+    assert 1.0 < peer["flops_speedup"] == pytest.approx(base["reference_flops"] / peer["reference_flops"])
+    assert "C" in peer["trace"]                      # some evaluations reused cache-dit's residual
+    assert peer["wall_speedup"] == pytest.approx(base["seconds_median"] / peer["seconds_median"])
