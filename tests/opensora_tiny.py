@@ -1,0 +1,39 @@
+"""Tiny OpenSora stack for the CPU tests: a random STDiT3 (2 block pairs, width 64) and caption helpers."""
+
+from __future__ import annotations
+
+import torch
+
+from opensora_duca.stdit3 import STDiT3, STDiT3Config
+from pixart_duca.model import Caption, pack_caption
+
+CAPTION_DIM = 16          # the tiny T5 width of tests/pixart_tiny.py
+TEXT_TOKENS = 12
+TINY = STDiT3Config(hidden_size=64, depth=2, num_heads=2, caption_channels=CAPTION_DIM,
+                    model_max_length=TEXT_TOKENS, input_sq_size=64)
+LATENT = (3, 4, 6)        # (T, H, W) latent -> token grid 3 x 2 x 3
+
+
+def tiny_stdit3(seed: int = 0, config: STDiT3Config = TINY, **kwargs) -> STDiT3:
+    torch.manual_seed(seed)
+    model = STDiT3(config, **kwargs)
+    with torch.no_grad():   # random, non-trivial gates and outputs everywhere
+        for p in model.parameters():
+            if p is not model.rope.freqs:
+                p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def tiny_caption(batch: int, seed: int = 1) -> Caption:
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(batch, TEXT_TOKENS, CAPTION_DIM, generator=g)
+    lengths = [TEXT_TOKENS - 3 * i % TEXT_TOKENS for i in range(batch)]
+    mask = torch.tensor([[1] * n + [0] * (TEXT_TOKENS - n) for n in lengths])
+    return pack_caption(tokens, mask)
+
+
+def tiny_inputs(batch: int, seed: int = 2) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return dict(x=torch.randn(batch, 4, *LATENT, generator=g), timestep=torch.rand(batch, generator=g) * 1000,
+                caption=tiny_caption(batch), fps=torch.full((batch,), 24.0), height=torch.tensor([32.0]),
+                width=torch.tensor([48.0]))
