@@ -37,3 +37,18 @@ def tiny_inputs(batch: int, seed: int = 2) -> dict:
     return dict(x=torch.randn(batch, 4, *LATENT, generator=g), timestep=torch.rand(batch, generator=g) * 1000,
                 caption=tiny_caption(batch), fps=torch.full((batch,), 24.0), height=torch.tensor([32.0]),
                 width=torch.tensor([48.0]))
+
+
+def tiny_vae_config():
+    from opensora_duca.vae import SpatialVAEConfig, TemporalVAEConfig, VideoVAEConfig
+
+    # 2-D stage downsamples by 2 (two levels); temporal stage keeps the official level layout, 8 filters.
+    return VideoVAEConfig(spatial=SpatialVAEConfig(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4),
+                          temporal=TemporalVAEConfig(filters=8, num_res_blocks=1, norm_groups=4))
+
+
+def tiny_vae(seed: int = 0):
+    from opensora_duca.vae import VideoAutoencoderPipeline
+
+    torch.manual_seed(seed)
+    return VideoAutoencoderPipeline(tiny_vae_config()).eval()
