@@ -68,6 +68,11 @@ def sampling_timesteps(config: RFlowConfig, height: int, width: int, num_frames:
         return base.tolist()
     tau = base / n
     ratio = transform_ratio(height, width, num_frames, dtype, config.transform_scale)
+    if not bool((ratio > 0).all()):
+        # (F // 17) * 5 is 0 for 2..16 frames: the reference formula gives t' = 0/0 there.
+        raise ValueError(f"the timestep transform is undefined for {num_frames} frames (the reference counts "
+                         f"(F // {FRAMES_PER_CHUNK}) * {LATENT_FRAMES_PER_CHUNK} latent frames, 0 here): use 1 "
+                         f"or >= {FRAMES_PER_CHUNK} frames")
     new = ratio * tau / (1 + (ratio - 1) * tau)          # bf16 ratio x fp32 tau -> fp32, as upstream
     return (new * n).float().tolist()
 

@@ -48,3 +48,9 @@ def test_euler_is_exact_on_a_point_mass_flow_with_cfg():
 def test_bad_config_is_named(field, value):
     with pytest.raises(ValueError, match=f"RFlowConfig.{field}"):
         RFlowConfig(**{field: value})
+
+
+def test_frame_counts_the_reference_transform_cannot_handle_are_refused():
+    with pytest.raises(ValueError, match="undefined for 5 frames"):
+        sampling_timesteps(RFlowConfig(), 480, 854, 5)
+    assert len(sampling_timesteps(RFlowConfig(), 480, 854, 1)) == 30

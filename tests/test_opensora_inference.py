@@ -1,0 +1,147 @@
+"""opensora_duca.inference end to end on a tiny STDiT3 + tiny VAE + tiny T5: the DuCa preset's schedule in the
+report, mp4 output, VBench naming, resume, rank sharding = one process, FLOPs on meta, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from opensora_duca import inference
+from opensora_duca.checkpoint import save_safetensors
+from opensora_duca.stdit3 import config_dict
+from opensora_duca.vae import vae_config_dict
+from opensora_tiny import TINY, tiny_stdit3, tiny_vae, tiny_vae_config
+from pixart_tiny import build_t5
+from test_opensora_model import REFERENCE_SCHEDULE
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"   # reference copies (shared/data/README.md)
+PROMPTS = ["a man on a horse", "a red dog in the park"]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    root = tmp_path_factory.mktemp("opensora")
+    save_safetensors(tiny_stdit3(), root / "stdit", config_dict(TINY))
+    save_safetensors(tiny_vae(), root / "vae", vae_config_dict(tiny_vae_config()))
+    build_t5(root / "t5")
+    return root
+
+
+def base_args(w: Path, out: Path, *extra: str) -> list[str]:
+    return ["--ckpt-path", str(w / "stdit"), "--vae-path", str(w / "vae"), "--t5-path", str(w / "t5"),
+            "--image-size", "16", "16", "--num-frames", "17", "--device", "cpu", "--out", str(out), *extra]
+
+
+def read_frames(path: Path):
+    import av
+    import numpy as np
+
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def test_reference_sizes():
+    args = inference.build_parser().parse_args([])
+    assert inference.image_size(args) == (480, 854)                     # C.10: 480p, 9:16 (H:W)
+    assert inference.parse_num_frames(args.num_frames) == 51 and inference.parse_num_frames("2s") == 51
+    args.aspect_ratio = "16:9"
+    assert inference.image_size(args) == (854, 480)
+    assert (args.steps, args.cfg_scale, args.seed, args.fps) == (30, 7.0, 1024, 24)
+
+
+def test_duca_end_to_end_records_the_reference_schedule(weights, tmp_path):
+    report = tmp_path / "r.json"
+    rc = inference.main(base_args(weights, tmp_path / "out", "--prompt", PROMPTS[0], "--cache", "duca",
+                                  "--report", str(report)))
+    assert rc == 0
+    frames = read_frames(tmp_path / "out" / "sample_0000.mp4")
+    assert frames.shape == (17, 16, 16, 3)
+    data = json.loads(report.read_text())
+    plan = data["rank0_videos"][0]["plan"].splitlines()[1:]
+    letters = [cell.split(":")[1] for line in plan for cell in line.split()]
+    assert letters == REFERENCE_SCHEDULE
+    assert data["cache_config"]["method"] == "duca" and data["videos"] == 1
+
+
+def test_vbench_names_resume_and_rank_sharding(weights, tmp_path, monkeypatch):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join([PROMPTS[0]] * 2) + "\n")              # a repeated prompt runs once, as in VBench
+    common = ("--vbench", "--prompts-file", str(prompts), "--steps", "1", "--cache", "none")
+    assert inference.main(base_args(weights, tmp_path / "one", *common)) == 0
+    names = sorted(p.name for p in (tmp_path / "one").glob("*.mp4"))
+    assert names == sorted(f"{PROMPTS[0]}-{k}.mp4" for k in range(5))
+    assert not list((tmp_path / "one").glob(".tmp-*"))
+    # resume: finished files are not rewritten
+    stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "one").glob("*.mp4")}
+    assert inference.main(base_args(weights, tmp_path / "one", *common)) == 0
+    assert stamp == {p: p.stat().st_mtime_ns for p in (tmp_path / "one").glob("*.mp4")}
+    # two ranks (rank 1 first, then rank 0 checks completeness) write the same videos as one process
+    monkeypatch.setattr(inference.dist, "barrier", lambda: None)
+    for rank in (1, 0):
+        monkeypatch.setattr(inference, "init_distributed", lambda flag, r=rank: (r, 2, torch.device("cpu")))
+        assert inference.main(base_args(weights, tmp_path / "two", *common)) == 0
+    for name in names:
+        assert (read_frames(tmp_path / "one" / name) == read_frames(tmp_path / "two" / name)).all()
+    # different seeds per sample k
+    assert not (read_frames(tmp_path / "one" / names[0]) == read_frames(tmp_path / "one" / names[1])).all()
+
+
+def test_flops_only_on_meta(weights, tmp_path):
+    report = tmp_path / "f.json"
+    args = ["--flops-only", "--ckpt-path", str(weights / "stdit"), "--image-size", "64", "64", "--num-frames", "17",
+            "--flops-text-tokens", "8", "--report", str(report)]
+    assert inference.main(args + ["--cache", "duca"]) == 0
+    duca = json.loads(report.read_text())["flops"]
+    assert inference.main(args + ["--cache", "none"]) == 0
+    none = json.loads(report.read_text())["flops"]
+    assert none["measured_cached"] == none["measured_full"] == duca["measured_full"] > 0
+    assert 1.5 < duca["speedup"] < 3.5 and duca["latent_shape"] == [4, 5, 8, 8]
+
+
+def test_vbench_prompt_list_matches_the_reference_copy():
+    info, txt = SHARED_DATA / "VBench_full_info.json", SHARED_DATA / "vbench_all_dimension.txt"
+    if not info.is_file():
+        pytest.skip(f"reference copies not found at {SHARED_DATA}")
+    prompts = inference.read_prompt_list(str(info))
+    assert prompts == txt.read_text(encoding="utf-8").splitlines() and len(prompts) == 946
+    jobs = inference.make_jobs(prompts, 5, True)
+    assert len(jobs) == 5 * len(set(prompts)) and jobs[0].name == f"{prompts[0]}-0.mp4"
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--prompts-file", "nowhere.txt"], "does not exist"),
+    (["--prompt", "x", "--preset", "dit-none"], "is a dit preset"),
+    (["--prompt", "x", "--resolution", "123p", "--image-size"], None),
+    (["--prompt", "x", "--num-frames", "0"], "--num-frames 0 is invalid"),
+    (["--prompt", "x", "--num-frames", "5"], "undefined for 5 frames"),
+    (["--prompt", "x", "--steps", "0"], "num_sampling_steps"),
+    (["--prompt", "x", "--vbench", "--num-samples", "3"], "drop --num-samples"),
+    (["--prompt", "x", "--fresh-ratio", "2"], "invalid cache flags"),
+])
+def test_bad_inputs_fail_before_work(weights, tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    args = base_args(weights, out, *extra)
+    if message is None:   # unknown resolution (drop the explicit size so it is used)
+        args = [a for a in args if a not in ("--image-size", "16")]
+        message = "--resolution '123p' is unknown"
+    assert inference.main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_missing_weights_and_empty_prompt_lines(weights, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = base_args(weights, out, "--prompt", "x")
+    args[args.index("--ckpt-path") + 1] = str(tmp_path / "no-stdit")
+    assert inference.main(args) == 2 and "--ckpt-path" in capsys.readouterr().err
+    bad = tmp_path / "p.txt"
+    bad.write_text("a\n\nb\n")
+    assert inference.main(base_args(weights, out, "--prompts-file", str(bad))) == 2
+    assert "empty lines (line 2)" in capsys.readouterr().err
+    args = base_args(weights, out, "--prompt", "x")
+    args[args.index("--t5-path") + 1] = str(tmp_path / "no-t5")
+    assert inference.main(args) == 2 and "--t5-path" in capsys.readouterr().err
+    assert not out.exists()
