@@ -91,6 +91,17 @@ def test_vbench_names_resume_and_rank_sharding(weights, tmp_path, monkeypatch):
     assert not (read_frames(tmp_path / "one" / names[0]) == read_frames(tmp_path / "one" / names[1])).all()
 
 
+def test_cache_flags_map_to_configs():
+    parse = inference.build_parser().parse_args
+    duca = inference.cache_config(parse(["--cache", "duca"]))
+    assert duca == inference.get_preset("opensora-duca").config
+    toca = inference.cache_config(parse(["--cache", "toca", "--fresh-ratio", "0.2"]))
+    assert toca.method == "toca" and toca.fresh_ratio == 0.2 and all("A" not in c for _, c in toca.module_cycles)
+    assert inference.cache_config(parse(["--cache", "none"])).method == "none"
+    tay = inference.cache_config(parse(["--cache", "taylorseer", "--interval", "4", "--taylor-order", "2"]))
+    assert (tay.method, tay.interval, tay.taylor_order) == ("taylorseer", 4, 2)
+
+
 def test_flops_only_on_meta(weights, tmp_path):
     report = tmp_path / "f.json"
     args = ["--flops-only", "--ckpt-path", str(weights / "stdit"), "--image-size", "64", "64", "--num-frames", "17",

@@ -153,3 +153,26 @@ def test_duca_preset_follows_the_reference_schedule():
     k = int(0.1 * 1.495 * n)                                                # C.11: r = 0.1 x 1.495 for the MLP
     assert k > 0 and (trace.tokens[4, :, 2] == k).all()                    # every block, step 4: partial MLP
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("cache,step5", [
+    (CacheConfig(method="fora", interval=3), "R/R/R"),
+    (CacheConfig(method="taylorseer", interval=3, taylor_order=2), "P/P/P"),
+    (get_preset("opensora-duca").config.replace(
+        method="toca", module_cycles=(("attn", "FTT"), ("cross_attn", "FTTTTT"), ("mlp", "FTT"))), "R/R/T"),
+])
+def test_other_methods_run_on_stdit3(cache, step5):
+    """FORA reuses, TaylorSeer forecasts, ToCa never skips the trunk; all stay close to the uncached run."""
+    caption = tiny_caption(1)
+    cond_null = type(caption)(torch.cat([caption.tokens] * 2), torch.cat([caption.mask] * 2))
+    kwargs = dict(caption=cond_null, fps=torch.tensor([24.0]), height=torch.tensor([32.0]), width=torch.tensor([48.0]))
+    z = torch.randn(1, 4, *LATENT)
+    timesteps = sampling_timesteps(RFlowConfig(num_sampling_steps=8), 32, 48, 1)
+    outs = []
+    for config in (CacheConfig(), cache):
+        model = tiny_stdit3(cache_config=config)
+        outs.append(rflow_sample(lambda zi, ti: model(zi, ti, **kwargs), z, timesteps, 7.0,
+                                 feature_cache=model.feature_cache))
+    trace = model.feature_cache.last_trace
+    assert trace.step_letters(5) == step5 and not any(trace.trunk_reused)
+    assert 0 < (outs[0] - outs[1]).abs().max() < 0.5 * outs[0].abs().max()
