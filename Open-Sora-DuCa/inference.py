@@ -32,11 +32,11 @@ from tqdm import tqdm
 from duca_common.cache import CacheConfig, get_preset, presets_for
 from pixart_duca.cli import UsageError, atomic_write_bytes, pick_device
 
-from .checkpoint import CONFIG_FILE, CheckpointError, config_fields
-from .pipeline import DEFAULT_AES, DEFAULT_FPS, VideoSpec, flops_report
-from .rflow import RFlowConfig, sampling_timesteps
-from .stdit3 import STDIT3_HUB_ID, STDiT3Config, stdit3_xl_2
-from .vae import VAE_HUB_ID, VideoVAEConfig
+from opensora_duca.checkpoint import CONFIG_FILE, CheckpointError, config_fields
+from opensora_duca.pipeline import DEFAULT_AES, DEFAULT_FPS, VideoSpec, flops_report
+from opensora_duca.rflow import RFlowConfig, sampling_timesteps
+from opensora_duca.stdit3 import STDIT3_HUB_ID, STDiT3Config, stdit3_xl_2
+from opensora_duca.vae import VAE_HUB_ID, VideoVAEConfig
 
 # OpenSora's resolution names -> pixel area; the 480p area is 480 x 854 (C.10 ASPECT_RATIO_480P["0.56"]).
 # NOT VERIFIED beyond 480p 9:16: the other areas follow the same "short side x 16:9 long side" pattern.
@@ -392,8 +392,8 @@ def init_distributed(device_flag: str) -> tuple[int, int, torch.device]:
 def load_components(args: argparse.Namespace, cache: CacheConfig, device: torch.device):
     from pixart_duca.text import T5TextEncoder
 
-    from .stdit3 import load_stdit3
-    from .vae import load_vae
+    from opensora_duca.stdit3 import load_stdit3
+    from opensora_duca.vae import load_vae
 
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(
         args.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -410,7 +410,7 @@ def load_components(args: argparse.Namespace, cache: CacheConfig, device: torch.
 
 
 def run_sampling(args: argparse.Namespace, s: Settings) -> int:
-    from .pipeline import generate
+    from opensora_duca.pipeline import generate
 
     check_weight_path(args.ckpt_path, "--ckpt-path", STDIT3_HUB_ID)
     check_weight_path(args.vae_path, "--vae-path", VAE_HUB_ID)
