@@ -422,15 +422,15 @@ def run_sampling(args: argparse.Namespace, s: Settings) -> int:
     if rank == 0:
         print(f"{len(s.prompts)} prompts, {len(s.jobs)} videos over {world} process(es); rank 0 has "
               f"{len(todo)} of its {len(mine)} to do")
-    seconds, records = 0.0, []
+    seconds, records, plan = 0.0, [], None
     if todo:
         model, vae, text = load_components(args, s.cache, device)
         for job in tqdm(todo, desc=f"rank {rank}", unit="video", disable=rank != 0):
             result = generate(model, vae, text, s.prompts[job.prompt_index], args.seed + job.k, s.spec, s.rflow, s.aes)
             write_video(result.video, out / job.name, s.spec.fps)
             seconds += result.seconds
-            records.append({"name": job.name, "seconds": result.seconds, "text_tokens": result.text_tokens,
-                            "plan": model.feature_cache.last_trace.table()})
+            records.append({"name": job.name, "seconds": result.seconds, "text_tokens": result.text_tokens})
+            plan = model.feature_cache.last_trace.table()     # the same for every video of a run
     if world > 1:
         dist.barrier()
     missing = [j.name for j in s.jobs if not (out / j.name).is_file()]
@@ -441,7 +441,7 @@ def run_sampling(args: argparse.Namespace, s: Settings) -> int:
             return 1
         print(f"all {len(s.jobs)} videos are in {out}")
         write_report(args.report, {**describe(args, s), "world_size": world, "out": str(out),
-                                   "rank0_sampling_seconds": seconds, "rank0_videos": records})
+                                   "rank0_sampling_seconds": seconds, "plan": plan, "rank0_videos": records})
     return 0
 
 

@@ -62,7 +62,7 @@ def test_duca_end_to_end_records_the_reference_schedule(weights, tmp_path):
     frames = read_frames(tmp_path / "out" / "sample_0000.mp4")
     assert frames.shape == (17, 16, 16, 3)
     data = json.loads(report.read_text())
-    plan = data["rank0_videos"][0]["plan"].splitlines()[1:]
+    plan = data["plan"].splitlines()[1:]
     letters = [cell.split(":")[1] for line in plan for cell in line.split()]
     assert letters == REFERENCE_SCHEDULE
     assert data["cache_config"]["method"] == "duca" and data["videos"] == 1
