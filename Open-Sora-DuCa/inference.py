@@ -53,8 +53,7 @@ VBENCH_INFO = "VBench_full_info.json"
 DEFAULT_T5 = "DeepFloyd/t5-v1_1-xxl"
 CACHE_METHODS = ("none", "fora", "toca", "duca", "taylorseer")
 MAX_NAME_BYTES = 250                     # file-name limit (255) minus "-k.mp4" room
-VIDEO_CRF = "0"
-AGGRESSIVE, CONSERVATIVE = "A", "T"      # module-cycle letters of duca_common.cache.plan                          # upstream save_sample: h264 with crf 0
+VIDEO_CRF = "0"                          # upstream save_sample: h264 with crf 0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -151,8 +150,7 @@ def cache_config(args: argparse.Namespace) -> CacheConfig:
         if args.cache in ("duca", "toca"):   # the reference's fixed module cycles (C.11)
             base = get_preset("opensora-duca").config
             if args.cache == "toca":         # ToCa: the same cycles with every aggressive step conservative
-                base = base.replace(method="toca", module_cycles=tuple(
-                    (module, cycle.replace(AGGRESSIVE, CONSERVATIVE)) for module, cycle in base.module_cycles))
+                base = base.replace(method="toca")
             return base if args.fresh_ratio is None else base.replace(fresh_ratio=args.fresh_ratio)
         return CacheConfig(method=args.cache, interval=args.interval,
                            taylor_order=args.taylor_order if args.cache == "taylorseer" else 1)

@@ -121,3 +121,13 @@ def test_ratio_schedule_is_parameterised_by_depth_and_steps():
 def test_plan_table_prints_reference_numbering():
     table = build_plan(get_preset("dit-duca-readme").config, DIT_LAYOUT, 50).table().splitlines()
     assert table[0].split() == ["49", "F"] and table[4].split() == ["45", "F→T"] and len(table) == 50
+
+
+def test_toca_on_module_cycles_never_skips():
+    cfg = get_preset("opensora-duca").config.replace(method="toca")
+    plan = build_plan(cfg, OPENSORA_LAYOUT, 30)
+    assert plan.count(Action.SKIP) == 0 and not any(plan.trunk_reused)
+    duca = build_plan(get_preset("opensora-duca").config, OPENSORA_LAYOUT, 30)
+    # the full steps are the same; the aggressive steps of DuCa become conservative
+    assert [a[0][0] == Action.FULL for a in plan.actions] == [a[0][0] == Action.FULL for a in duca.actions]
+    assert plan.actions[5][0] == (Action.REUSE, Action.REUSE, Action.PARTIAL)

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from duca_common.cache import Action, BlockLayout, build_plan
+
 from opensora_duca import inference
 from opensora_duca.checkpoint import save_safetensors
 from opensora_duca.stdit3 import config_dict
@@ -96,7 +98,9 @@ def test_cache_flags_map_to_configs():
     duca = inference.cache_config(parse(["--cache", "duca"]))
     assert duca == inference.get_preset("opensora-duca").config
     toca = inference.cache_config(parse(["--cache", "toca", "--fresh-ratio", "0.2"]))
-    assert toca.method == "toca" and toca.fresh_ratio == 0.2 and all("A" not in c for _, c in toca.module_cycles)
+    assert toca.method == "toca" and toca.fresh_ratio == 0.2
+    plan = build_plan(toca, BlockLayout(2, ("attn", "cross_attn", "mlp"), ("mlp",), "attn", "cross_attn"), 30)
+    assert plan.count(Action.SKIP) == 0          # ToCa: the same cycles with every aggressive step conservative
     assert inference.cache_config(parse(["--cache", "none"])).method == "none"
     tay = inference.cache_config(parse(["--cache", "taylorseer", "--interval", "4", "--taylor-order", "2"]))
     assert (tay.method, tay.interval, tay.taylor_order) == ("taylorseer", 4, 2)

@@ -190,6 +190,8 @@ def build_plan(cfg: CacheConfig, layout: BlockLayout, num_steps: int) -> Plan:
         for p in range(num_steps):
             s = layout.reference_step(p, num_steps)
             letters = ["F" if p < cfg.warmup_full_steps else cycles[m][s % len(cycles[m])] for m in modules]
+            if cfg.method == "toca":           # ToCa never skips: its non-full steps are all conservative
+                letters = ["T" if letter == "A" else letter for letter in letters]
             step_actions, step_ratios = [], []
             for block in range(layout.depth):
                 a_row, r_row = zip(*(_module_action(cfg, layout, letter, m, s, num_steps, block)
