@@ -13,7 +13,6 @@ rule in ``step / K``; only the token-selection statistic of DuCa is the preset's
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -113,11 +112,11 @@ def sample(model: DiT, labels: torch.Tensor, *, method: str = "none", config: Ca
 
 
 def psnr(images: torch.Tensor, reference: torch.Tensor) -> float:
-    """Mean per-image PSNR (dB) of images in [-1, 1] against ``reference``, on the [0, 1] scale;
-    ``inf`` when every image is identical to its reference."""
-    a = ((images.float() + 1) / 2).clamp(0, 1)
-    b = ((reference.float() + 1) / 2).clamp(0, 1)
-    mse = ((a - b) ** 2).flatten(1).mean(1)
-    if bool((mse == 0).all()):
-        return math.inf
-    return float((10 * torch.log10(1.0 / mse.clamp(min=1e-12))).mean())
+    """Mean per-image PSNR (dB, ``duca_eval.fidelity.psnr``) of images in [-1, 1] against ``reference``,
+    both mapped to [0, 1] and clamped; ``inf`` when every image equals its reference."""
+    from duca_eval.fidelity import psnr as psnr_per_image
+
+    from .digits import to_unit_range
+
+    values = psnr_per_image(to_unit_range(images), to_unit_range(reference))
+    return float(values.mean())
