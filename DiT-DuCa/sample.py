@@ -146,6 +146,7 @@ def _jsonable(obj):
     return obj
 
 
+@torch.no_grad()          # sampling only; scoped so callers (and tests) keep their grad mode
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -175,7 +176,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.backends.cuda.matmul.allow_tf32 = True          # as the reference
-    torch.set_grad_enabled(False)
     # Everything that can fail does so before sampling.
     try:
         use_embedded_model_if_no_checkpoint(args)

@@ -181,6 +181,7 @@ def prepare(args: argparse.Namespace, parser: argparse.ArgumentParser, rank: int
     return model, vae, cache_cfg, cache_desc, folder, ckpt_path
 
 
+@torch.no_grad()          # sampling only; scoped so callers (and tests) keep their grad mode
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -196,7 +197,6 @@ def main(argv: list[str] | None = None) -> int:
     if use_cuda:
         torch.cuda.set_device(device)
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
-    torch.set_grad_enabled(False)
 
     try:
         model, vae, cache_cfg, cache_desc, folder, ckpt_path = prepare(args, parser, rank, device)
