@@ -18,11 +18,12 @@ from pathlib import Path
 
 import torch
 
+from duca_common.vae import LATENT_SCALE, load_autoencoder_kl, vae_weight_file
+
 from .models import DiT, DiT_models
 
 OFFICIAL_URL = "https://dl.fbaipublicfiles.com/DiT/models/{name}"
 VAE_HUB_IDS = {"mse": "stabilityai/sd-vae-ft-mse", "ema": "stabilityai/sd-vae-ft-ema"}
-LATENT_SCALE = 0.18215
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -181,31 +182,6 @@ def load_into(model: DiT, ckpt: LoadedCheckpoint, what: str) -> None:
 # VAE
 # ------------------------------------------------------------------------------------------------
 
-_DEPRECATED_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
-
-
-def remap_deprecated_vae_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename the old mid-block attention names (query/key/value/proj_attn) to to_q/to_k/to_v/to_out.0
-    (models.md D.1); 1x1-conv shaped weights are squeezed to Linear shape."""
-    out = {}
-    for key, value in state.items():
-        parts = key.split(".")
-        if "attentions" in parts and len(parts) >= 2 and parts[-2] in _DEPRECATED_ATTENTION:
-            parts = parts[:-2] + _DEPRECATED_ATTENTION[parts[-2]].split(".") + parts[-1:]
-            if value.dim() == 4 and value.shape[-2:] == (1, 1):
-                value = value[:, :, 0, 0]
-            key = ".".join(parts)
-        out[key] = value
-    return out
-
-
-def _vae_weight_file(folder: Path) -> Path | None:
-    for name in ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin"):
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
 def resolve_vae_folder(spec: str) -> Path:
     """A local folder holding ``config.json`` and the weights: the path itself, ``pretrained_models/<name>``
     for ema/mse, or a hub snapshot (honours ``HF_HUB_OFFLINE``)."""
@@ -217,7 +193,7 @@ def resolve_vae_folder(spec: str) -> Path:
         spec = VAE_HUB_IDS[spec]
     path = Path(spec).expanduser()
     if path.exists():
-        if not path.is_dir() or not (path / "config.json").is_file() or _vae_weight_file(path) is None:
+        if not path.is_dir() or not (path / "config.json").is_file() or vae_weight_file(path) is None:
             raise VAEError(f"--vae {spec}: a local VAE must be a folder with config.json and "
                            f"diffusion_pytorch_model.safetensors (or .bin)")
         return path
@@ -236,25 +212,11 @@ def load_vae(spec: str, device: torch.device | str = "cpu"):
     """``AutoencoderKL`` in eval mode, or None for ``spec == 'none'``."""
     if spec == "none":
         return None
-    from diffusers import AutoencoderKL
     folder = resolve_vae_folder(spec)
     try:
-        config = AutoencoderKL.load_config(str(folder))
-        vae = AutoencoderKL.from_config(config)
-        weights = _vae_weight_file(folder)
-        if weights is None:
-            raise VAEError(f"VAE folder {folder} has no weights file")
-        if weights.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            state = load_file(str(weights), device="cpu")
-        else:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        vae.load_state_dict(remap_deprecated_vae_keys(state), strict=True)
-    except VAEError:
-        raise
+        return load_autoencoder_kl(folder, device)
     except Exception as exc:  # noqa: BLE001
         raise VAEError(f"cannot load the VAE from {folder}: {type(exc).__name__}: {exc}") from exc
-    return vae.to(device).eval()
 
 
 def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from duca_common.runtime import atomic_write_bytes, init_distributed
 from dit_duca.diffusion import create_diffusion
 from dit_duca.loading import (CheckpointError, VAEError, build_dit, decode_latents, load_checkpoint, load_into,
                               load_vae, resolve_checkpoint, to_uint8_images)
@@ -94,10 +95,12 @@ def png_path(folder: Path, index: int) -> Path:
 
 
 def save_png_atomic(array: np.ndarray, path: Path) -> None:
+    import io
+
     from PIL import Image
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def write_npz(folder: Path, num: int) -> Path:
@@ -185,17 +188,8 @@ def prepare(args: argparse.Namespace, parser: argparse.ArgumentParser, rank: int
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    distributed = "WORLD_SIZE" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    use_cuda = torch.cuda.is_available()
-    if distributed:
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
-    else:
-        rank, world = 0, 1
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
+    rank, world, device = init_distributed(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    distributed = world > 1
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
 
     try:

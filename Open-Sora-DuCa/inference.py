@@ -29,8 +29,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from duca_common import runtime
 from duca_common.cache import CacheConfig, get_preset, presets_for
-from pixart_duca.cli import UsageError, atomic_write_bytes, pick_device
+from duca_common.runtime import UsageError, atomic_write_bytes, pick_device
 
 from opensora_duca.checkpoint import CONFIG_FILE, CheckpointError, config_fields
 from opensora_duca.pipeline import DEFAULT_AES, DEFAULT_FPS, VideoSpec, flops_report
@@ -374,17 +375,7 @@ def run_flops(args: argparse.Namespace, s: Settings) -> int:
 
 
 def init_distributed(device_flag: str) -> tuple[int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(device_flag)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world > 1:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
+    return runtime.init_distributed(pick_device(device_flag))
 
 
 def load_components(args: argparse.Namespace, cache: CacheConfig, device: torch.device):

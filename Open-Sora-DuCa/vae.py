@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pixart_duca.vae import remap_deprecated_attention_keys
+from duca_common.vae import remap_deprecated_attention_keys
 
 VAE_HUB_ID = "hpcai-tech/OpenSora-VAE-v1.2"
 SPATIAL_LATENT_SCALE = 0.18215          # hard-coded in VideoAutoencoderKL; the SDXL config's 0.13025 is unused (C.8)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import torch
 
 from duca_common.cache import PIXART_TOCA_SCHEDULE, CacheConfig, RatioSchedule, get_preset, presets_for
 from duca_common.cache.presets import PIXART_SPATIAL
+from duca_common.runtime import UsageError, atomic_write_bytes, pick_device  # noqa: F401  (re-exported to the scripts)
 
 from .checkpoint import CheckpointError, check_image_size, config_from_state_dict, load_transformer, read_pth_state_dict
 from .dpm_solver import DEFAULT_CFG, DEFAULT_STEPS
@@ -36,10 +35,6 @@ PROMPTS_COPY = "prompts.txt"
 IMAGE_NAME = "{index:06d}.png"   # image index <-> line index of the prompts file (the evaluation's pairing)
 # Dtype of the transformer: fp16 on GPU as upstream (B.1), fp32 on CPU.
 GPU_DTYPE = torch.float16
-
-
-class UsageError(ValueError):
-    """A bad flag, path or file; the message names the problem and the fix."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -171,15 +166,6 @@ def check_vae_path(path: str) -> None:
                          f"(stabilityai/sd-vae-ft-ema), or 'none' for latent previews")
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name} asked for CUDA but no GPU is visible; pass --device cpu")
-    return device
-
-
 def model_config_for(args: argparse.Namespace) -> PixArtConfig:
     """The architecture: from the checkpoint's shapes when it is a readable .pth, else official XL/2."""
     path = args.model_path
@@ -240,19 +226,6 @@ def load_components(args: argparse.Namespace, cache: CacheConfig, device: torch.
 # ---------------------------------------------------------------------------------------------------
 # Outputs
 # ---------------------------------------------------------------------------------------------------
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_image(image: torch.Tensor, path: Path) -> None:
     """(3, H, W) in [0, 1] -> PNG, written atomically (temp file then rename)."""
     import io

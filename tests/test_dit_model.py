@@ -1,6 +1,5 @@
 """DiT model: official names and shapes, strict save/reload, CFG channel semantics, cache off = plain."""
 
-import io
 
 import pytest
 import torch

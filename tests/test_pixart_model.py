@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -17,7 +16,7 @@ from pixart_duca.model import (CACHED_MODULES, PixArt, cross_attention_entropy, 
                                pos_embed_2d)
 from pixart_duca.pipeline import cfg_caption, flops_report, meta_run, sample
 from pixart_duca.text import TextEmbedding
-from pixart_tiny import T5_DIM, TINY, TINY_MS, save_pth, tiny_model
+from pixart_tiny import T5_DIM, TINY, TINY_MS, tiny_model
 
 C = 1152
 

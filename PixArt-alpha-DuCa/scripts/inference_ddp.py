@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from duca_common import runtime
 from pixart_duca import cli
 from pixart_duca.pipeline import latent_shape
 
@@ -43,20 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def init_distributed(device_flag: str) -> tuple[int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_flag == "auto" and torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-    else:
-        device = cli.pick_device(device_flag)
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world > 1:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
+    return runtime.init_distributed(cli.pick_device(device_flag))
 
 
 def index_noise(indices: list[int], seed: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
