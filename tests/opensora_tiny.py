@@ -52,14 +52,3 @@ def tiny_vae(seed: int = 0):
 
     torch.manual_seed(seed)
     return VideoAutoencoderPipeline(tiny_vae_config()).eval()
-
-
-def one_thread():
-    """Tiny tensors run fastest on one thread (no fork/join overhead on a shared 2-core machine); use as
-    ``pytest.fixture(autouse=True, scope="module")(one_thread)`` style generator."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)

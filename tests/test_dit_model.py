@@ -9,16 +9,6 @@ from dit_duca.diffusion import create_diffusion
 from dit_duca.models import DiT, DiT_models, build_model, get_2d_sincos_pos_embed
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is much faster than two on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 def tiny_dit(**kw) -> DiT:
     args = dict(input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=2, num_heads=4, num_classes=10)
     args.update(kw)

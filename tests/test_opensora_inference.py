@@ -15,14 +15,13 @@ from opensora_duca import inference
 from opensora_duca.checkpoint import save_safetensors
 from opensora_duca.stdit3 import config_dict
 from opensora_duca.vae import vae_config_dict
-from opensora_tiny import TINY, one_thread, tiny_stdit3, tiny_vae, tiny_vae_config
+from opensora_tiny import TINY, tiny_stdit3, tiny_vae, tiny_vae_config
 from pixart_tiny import build_t5
 from test_opensora_model import REFERENCE_SCHEDULE
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"   # reference copies (shared/data/README.md)
 PROMPTS = ["a man on a horse", "a red dog in the park"]
 
-_single_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
 
 @pytest.fixture(scope="module")

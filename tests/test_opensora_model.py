@@ -13,12 +13,11 @@ from opensora_duca.checkpoint import CheckpointError, save_safetensors
 from opensora_duca.rflow import RFlowConfig, rflow_sample, sampling_timesteps
 from opensora_duca.stdit3 import (STDiT3, RotaryEmbedding, config_dict, load_stdit3, sincos_table_2d,
                                   stdit3_xl_2)
-from opensora_tiny import LATENT, TINY, one_thread, tiny_caption, tiny_inputs, tiny_stdit3
+from opensora_tiny import LATENT, TINY, tiny_caption, tiny_inputs, tiny_stdit3
 
 XL_TENSORS = 973                  # models.md C.3
 XL_PARAMS = 1_207_643_972
 
-_single_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
 
 def test_xl_meta_names_shapes_and_count():

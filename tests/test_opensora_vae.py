@@ -8,13 +8,12 @@ import torch
 
 from opensora_duca.checkpoint import CheckpointError, save_safetensors
 from opensora_duca.vae import (CausalConv3d, VideoAutoencoderPipeline, VideoVAEConfig, load_vae, vae_config_dict)
-from opensora_tiny import one_thread, tiny_vae, tiny_vae_config
+from opensora_tiny import tiny_vae, tiny_vae_config
 
 # models.md C.8 / D.1
 VAE_TENSORS, SPATIAL_TENSORS, TEMPORAL_TENSORS = 517, 248, 267
 TEMPORAL_PARAMS, SPATIAL_PARAMS = 309_687_144, 83_653_863
 
-_single_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
 
 def test_full_config_names_and_sizes_on_meta():
