@@ -379,7 +379,7 @@ def init_distributed(device_flag: str) -> tuple[int, int, torch.device]:
 
 
 def load_components(args: argparse.Namespace, cache: CacheConfig, device: torch.device):
-    from pixart_duca.text import T5TextEncoder
+    from duca_common.text import T5TextEncoder
 
     from opensora_duca.stdit3 import load_stdit3
     from opensora_duca.vae import load_vae

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from duca_common.cache import CacheConfig, measured_flops
-from pixart_duca.model import Caption, pack_caption
+from duca_common.layers import Caption, pack_caption
 
 from .rflow import RFlowConfig, rflow_sample, sampling_timesteps
 from .stdit3 import STDiT3, STDiT3Config

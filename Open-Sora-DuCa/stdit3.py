@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 
 from duca_common.cache import Action, BlockLayout, CacheConfig, FeatureCache
-from pixart_duca.model import (Caption, CaptionEmbedder, CrossAttention, SizeEmbedder, TimestepEmbedder,
-                               gelu_tanh, pack_caption, t2i_modulate)
+from duca_common.layers import (Caption, CaptionEmbedder, CrossAttention, SizeEmbedder, TimestepEmbedder, gelu_tanh,
+                                pack_caption, t2i_modulate)
 
 # Architecture constants of STDiT3-XL/2 (models.md C.2).
 XL_HIDDEN = 1152

@@ -202,7 +202,7 @@ class Components:
 
 
 def load_components(args: argparse.Namespace, cache: CacheConfig, device: torch.device) -> Components:
-    from .text import T5TextEncoder
+    from duca_common.text import T5TextEncoder
     from .vae import load_vae
 
     if not args.model_path:
@@ -254,7 +254,7 @@ def text_lengths_for_flops(args: argparse.Namespace, prompts: list[str]) -> tupl
     try:
         from transformers import AutoTokenizer
 
-        from .text import clean_caption
+        from duca_common.text import clean_caption
         tok = AutoTokenizer.from_pretrained(resolve_t5_path(args.t5_path))
         texts = prompts if args.no_clean_caption else [clean_caption(p) for p in prompts]
         mask = tok(texts, max_length=TEXT_TOKENS, padding="max_length", truncation=True)["attention_mask"]

@@ -10,10 +10,11 @@ import torch
 
 from duca_common.cache import CacheConfig, TransformerDims, full_run_flops, measured_flops, reference_flops
 from duca_common.cache.trace import Trace
+from duca_common.layers import Caption, pack_caption
+from duca_common.text import TextEmbedding
 
 from .dpm_solver import DEFAULT_CFG, DEFAULT_STEPS, DiscreteVPSchedule, dpm_solver_pp_2m, eps_to_x0, model_time
-from .model import CACHED_MODULES, VAE_DOWNSAMPLE, Caption, PixArt, PixArtConfig, nearest_bucket, pack_caption
-from .text import TextEmbedding
+from .model import CACHED_MODULES, VAE_DOWNSAMPLE, PixArt, PixArtConfig, nearest_bucket
 
 
 def cat_captions(a: Caption, b: Caption) -> Caption:

@@ -188,7 +188,7 @@ def _load_dit_ckpt(model: torch.nn.Module, ckpt: Path) -> None:
 def _pixart_target(device: torch.device) -> Target:
     try:
         from pixart_duca.model import PixArt, pixart_xl_2
-        from pixart_duca.model import Caption
+        from duca_common.layers import Caption
         from pixart_duca.pipeline import sample as pixart_sample
     except ImportError as exc:        # the PixArt stack is optional for the benchmark
         raise TargetError(f"PixArt-XL/2 needs the pixart_duca package ({exc})") from exc

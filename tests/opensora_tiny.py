@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from opensora_duca.stdit3 import STDiT3, STDiT3Config
-from pixart_duca.model import Caption, pack_caption
+from duca_common.layers import Caption, pack_caption
 
 CAPTION_DIM = 16          # the tiny T5 width of tests/pixart_tiny.py
 TEXT_TOKENS = 12

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pixart_duca.model import pack_caption
+from duca_common.layers import pack_caption
 from pixart_duca.pipeline import cfg_caption
-from pixart_duca.text import T5TextEncoder, clean_caption
+from duca_common.text import T5TextEncoder, clean_caption
 from pixart_tiny import T5_DIM, build_t5, tiny_model
 
 

@@ -1,4 +1,5 @@
-"""T5 text conditioning for PixArt (models.md B.6): caption cleaning, tokenisation, encoding.
+"""T5 text conditioning (PixArt-alpha, models.md B.6; reused by OpenSora, C.7): caption cleaning,
+tokenisation, encoding.
 
 * ``clean_caption``: DeepFloyd-IF style cleaning, applied twice as upstream does. Upstream uses ``ftfy``
   and ``bs4``; this version needs neither: HTML is stripped with the standard library's parser and
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .model import TEXT_TOKENS
+T5_MAX_LENGTH = 120   # PixArt-alpha's T5 sequence length (B.6); OpenSora passes its own 300 (C.7)
 
 CLEANING_PASSES = 2   # upstream calls clean_caption twice (B.6)
 
@@ -136,7 +137,7 @@ class TextEmbedding:
 class T5TextEncoder:
     """T5 encoder + tokenizer from a local folder or hub id (the folder holds both, like PixArt's t5 dir)."""
 
-    def __init__(self, path_or_id: str, device: torch.device | str = "cpu", max_length: int = TEXT_TOKENS,
+    def __init__(self, path_or_id: str, device: torch.device | str = "cpu", max_length: int = T5_MAX_LENGTH,
                  clean: bool = True, dtype: torch.dtype = torch.float32) -> None:
         from transformers import AutoTokenizer, T5EncoderModel
 
