@@ -259,6 +259,14 @@ def test_shape_change_inside_a_session_is_an_error(model, x):
             run.set_step(3)
 
 
+def test_odd_batch_with_cfg_halves_is_an_error(model, x):
+    model.feature_cache.config = _conservative("random")
+    with model.feature_cache.session(3, cfg_halves=True) as run:
+        run.set_step(0)
+        with pytest.raises(ValueError, match="two equal halves"):
+            model(x[:3], torch.full((3,), 3.0))
+
+
 def test_sessions_do_not_nest(model):
     with model.feature_cache.session(2):
         with pytest.raises(RuntimeError, match="already open"):

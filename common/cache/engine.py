@@ -179,6 +179,9 @@ class CacheRun:
     def _check_shape(self, x: torch.Tensor) -> None:
         shape = (x.shape[0], x.shape[1])
         if self.shape is None:
+            if self.cfg_halves and shape[0] % 2:
+                raise ValueError(f"cache session opened with cfg_halves=True but the batch has {shape[0]} rows; "
+                                 f"a CFG batch holds two equal halves (pass cfg_halves=False without guidance)")
             self.shape = shape
         elif shape != self.shape:
             raise ValueError(f"this cache session started with batch {self.shape[0]} x {self.shape[1]} tokens "
