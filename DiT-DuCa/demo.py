@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from duca_common.runtime import atomic_path
 from duca_eval.digits import digits_scores, load_default_classifier, real_heldout_digits
 
 from .digits import to_unit_range
@@ -95,9 +95,8 @@ def save_side_by_side(runs: list[SampleRun], path: Path, count: int) -> None:
         draw.text((x, gap // 2), name, fill="black")
         canvas.paste(panel, (x, gap // 2 + title_h))
         x += panel.width + gap
-    tmp = path.with_name(path.name + ".tmp.png")
-    canvas.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        canvas.save(tmp)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

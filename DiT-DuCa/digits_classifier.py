@@ -24,6 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from duca_common.runtime import atomic_path
+
 from .digits import DIGITS_CHANNELS, DIGITS_IMAGE_SIZE, DIGITS_NUM_CLASSES, load_digits_split
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -93,11 +95,9 @@ def save_classifier(model: DigitsClassifier, path: str | os.PathLike, extra: dic
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"kind": METADATA_KIND, "config": json.dumps(asdict(model.config)), **(extra or {})}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata=meta)
     return path
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from duca_common.cache import CacheConfig
+from duca_common.runtime import atomic_path
 
 from .models import DiT
 
@@ -85,12 +86,10 @@ def save_dit(state_dict: dict[str, torch.Tensor], spec: DiTSpec, path: str | os.
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {**(extra or {}), "kind": METADATA_KIND, "spec": spec.to_json(),
             "dit_config": json.dumps(spec.dit_kwargs(), sort_keys=True)}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp), metadata=meta)
     return path
 
 

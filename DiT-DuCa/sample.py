@@ -14,7 +14,6 @@ the whole run is traced on the meta device and its FLOPs counted). Noise is draw
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import asdict
@@ -28,6 +27,7 @@ from dit_duca.loading import (CheckpointError, CheckpointNotFoundError, VAEError
 from dit_duca.options import (add_cache_args, add_model_args, cache_config_from_args, latent_geometry,
                               validate_common)
 from duca_common.cache import TransformerDims, full_run_flops, measured_flops, reference_flops
+from duca_common.runtime import write_json
 
 REFERENCE_CLASS_LABELS = [207, 360, 387, 974, 88, 979, 417, 279]
 
@@ -244,8 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
 def _write_report(path: str | None, report: dict) -> None:
     if not path:
         return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(_jsonable(report), indent=2, default=str))
+    write_json(path, _jsonable(report))
     print(f"report: {path}")
 
 

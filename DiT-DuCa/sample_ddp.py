@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from duca_common.runtime import atomic_write_bytes, init_distributed
+from duca_common.runtime import atomic_path, atomic_write_bytes, init_distributed
 from dit_duca.diffusion import create_diffusion
 from dit_duca.loading import (CheckpointError, VAEError, build_dit, decode_latents, load_checkpoint, load_into,
                               load_vae, resolve_checkpoint, to_uint8_images)
@@ -111,10 +111,8 @@ def write_npz(folder: Path, num: int) -> Path:
     for i in range(num):
         arr[i] = np.asarray(Image.open(png_path(folder, i)).convert("RGB"))
     out = folder.with_name(folder.name + ".npz")
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, arr_0=arr)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        np.savez(tmp, arr_0=arr)
     return out
 
 
@@ -178,9 +176,7 @@ def prepare(args: argparse.Namespace, parser: argparse.ArgumentParser, rank: int
             probe.unlink()
         except OSError as exc:
             raise OSError(f"output folder {folder} is not writable: {exc}") from exc
-        tmp = folder / f".{MANIFEST}.tmp"
-        tmp.write_text(json.dumps(manifest, indent=2))
-        os.replace(tmp, folder / MANIFEST)
+        atomic_write_bytes(folder / MANIFEST, json.dumps(manifest, indent=2).encode("utf-8"))
     return model, vae, cache_cfg, cache_desc, folder, ckpt_path
 
 

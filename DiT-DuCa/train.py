@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from copy import deepcopy
@@ -31,6 +30,8 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+
+from duca_common.runtime import atomic_path
 
 from .diffusion import create_diffusion
 from .embedded import DiTSpec, save_dit
@@ -134,9 +135,8 @@ def heldout_loss(model: torch.nn.Module, diffusion, heldout: TensorData) -> floa
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """torch.save to a temp file in the same folder, then an atomic rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def export_ema(ema: torch.nn.Module, spec: DiTSpec, path: Path, info: dict[str, str]) -> None:

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,7 +29,7 @@ from tqdm import tqdm
 
 from duca_common import runtime
 from duca_common.cache import CacheConfig, get_preset, presets_for
-from duca_common.runtime import UsageError, atomic_write_bytes, pick_device
+from duca_common.runtime import UsageError, atomic_path, pick_device, write_json
 
 from opensora_duca.checkpoint import CONFIG_FILE, CheckpointError, config_fields
 from opensora_duca.pipeline import DEFAULT_AES, DEFAULT_FPS, VideoSpec, flops_report
@@ -310,30 +308,22 @@ def write_video(video: torch.Tensor, path: Path, fps: int) -> None:
     except ImportError as err:
         raise UsageError("writing mp4 needs PyAV: pip install av") from err
     frames = video.permute(1, 2, 3, 0).contiguous().numpy()           # (F, H, W, 3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".mp4")
-    os.close(fd)
-    try:
-        with av.open(tmp, mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=fps)
-            stream.width, stream.height = frames.shape[2] // 2 * 2, frames.shape[1] // 2 * 2   # yuv420p: even
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": VIDEO_CRF}
-            for frame in frames:
-                image = av.VideoFrame.from_ndarray(frame[:stream.height, :stream.width], format="rgb24")
-                for packet in stream.encode(image):
-                    container.mux(packet)
-            for packet in stream.encode():
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = frames.shape[2] // 2 * 2, frames.shape[1] // 2 * 2   # yuv420p: even
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": VIDEO_CRF}
+        for frame in frames:
+            image = av.VideoFrame.from_ndarray(frame[:stream.height, :stream.width], format="rgb24")
+            for packet in stream.encode(image):
                 container.mux(packet)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for packet in stream.encode():
+            container.mux(packet)
 
 
 def write_report(path: str | None, report: dict) -> None:
     if path:
-        atomic_write_bytes(Path(path), json.dumps(report, indent=2, default=str).encode("utf-8"))
+        write_json(path, report)
 
 
 def describe(args: argparse.Namespace, s: Settings) -> dict:

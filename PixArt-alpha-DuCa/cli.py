@@ -14,7 +14,7 @@ import torch
 
 from duca_common.cache import PIXART_TOCA_SCHEDULE, CacheConfig, RatioSchedule, get_preset, presets_for
 from duca_common.cache.presets import PIXART_SPATIAL
-from duca_common.runtime import UsageError, atomic_write_bytes, pick_device  # noqa: F401  (re-exported to the scripts)
+from duca_common.runtime import UsageError, atomic_write_bytes, pick_device, write_json  # noqa: F401  (re-exported to the scripts)
 
 from .checkpoint import CheckpointError, check_image_size, config_from_state_dict, load_transformer, read_pth_state_dict
 from .dpm_solver import DEFAULT_CFG, DEFAULT_STEPS
@@ -265,7 +265,7 @@ def text_lengths_for_flops(args: argparse.Namespace, prompts: list[str]) -> tupl
 
 def write_report(path: str | None, report: dict) -> None:
     if path:
-        atomic_write_bytes(Path(path), json.dumps(report, indent=2).encode("utf-8"))
+        write_json(path, report)
 
 
 # ---------------------------------------------------------------------------------------------------

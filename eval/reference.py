@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from duca_common.runtime import atomic_path
+
 from .errors import InputError
 from .fid import GaussianStats
 from .images import ADM_IMAGES_KEY, FolderImages, NpzImages, npz_keys
@@ -64,16 +66,14 @@ class ReferenceStats:
     def save(self, path: str | Path) -> Path:
         """Write an ADM-compatible statistics file (usable as a reference later)."""
         path = Path(path).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {KEY_MU: self.pool.mu, KEY_SIGMA: self.pool.sigma}
         if self.spatial is not None:
             arrays.update({KEY_MU_S: self.spatial.mu, KEY_SIGMA_S: self.spatial.sigma})
         if self.pool_features is not None:
             arrays[KEY_POOL_FEATURES] = self.pool_features
         # Write then rename, so an interrupted run never leaves a truncated file behind.
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            np.savez(tmp, **arrays)
         return path
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import platform
@@ -11,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+from duca_common import runtime
 
 
 def environment(device: torch.device) -> dict:
@@ -37,11 +38,7 @@ def _jsonable(obj):
 
 
 def write_json(path: Path, data: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(data), indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return runtime.write_json(path, _jsonable(data))
 
 
 def fmt(value, digits: int = 2, suffix: str = "") -> str:
