@@ -11,7 +11,6 @@ section E). Outside a cache session the forward is the plain DiT forward.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
@@ -19,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from duca_common.cache import BlockLayout, CacheConfig, FeatureCache, residual
+from duca_common.layers import TimestepEmbedder   # sinusoid (cos first, divisor half) + mlp.{0,2}: models.md 0.1
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -26,7 +26,7 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 # ------------------------------------------------------------------------------------------------
-# Embedders (timm / DiT names: x_embedder.proj, t_embedder.mlp.{0,2}, y_embedder.embedding_table)
+# Embedders (timm / DiT names: x_embedder.proj, y_embedder.embedding_table; t_embedder is shared)
 # ------------------------------------------------------------------------------------------------
 
 class PatchEmbed(nn.Module):
@@ -44,30 +44,6 @@ class PatchEmbed(nn.Module):
         if tuple(x.shape[-2:]) != self.img_size:
             raise ValueError(f"input size {tuple(x.shape[-2:])} does not match the model's {self.img_size}")
         return self.proj(x).flatten(2).transpose(1, 2)
-
-
-class TimestepEmbedder(nn.Module):
-    """Sinusoidal features (cos first, divisor ``half``; models.md 0.1) then a 2-layer MLP."""
-
-    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256) -> None:
-        super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(frequency_embedding_size, hidden_size, bias=True), nn.SiLU(),
-                                 nn.Linear(hidden_size, hidden_size, bias=True))
-        self.frequency_embedding_size = frequency_embedding_size
-
-    @staticmethod
-    def timestep_embedding(t: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:
-        half = dim // 2
-        freqs = torch.exp(-math.log(max_period) * torch.arange(0, half, dtype=torch.float32, device=t.device) / half)
-        args = t[:, None].float() * freqs[None]
-        embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-        if dim % 2:
-            embedding = torch.cat([embedding, torch.zeros_like(embedding[:, :1])], dim=-1)
-        return embedding
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        t_freq = self.timestep_embedding(t, self.frequency_embedding_size)
-        return self.mlp(t_freq.to(self.mlp[0].weight.dtype))
 
 
 class LabelEmbedder(nn.Module):
