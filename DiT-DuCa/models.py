@@ -12,13 +12,13 @@ section E). Outside a cache session the forward is the plain DiT forward.
 from __future__ import annotations
 
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from duca_common.cache import BlockLayout, CacheConfig, FeatureCache, residual
-from duca_common.layers import TimestepEmbedder   # sinusoid (cos first, divisor half) + mlp.{0,2}: models.md 0.1
+# the timestep embedder (models.md 0.1) and the 2-D sin-cos table (0.4) are shared with PixArt
+from duca_common.layers import TimestepEmbedder, pos_embed_2d
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -228,8 +228,8 @@ class DiT(nn.Module):
                     nn.init.constant_(module.bias, 0)
 
         self.apply(_basic_init)
-        pos = get_2d_sincos_pos_embed(self.hidden_size, int(self.x_embedder.num_patches ** 0.5))
-        self.pos_embed.data.copy_(torch.from_numpy(pos).float().unsqueeze(0))
+        side = self.x_embedder.grid_size[0]
+        self.pos_embed.data.copy_(pos_embed_2d(self.hidden_size, (side, side), base_size=side, lewei_scale=1.0))
         w = self.x_embedder.proj.weight.data
         nn.init.xavier_uniform_(w.view([w.shape[0], -1]))
         nn.init.constant_(self.x_embedder.proj.bias, 0)
@@ -286,32 +286,6 @@ class DiT(nn.Module):
 # ------------------------------------------------------------------------------------------------
 # Fixed 2-D sin-cos position table (MAE convention, models.md 0.4; float64 numpy as upstream)
 # ------------------------------------------------------------------------------------------------
-
-def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int) -> np.ndarray:
-    grid_h = np.arange(grid_size, dtype=np.float32)
-    grid_w = np.arange(grid_size, dtype=np.float32)
-    grid = np.meshgrid(grid_w, grid_h)          # w first: the first half of the dims encodes the column
-    grid = np.stack(grid, axis=0).reshape([2, 1, grid_size, grid_size])
-    return get_2d_sincos_pos_embed_from_grid(embed_dim, grid)
-
-
-def get_2d_sincos_pos_embed_from_grid(embed_dim: int, grid: np.ndarray) -> np.ndarray:
-    if embed_dim % 2:
-        raise ValueError(f"embed_dim {embed_dim} must be even")
-    emb_h = get_1d_sincos_pos_embed_from_grid(embed_dim // 2, grid[0])
-    emb_w = get_1d_sincos_pos_embed_from_grid(embed_dim // 2, grid[1])
-    return np.concatenate([emb_h, emb_w], axis=1)
-
-
-def get_1d_sincos_pos_embed_from_grid(embed_dim: int, pos: np.ndarray) -> np.ndarray:
-    if embed_dim % 2:
-        raise ValueError(f"embed_dim {embed_dim} must be even")
-    omega = np.arange(embed_dim // 2, dtype=np.float64)
-    omega /= embed_dim / 2.0
-    omega = 1.0 / 10000 ** omega
-    out = np.einsum("m,d->md", pos.reshape(-1), omega)
-    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
-
 
 # ------------------------------------------------------------------------------------------------
 # Configs (facebookresearch/DiT)

@@ -25,16 +25,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Mlp
 
 from duca_common.cache import BlockLayout, CacheConfig, FeatureCache, residual
-from duca_common.text import T5_MAX_LENGTH
 from duca_common.layers import (Caption, CaptionEmbedder, CrossAttention, SizeEmbedder, TimestepEmbedder, gelu_tanh,
-                                pack_caption, t2i_modulate)
+                                pack_caption, pos_embed_2d, t2i_modulate)
+from duca_common.text import T5_MAX_LENGTH
 
 # Architecture constants of PixArt-XL/2 (models.md B.1/B.2).
 XL_HIDDEN = 1152
@@ -113,26 +112,6 @@ def pixart_xl_2(image_size: int) -> PixArtConfig:
 # ---------------------------------------------------------------------------------------------------
 # Fixed embeddings
 # ---------------------------------------------------------------------------------------------------
-def _sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
-    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
-    out = np.einsum("m,d->md", pos.reshape(-1).astype(np.float64), omega)
-    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
-
-
-def pos_embed_2d(dim: int, grid: tuple[int, int], base_size: int, lewei_scale: float) -> torch.Tensor:
-    """2-D sin-cos table (1, h*w, dim) with PixArt's coordinate scaling (B.4, section 0.4).
-
-    Row r, column c: gy = r / (h / base) / lewei, gx = c / (w / base) / lewei; the first half of the
-    channels encodes gx (the column). Computed in float32 like upstream's numpy code.
-    """
-    h, w = grid
-    gy = np.arange(h, dtype=np.float32) / (h / base_size) / lewei_scale
-    gx = np.arange(w, dtype=np.float32) / (w / base_size) / lewei_scale
-    xx, yy = np.meshgrid(gx, gy)                                   # (h, w) each, token index r*w + c
-    emb = np.concatenate([_sincos_1d(dim // 2, xx), _sincos_1d(dim // 2, yy)], axis=1)
-    return torch.from_numpy(emb.astype(np.float32))[None]
-
-
 # ---------------------------------------------------------------------------------------------------
 # Sub-modules (names match the official checkpoint)
 # ---------------------------------------------------------------------------------------------------

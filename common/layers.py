@@ -1,6 +1,7 @@
 """Transformer layers shared by the text-conditioned models: PixArt-alpha and OpenSora's STDiT3 (whose
 upstream code reuses PixArt's blocks). Parameter names match the official checkpoints (models.md B.2, C.3).
 
+* ``pos_embed_2d``: the fixed 2-D sin-cos position table (section 0.4; DiT and PixArt).
 * ``timestep_embedding`` / ``TimestepEmbedder`` / ``SizeEmbedder``: GLIDE sinusoid + 2-layer MLP (section 0.1, B.5).
 * ``CaptionEmbedder``: T5 features -> hidden (``y_proj``) and the learned null caption ``y_embedding``.
 * ``CrossAttention``: image tokens attend to their sample's valid text tokens; any subset of the tokens can
@@ -14,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -21,6 +23,28 @@ from timm.layers import Mlp
 
 FREQ_EMBED_DIM = 256            # sinusoidal timestep features (models.md section 0.1)
 ENTROPY_EPS = 1e-7              # the reference's log(P + 1e-7) in the entropy score (B.9)
+
+
+def _sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
+    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+    out = np.einsum("m,d->md", pos.reshape(-1).astype(np.float64), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
+def pos_embed_2d(dim: int, grid: tuple[int, int], base_size: int, lewei_scale: float) -> torch.Tensor:
+    """2-D sin-cos table (1, h*w, dim) (models.md section 0.4) with PixArt's coordinate scaling (B.4).
+
+    DiT's table is the case grid = (base, base), lewei_scale = 1: integer coordinates.
+
+    Row r, column c: gy = r / (h / base) / lewei, gx = c / (w / base) / lewei; the first half of the
+    channels encodes gx (the column). Computed in float32 like upstream's numpy code.
+    """
+    h, w = grid
+    gy = np.arange(h, dtype=np.float32) / (h / base_size) / lewei_scale
+    gx = np.arange(w, dtype=np.float32) / (w / base_size) / lewei_scale
+    xx, yy = np.meshgrid(gx, gy)                                   # (h, w) each, token index r*w + c
+    emb = np.concatenate([_sincos_1d(dim // 2, xx), _sincos_1d(dim // 2, yy)], axis=1)
+    return torch.from_numpy(emb.astype(np.float32))[None]
 
 
 def timestep_embedding(t: torch.Tensor, dim: int = FREQ_EMBED_DIM, max_period: float = 10000.0) -> torch.Tensor:

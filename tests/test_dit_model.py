@@ -6,7 +6,8 @@ import torch
 
 from duca_common.cache import CacheConfig, get_preset
 from dit_duca.diffusion import create_diffusion
-from dit_duca.models import DiT, DiT_models, build_model, get_2d_sincos_pos_embed
+from duca_common.layers import pos_embed_2d
+from dit_duca.models import DiT, DiT_models, build_model
 
 
 def tiny_dit(**kw) -> DiT:
@@ -77,7 +78,7 @@ def test_tiny_dit_saved_and_strictly_reloaded(tmp_path):
 
 
 def test_pos_embed_first_half_encodes_column():
-    pe = get_2d_sincos_pos_embed(16, 4)          # (16 tokens, 16 dims)
+    pe = pos_embed_2d(16, (4, 4), base_size=4, lewei_scale=1.0)[0]   # DiT's table: (16 tokens, 16 dims)
     # tokens 0 and 4 share the column (0) and differ in row: the first half must be equal
     assert (pe[0, :8] == pe[4, :8]).all() and not (pe[0, 8:] == pe[4, 8:]).all()
     assert (pe[0, 8:] == pe[1, 8:]).all()

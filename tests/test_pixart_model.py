@@ -11,10 +11,10 @@ import torch
 from duca_common.cache import (CacheConfig, RatioSchedule, TransformerDims, full_run_flops, get_preset,
                                reference_flops)
 from duca_common.cache.accounting import cross_attention_flops
-from duca_common.layers import cross_attention_entropy, pack_caption
+from duca_common.layers import cross_attention_entropy, pack_caption, pos_embed_2d
 from duca_common.text import TextEmbedding
 from pixart_duca import checkpoint as ck
-from pixart_duca.model import CACHED_MODULES, PixArt, pixart_xl_2, pos_embed_2d
+from pixart_duca.model import CACHED_MODULES, PixArt, pixart_xl_2
 from pixart_duca.pipeline import cfg_caption, flops_report, meta_run, sample
 from pixart_tiny import T5_DIM, TINY, TINY_MS, tiny_model
 
