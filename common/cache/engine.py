@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from . import selectors as sel
+from .accounting import tensor_bytes
 from .config import CacheConfig
 from .plan import Action, BlockLayout, Plan, build_plan
 from .taylor import TaylorTerms
@@ -70,8 +71,8 @@ class ModuleState:
     ref_input: torch.Tensor | None = None    # module input at the last full step (similarity selector)
 
     def nbytes(self) -> int:
-        total = sum(t.numel() * t.element_size() for t in (self.out, self.counter, self.ref_input) if t is not None)
-        return total + (self.taylor.nbytes() if self.taylor is not None else 0)
+        taylor = self.taylor.terms if self.taylor is not None else []
+        return tensor_bytes(self.out, self.counter, self.ref_input, *taylor)
 
 
 @dataclass
@@ -169,11 +170,8 @@ class CacheRun:
         self.current = None
 
     def nbytes(self) -> int:
-        total = sum(s.nbytes() for block in self.modules for s in block.values())
-        total += sum(t.numel() * t.element_size() for t in self.stats if t is not None)
-        if self.trunk_out is not None:
-            total += self.trunk_out.numel() * self.trunk_out.element_size()
-        return total
+        return (sum(s.nbytes() for block in self.modules for s in block.values())
+                + tensor_bytes(*self.stats, self.trunk_out))
 
     # -- helpers -----------------------------------------------------------------------------------
     def _check_shape(self, x: torch.Tensor) -> None:

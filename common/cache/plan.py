@@ -32,9 +32,6 @@ class Action(enum.IntEnum):
         return "FTRAP"[self.value]
 
 
-BLOCK_LETTERS = {"full": "F", "conservative": "T", "aggressive": "A", "reuse": "R", "forecast": "P"}
-
-
 @dataclass(frozen=True)
 class BlockLayout:
     """What the engine needs to know about a model's blocks (no model code).

@@ -37,6 +37,3 @@ class TaylorTerms:
         for i in range(1, len(self.terms)):
             out = out + self.terms[i] * (dt ** i / math.factorial(i))
         return out
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.terms)
