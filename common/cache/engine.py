@@ -153,6 +153,7 @@ class CacheRun:
         self.current: StepView | None = None
         self._selects = plan.count(Action.PARTIAL) > 0
         self._stores = self.config.method != "none"
+        self._stores_trunk = any(plan.trunk_reused)      # decided once, not per step
 
     # -- lifecycle -------------------------------------------------------------------------------
     def set_step(self, p: int) -> "StepView":
@@ -223,7 +224,7 @@ class StepView:
                 raise RuntimeError(f"step {self.p} reuses the trunk output but none was computed before; "
                                    f"the plan must start with a full step")
             return run.trunk_out
-        if run._stores and run.plan.count(Action.SKIP) > 0:
+        if run._stores_trunk:
             run.trunk_out = x
         return x
 
