@@ -30,6 +30,7 @@ from tqdm import tqdm
 from duca_common import runtime
 from duca_common.cache import CacheConfig, get_preset, presets_for
 from duca_common.runtime import UsageError, atomic_path, pick_device, write_json
+from duca_common.text import read_prompt_lines
 
 from opensora_duca.checkpoint import CONFIG_FILE, CheckpointError, config_fields
 from opensora_duca.pipeline import DEFAULT_AES, DEFAULT_FPS, VideoSpec, flops_report
@@ -171,14 +172,7 @@ def read_prompt_list(path: str) -> list[str]:
             raise UsageError(f"--prompts-file {path!r} is not a VBench info file (a list of {{'prompt_en': ...}}): "
                              f"{err}") from err
     else:
-        lines = file.read_text(encoding="utf-8").splitlines()
-        while lines and not lines[-1].strip():
-            lines.pop()
-        empty = [i + 1 for i, line in enumerate(lines) if not line.strip()]
-        if empty:
-            raise UsageError(f"--prompts-file {path!r} has empty lines (line {empty[0]}); remove them so sample i "
-                             f"pairs with line i")
-        prompts = [line.strip() for line in lines]
+        prompts = read_prompt_lines(file, "--prompts-file")
     if not prompts:
         raise UsageError(f"--prompts-file {path!r} holds no prompts")
     return prompts

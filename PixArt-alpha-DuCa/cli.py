@@ -15,6 +15,7 @@ import torch
 from duca_common.cache import PIXART_TOCA_SCHEDULE, CacheConfig, RatioSchedule, get_preset, presets_for
 from duca_common.cache.presets import PIXART_SPATIAL
 from duca_common.runtime import UsageError, atomic_write_bytes, pick_device, write_json  # noqa: F401  (re-exported to the scripts)
+from duca_common.text import read_prompt_lines
 
 from .checkpoint import CheckpointError, check_image_size, config_from_state_dict, load_transformer, read_pth_state_dict
 from .dpm_solver import DEFAULT_CFG, DEFAULT_STEPS
@@ -129,14 +130,7 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
         path = Path(args.txt_file)
         if not path.is_file():
             raise UsageError(f"prompt file {str(path)!r} does not exist; pass --txt_file with one prompt per line")
-        lines = path.read_text(encoding="utf-8").splitlines()
-        while lines and not lines[-1].strip():
-            lines.pop()
-        empty = [i + 1 for i, line in enumerate(lines) if not line.strip()]
-        if empty:
-            raise UsageError(f"prompt file {str(path)!r} has empty lines (line {empty[0]}, {len(empty)} in all); remove "
-                             f"them so image i pairs with line i")
-        prompts = [line.strip() for line in lines]
+        prompts = read_prompt_lines(path, "--txt_file")
     else:
         raise UsageError("no prompts: pass --txt_file PATH (one prompt per line) or --prompt TEXT")
     if not prompts:

@@ -167,3 +167,18 @@ class T5TextEncoder:
         ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
         hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
         return TextEmbedding(hidden, mask)
+
+
+def read_prompt_lines(path: Path, flag: str) -> list[str]:
+    """One prompt per line, stripped; trailing blank lines are ignored. A blank line inside the file is an
+    error (``UsageError`` naming ``flag``), because output i must pair with line i of the file."""
+    from .runtime import UsageError
+
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    empty = [i + 1 for i, line in enumerate(lines) if not line.strip()]
+    if empty:
+        raise UsageError(f"{flag} {str(path)!r} has empty lines (line {empty[0]}, {len(empty)} in all); remove them "
+                         f"so output i pairs with line i")
+    return [line.strip() for line in lines]

@@ -156,7 +156,7 @@ def test_missing_weights_and_empty_prompt_lines(weights, tmp_path, capsys):
     bad = tmp_path / "p.txt"
     bad.write_text("a\n\nb\n")
     assert inference.main(base_args(weights, out, "--prompts-file", str(bad))) == 2
-    assert "empty lines (line 2)" in capsys.readouterr().err
+    assert "empty lines (line 2, 1 in all)" in capsys.readouterr().err
     args = base_args(weights, out, "--prompt", "x")
     args[args.index("--t5-path") + 1] = str(tmp_path / "no-t5")
     assert inference.main(args) == 2 and "--t5-path" in capsys.readouterr().err
