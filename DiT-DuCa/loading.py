@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from duca_common.errors import CheckpointError, CheckpointNotFoundError, UsageError
 from duca_common.vae import LATENT_SCALE, load_autoencoder_kl, vae_weight_file
 
 from .models import DiT, DiT_models
@@ -27,15 +28,7 @@ VAE_HUB_IDS = {"mse": "stabilityai/sd-vae-ft-mse", "ema": "stabilityai/sd-vae-ft
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable or does not fit the model."""
-
-
-class CheckpointNotFoundError(CheckpointError):
-    """No checkpoint was given and none was found in the usual places."""
-
-
-class VAEError(RuntimeError):
+class VAEError(UsageError):
     """The VAE could not be found or loaded."""
 
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from duca_common.errors import CheckpointError  # noqa: F401  (the project's one checkpoint error)
+
 WEIGHTS_FILE = "model.safetensors"     # the HF PreTrainedModel file of both hub repos (C.1)
 CONFIG_FILE = "config.json"
 MAX_KEYS_SHOWN = 8
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be found or does not fit the model; the message says what to fix."""
 
 
 def _looks_like_hub_id(spec: str) -> bool:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from duca_common.errors import CheckpointError  # noqa: F401  (the project's one checkpoint error)
+
 from .model import HEAD_DIM, LEWEI_SCALE, VAE_DOWNSAMPLE, PixArt, PixArtConfig
 
 DIFFUSERS_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -30,8 +32,6 @@ DIFFUSERS_SUBFOLDER = "transformer"
 DIFFUSERS_INTERPOLATION_DIVISOR = 64
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot serve the requested model; the message names the problem and the fix."""
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -12,18 +12,29 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .errors import UsageError
 
-class UsageError(ValueError):
-    """A bad flag, path or file; the message names the problem and the fix."""
+__all__ = ["UsageError", "atomic_path", "atomic_write_bytes", "init_distributed", "pick_device", "write_json"]
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto`` (CUDA when visible, else CPU) or an explicit torch device name."""
-    if name == "auto":
+def pick_device(name: str | None = "auto", flag: str = "--device") -> torch.device:
+    """The one way every entry point chooses its device: ``auto`` or ``None`` (CUDA when visible, else CPU)
+    or an explicit torch device name (``cpu``, ``cuda``, ``cuda:1``, ``mps``). A device that cannot be used
+    is a ``UsageError`` naming ``flag`` and the fix."""
+    if name is None or name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name} asked for CUDA but no GPU is visible; pass --device cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"{flag} {name!r} is not a device; pass auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"{flag} {name} asked for CUDA but no GPU is visible; pass {flag} cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"{flag} {name}: only {torch.cuda.device_count()} GPU(s) are visible; "
+                             f"pass {flag} cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"{flag} {name} asked for MPS but it is not available; pass {flag} cpu")
     return device
 
 

@@ -169,12 +169,52 @@ class T5TextEncoder:
         return TextEmbedding(hidden, mask)
 
 
-def read_prompt_lines(path: Path, flag: str) -> list[str]:
-    """One prompt per line, stripped; trailing blank lines are ignored. A blank line inside the file is an
-    error (``UsageError`` naming ``flag``), because output i must pair with line i of the file."""
+UTF8_BOM = b"\xef\xbb\xbf"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def _line_of(data: bytes, offset: int) -> int:
+    return data.count(b"\n", 0, offset) + 1
+
+
+def read_text_utf8(path: Path, flag: str) -> str:
+    """The text of a UTF-8 file (a leading byte-order mark is dropped). Any other encoding is a
+    ``UsageError`` naming ``flag``, the file, the line and the byte offset of the first bad byte; a NUL
+    byte (UTF-16 without a BOM) is refused the same way."""
     from .runtime import UsageError
 
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise UsageError(f"{flag} {str(path)!r} is a folder; pass a text file with one prompt per line") from None
+    except OSError as exc:
+        raise UsageError(f"{flag} {str(path)!r} cannot be read ({exc.strerror}); pass a readable text file") from None
+    fix = "save it as UTF-8 (with or without BOM)"
+    if data.startswith(UTF16_BOMS):
+        raise UsageError(f"{flag} {str(path)!r} is UTF-16 (byte-order mark at line 1, byte offset 0); {fix}")
+    body = data[len(UTF8_BOM):] if data.startswith(UTF8_BOM) else data
+    skip = len(data) - len(body)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        offset = exc.start + skip
+        raise UsageError(f"{flag} {str(path)!r} is not UTF-8: byte 0x{data[offset]:02x} at line "
+                         f"{_line_of(data, offset)}, byte offset {offset}; {fix}") from None
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise UsageError(f"{flag} {str(path)!r} has a NUL byte at line {_line_of(data, nul)}, byte offset {nul} "
+                         f"(UTF-16 without a byte-order mark?); {fix}")
+    return text
+
+
+def read_prompt_lines(path: Path, flag: str) -> list[str]:
+    """One prompt per line, stripped; trailing blank lines are ignored. The file must be UTF-8
+    (:func:`read_text_utf8`). A blank line inside the file is an error (``UsageError`` naming ``flag``),
+    because output i must pair with line i of the file."""
+    from .runtime import UsageError
+
+    lines = read_text_utf8(path, flag).splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     empty = [i + 1 for i, line in enumerate(lines) if not line.strip()]
