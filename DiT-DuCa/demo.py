@@ -6,7 +6,7 @@ Every method samples the same seeds and class labels (balanced over the 10 digit
 guidance and DDIM-50 (``dit_duca.embedded_sampling``). The demo writes ``grid_<method>.png`` per method
 and ``side_by_side.png`` into ``--out`` and prints a markdown table: reference-formula FLOPs per image
 (transformer blocks, CFG included), FLOPs speed-up, wall-clock speed-up measured in this run, class
-accuracy and Frechet distance to the real held-out digits (``duca_eval.digits``), and PSNR against the
+accuracy and Frechet distance to the real held-out digits (``dit_duca.digits_metrics``), and PSNR against the
 uncached samples of the same seeds. The table is also saved as ``table.md`` and ``results.json``.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from duca_common.runtime import atomic_path
-from duca_eval.digits import digits_scores, load_default_classifier, real_heldout_digits
+from dit_duca.digits_metrics import digits_scores, load_default_classifier, real_heldout_digits
 
 from .digits import to_unit_range
 from .embedded import DEFAULT_EMBEDDED_PATH, load_dit_checkpoint

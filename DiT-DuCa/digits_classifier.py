@@ -1,4 +1,4 @@
-"""A small CNN that recognises the 16x16 digits; the judge of the digits metrics (``duca_eval.digits``).
+"""A small CNN that recognises the 16x16 digits; the judge of the digits metrics (``dit_duca.digits_metrics``).
 
 It plays the role Inception plays for FID: its class prediction gives the class accuracy of generated
 samples, its penultimate features give the Frechet distance to the real held-out digits. It is trained

@@ -112,11 +112,8 @@ def sample(model: DiT, labels: torch.Tensor, *, method: str = "none", config: Ca
 
 
 def psnr(images: torch.Tensor, reference: torch.Tensor) -> float:
-    """Mean per-image PSNR (dB, ``duca_eval.fidelity.psnr``) of images in [-1, 1] against ``reference``,
-    both mapped to [0, 1] and clamped; ``inf`` when every image equals its reference."""
-    from duca_eval.fidelity import psnr as psnr_per_image
+    """Mean per-image PSNR (dB) of images in [-1, 1] against ``reference`` (``digits_metrics.mean_psnr``:
+    both mapped to [0, 1]; ``inf`` when every image equals its reference)."""
+    from .digits_metrics import mean_psnr
 
-    from .digits import to_unit_range
-
-    values = psnr_per_image(to_unit_range(images), to_unit_range(reference))
-    return float(values.mean())
+    return mean_psnr(images, reference)

@@ -51,7 +51,7 @@ FINAL_LR_FRACTION = 0.1
 @dataclass(frozen=True)
 class TrainConfig:
     data: str = DIGITS_SOURCE
-    image_size: int = 16            # folders of images only; digits are 16x16, latents keep their size
+    image_size: int = 16            # digits (upsampled from 8x8) and image folders; latents keep their size
     channels: int = 1               # folders of images only: 1 grey, 3 RGB
     depth: int = 6                  # the embedded model: 6 blocks of width 128, 4 heads, patch 2 (1.9 M params;
     hidden_size: int = 128          # environment.md measured this size trains to legible digits in minutes)

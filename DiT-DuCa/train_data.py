@@ -4,7 +4,8 @@ Every source becomes an in-memory :class:`TensorData` (images or latents (N, C, 
 split into train and held-out parts with the same fixed, stratified rule as the digits
 (``dit_duca.digits.split_indices``). Sources:
 
-* ``digits``: scikit-learn's digits at 16x16, 10 classes (``dit_duca.digits``).
+* ``digits``: scikit-learn's digits at ``--image-size`` (16x16 by default, 32x32 for the 256-token
+  embedded model), 10 classes (``dit_duca.digits``).
 * a folder of images: class sub-folders (``root/<class>/*.png``, classes in sorted name order) or a flat
   folder (one class). Images are centre-cropped to a square, resized to ``--image-size``, converted to
   1 (grey) or 3 (RGB) channels and scaled to [-1, 1].
@@ -22,11 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .digits import HELDOUT_FRACTION, SPLIT_SEED, load_digits_split, split_indices
+from .digits import DIGITS_IMAGE_SIZE, HELDOUT_FRACTION, SPLIT_SEED, load_digits_split, split_indices
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 LATENT_EXTENSIONS = (".pt", ".npz")
 DIGITS_SOURCE = "digits"
+# scikit-learn's digits are 8x8; --image-size upsamples them, never downsamples.
+DIGITS_SOURCE_SIZE = 8
 # Below this many examples a held-out split is not meaningful.
 MIN_EXAMPLES = 10
 
@@ -75,8 +78,12 @@ def _split(x: torch.Tensor, labels: torch.Tensor, num_classes: int, description:
                         TensorData(x[h_idx], labels[h_idx], num_classes, description))
 
 
-def load_digits_data() -> TrainHeldout:
-    train, held = load_digits_split("train"), load_digits_split("heldout")
+def load_digits_data(size: int = DIGITS_IMAGE_SIZE) -> TrainHeldout:
+    """The digits' fixed split, bilinearly upsampled from 8x8 to ``size`` x ``size``."""
+    if size < DIGITS_SOURCE_SIZE:
+        raise DataError(f"--image-size {size} is below the digits' own {DIGITS_SOURCE_SIZE}x{DIGITS_SOURCE_SIZE}; "
+                        f"pass {DIGITS_IMAGE_SIZE} (the shipped 64-token model) or 32 (256 tokens)")
+    train, held = load_digits_split("train", size), load_digits_split("heldout", size)
     return TrainHeldout(TensorData(train.images, train.labels, 10, "sklearn digits (train split)"),
                         TensorData(held.images, held.labels, 10, "sklearn digits (held-out split)"))
 
@@ -177,6 +184,6 @@ def check_source(source: str) -> None:
 def load_training_data(source: str, image_size: int, channels: int) -> TrainHeldout:
     check_source(source)
     if source == DIGITS_SOURCE:
-        return load_digits_data()
+        return load_digits_data(image_size)
     path = Path(source)
     return load_image_folder(path, image_size, channels) if path.is_dir() else load_latent_file(path)

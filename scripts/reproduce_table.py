@@ -17,7 +17,7 @@ loop. Then:
   wall-clock and CPU-time speed-ups of the same sampling, from this run (the uncached run is timed
   before and after the grid and the mean is the reference);
 * quality: for the embedded ``digits`` model, class accuracy and the Frechet distance in the digits
-  classifier's features against the real held-out digits (``duca_eval.digits``); for every model,
+  classifier's features against the real held-out digits (``dit_duca.digits_metrics``); for every model,
   PSNR and SSIM against the uncached samples of the same seeds (``duca_eval.fidelity``; pixel models
   compare images in [0, 1], latent models compare latents mapped linearly to [0, 1] with one range for
   both runs);
@@ -183,13 +183,13 @@ class DigitsJudge:
     """The digits classifier and the real held-out set, loaded once."""
 
     def __init__(self) -> None:
-        from duca_eval.digits import load_default_classifier, real_heldout_digits
+        from dit_duca.digits_metrics import load_default_classifier, real_heldout_digits
 
         self.classifier = load_default_classifier()
         self.real, _ = real_heldout_digits()
 
     def __call__(self, row: Row, labels: torch.Tensor) -> None:
-        from duca_eval.digits import digits_scores
+        from dit_duca.digits_metrics import digits_scores
 
         scores = digits_scores(self.classifier, row.samples.clamp(-1, 1), labels, self.real)
         row.metrics["accuracy"] = scores.accuracy
@@ -266,7 +266,7 @@ def _summarise(opts: TableOptions, specs: list[MethodSpec], rows: dict[str, Row]
         })
     return {"options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
             "environment": environment(target.device), "model": target.name, "protocol": opts.protocol,
-            "quality_metrics": "digits accuracy + Frechet distance (duca_eval.digits)" if opts.model == "digits"
+            "quality_metrics": "digits accuracy + Frechet distance (dit_duca.digits_metrics)" if opts.model == "digits"
             else "PSNR/SSIM against the uncached samples only (no quality judge for this model)",
             "rows": out}
 

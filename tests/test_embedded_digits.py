@@ -1,4 +1,4 @@
-"""Digits data, the shipped classifier and the digits metrics (duca_eval.digits) on hand-made cases."""
+"""Digits data, the shipped classifier and the digits metrics (dit_duca.digits_metrics) on hand-made cases."""
 
 import numpy as np
 import pytest
@@ -8,8 +8,9 @@ from dit_duca.digits import (DIGITS_IMAGE_SIZE, HELDOUT_FRACTION, load_digits_sp
                              to_unit_range)
 from dit_duca.digits_classifier import (DEFAULT_CLASSIFIER_PATH, REQUIRED_HELDOUT_ACCURACY, ClassifierConfig,
                                         DigitsClassifier, accuracy, load_classifier, save_classifier)
-from duca_eval.digits import (class_accuracy, classify, digits_frechet_distance, digits_scores,
-                              features_frechet_distance, load_default_classifier, real_heldout_digits)
+from dit_duca.digits_metrics import (class_accuracy, classify, digits_frechet_distance, digits_scores,
+                                     features_frechet_distance, fidelity_scores, load_default_classifier,
+                                     real_heldout_digits, to_classifier_size)
 from duca_eval.errors import InputError
 
 
@@ -118,3 +119,47 @@ def test_metrics_reject_bad_inputs(classifier, heldout):
         class_accuracy(classifier, torch.zeros(4, 3, 16, 16), labels[:4])
     with pytest.raises(InputError, match="empty"):
         classify(classifier, torch.zeros(0, 1, 16, 16))
+
+
+def test_fidelity_scores_rank_perturbations(classifier, heldout):
+    images = heldout[0][:40]
+    same = fidelity_scores(classifier, images, images)
+    assert same.psnr == float("inf") and same.feature_distance == 0.0 and same.frechet_to_uncached == pytest.approx(0.0, abs=1e-6)
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(images.shape, generator=gen)
+    small = fidelity_scores(classifier, (images + 0.05 * noise).clamp(-1, 1), images)
+    large = fidelity_scores(classifier, (images + 0.4 * noise).clamp(-1, 1), images)
+    # Every score orders the two perturbations the same way: more noise is further from the reference.
+    assert 10.0 < large.psnr < 20.0 and 30.0 < small.psnr < 40.0    # noise std 0.2 and 0.025 in [0, 1] units
+    assert 0.0 < small.feature_distance < large.feature_distance
+    assert 0.0 < small.frechet_to_uncached < large.frechet_to_uncached
+    # A different digit for every seed is far in the paired distance even though the set is the same.
+    shuffled = fidelity_scores(classifier, images.roll(1, 0), images)
+    assert shuffled.feature_distance > large.feature_distance
+    assert shuffled.frechet_to_uncached == pytest.approx(0.0, abs=1e-6)
+
+
+def test_32px_digits_pool_exactly_onto_the_classifier_size(classifier):
+    d16, d32 = load_digits_split("heldout", 16), load_digits_split("heldout", 32)
+    assert torch.equal(to_classifier_size(d32.images, classifier), d16.images)
+    assert class_accuracy(classifier, d32.images, d32.labels) == class_accuracy(classifier, d16.images, d16.labels)
+    with pytest.raises(InputError, match="power of two"):
+        to_classifier_size(torch.zeros(2, 1, 24, 24), classifier)
+    with pytest.raises(InputError, match="one shape"):
+        fidelity_scores(classifier, d32.images[:4], d16.images[:4])
+
+
+def test_eval_package_imports_no_model_package():
+    """duca_eval is the generic side of the dependency: it must not import a model package (issue 15.5)."""
+    import ast
+    from pathlib import Path
+
+    model_packages = {"dit_duca", "pixart_duca", "opensora_duca", "duca_scripts"}
+    eval_dir = Path(__file__).resolve().parents[1] / "eval"
+    offenders = []
+    for path in sorted(eval_dir.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in model_packages]
+    assert len(list(eval_dir.rglob("*.py"))) > 5 and offenders == []

@@ -8,7 +8,7 @@ import torch
 from dit_duca.embedded import DEFAULT_EMBEDDED_PATH, load_embedded_dit, read_spec
 from dit_duca.embedded_sampling import (DEFAULT_CFG_SCALE, DEFAULT_NUM_STEPS, METHOD_ORDER, balanced_labels,
                                         method_config, psnr, run_flops_per_image, sample, uncached_flops_per_image)
-from duca_eval.digits import class_accuracy, load_default_classifier
+from dit_duca.digits_metrics import class_accuracy, load_default_classifier
 
 # Quality bar of issue 4 (item 5), checked here on a small batch (the demo reports it on a larger one):
 # uncached guided samples >= 90% class accuracy; DuCa at >= 2x FLOPs speed-up within 5 points of it.

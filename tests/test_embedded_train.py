@@ -114,3 +114,15 @@ def test_learning_rate_schedule():
     assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)
     assert lr_factor(10, cfg) == pytest.approx(1.0)
     assert lr_factor(100, cfg) == pytest.approx(train_mod.FINAL_LR_FRACTION)
+
+
+def test_digits_at_32px_are_the_16px_digits_at_four_times_the_tokens():
+    """--image-size 32 trains the 256-token embedded model on the same split (docs/embedded.md)."""
+    d16, d32 = load_training_data("digits", 16, 1), load_training_data("digits", 32, 1)
+    assert d32.size == 32 and d32.channels == 1 and d32.num_classes == 10
+    assert len(d32.train) == len(d16.train) and torch.equal(d32.train.labels, d16.train.labels)
+    # 2x2 average pooling of the 32 px digits gives the 16 px digits exactly (both are bilinear from 8x8).
+    assert torch.equal(torch.nn.functional.avg_pool2d(d32.heldout.x, 2), d16.heldout.x)
+    assert TrainConfig(image_size=32).spec(d32).tokens == 256
+    with pytest.raises(DataError, match="below the digits' own 8x8"):
+        load_training_data("digits", 4, 1)
