@@ -1,8 +1,8 @@
 """Checkpoints and the VAE for DiT: find, load strictly, fail fast with clear messages.
 
 * Checkpoints: the official ``DiT-XL-2-{256,512}x{...}.pt`` (a plain state dict), a training checkpoint
-  (``{"model": ..., "ema": ...}``: the EMA weights are used, as upstream ``find_model``), or a
-  ``.safetensors`` file (preferred; never unpickles). ``.pt`` files are read with ``weights_only=True``.
+  (``{"model": ..., "ema": ...}``: the EMA weights are used, as upstream ``find_model``), a
+  ``.safetensors`` file (preferred; never unpickles), or a diffusers DiT folder (``diffusers_format.py``). ``.pt`` files are read with ``weights_only=True``.
   A file may carry its architecture: safetensors metadata ``dit_config`` (JSON) or a ``"config"`` dict
   next to the weights in a ``.pt``; then the model is built from it instead of ``--model``.
 * VAE: diffusers ``AutoencoderKL`` from a local folder or a hub id, with the deprecated mid-block
@@ -64,6 +64,9 @@ def resolve_checkpoint(ckpt: str | None, model: str, image_size: int) -> Path:
     """
     if ckpt is not None:
         path = Path(ckpt).expanduser()
+        if path.is_dir():        # a diffusers DiT folder (DiTPipeline snapshot or its transformer/)
+            from .diffusers_format import transformer_folder
+            return transformer_folder(path)
         if not path.is_file():
             raise CheckpointError(f"--ckpt {ckpt}: no such file")
         return path
@@ -88,6 +91,9 @@ class LoadedCheckpoint:
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     """Read a checkpoint without unpickling code (safetensors, or torch.load(weights_only=True))."""
     path = Path(path)
+    if path.is_dir():            # diffusers format: keys converted, architecture from its config.json
+        from .diffusers_format import read_diffusers_dit
+        return LoadedCheckpoint(*read_diffusers_dit(path), path)
     config = None
     try:
         if path.suffix == ".safetensors":
