@@ -1,18 +1,24 @@
 """OpenSora 1.2 text-to-video with DuCa / ToCa / FORA / TaylorSeer caching, and VBench sampling.
 
+    python scripts/inference.py configs/opensora-v1-2/inference/sample.py --num-frames 2s --resolution 480p \
+        --aspect-ratio 9:16 --prompt "a beautiful waterfall"              # from Open-Sora-DuCa/, as upstream
     python -m opensora_duca.inference --prompt "a corgi on the beach" --ckpt-path STDiT-v3/ --vae-path VAE-v1.2/ \
         --t5-path t5-v1_1-xxl/ --cache duca --out samples/
-    torchrun --nproc_per_node=8 -m opensora_duca.inference --vbench --prompts-file VBench_full_info.json ...
+    bash eval/vbench/launch.sh CKPT 51 NAME 480p 9:16                     # VBench sampling, one process per GPU
     python -m opensora_duca.inference --flops-only --cache duca --report flops.json
 
-Defaults are the reference's (models.md C.10): 480p, aspect 9:16 (H:W, 480 x 854), 51 frames ("2s"), fps 24,
-30 RFlow steps, cfg 7.0, aesthetic score 6.5, seed 1024 + k for sample k of a prompt (C.9).
+Settings come from the command line, then the optional config file (upstream's format, read as data by
+``opensora_duca.config``), then the defaults: the reference's operating point (models.md C.10): 480p, aspect
+9:16 (H:W, 480 x 854), 51 frames ("2s"), fps 24, 30 RFlow steps, cfg 7.0, aesthetic score 6.5, seed 1024 + k
+for sample k of a prompt (C.9). Upstream's flag names (--save-dir, --prompt-path, --num-sampling-steps,
+--num-sample, --sample-name, --start-index, --end-index) work beside this project's.
 
 * ``--vbench``: 5 samples per prompt, file names ``{prompt}-{k}.mp4`` (``--prompt-as-path``), the names
-  VBench 0.1.5 looks up. The prompt list is VBench's own: ``--prompts-file`` takes a text file (one prompt a
-  line) or VBench's ``VBench_full_info.json``; without it the installed ``vbench`` package's copy is used.
-* Identical videos for any number of processes: every (prompt, k) is one job with its own seed; rank r takes
-  jobs r, r + world, ...; videos are written atomically (temp file, then rename); a rerun skips finished files.
+  VBench 0.1.5 looks up. The prompt list is VBench's own (``VBench_full_info.json``, shipped in
+  ``eval/vbench/``); ``--prompts-file`` takes a text file (one prompt a line) or such a JSON file.
+* Identical videos for any number of processes: every (prompt, k) is one job with its own seed; the prompts
+  are split into contiguous blocks (``--shard I/N``, or the torchrun ranks); videos are written atomically
+  (temp file, then rename); a rerun skips finished files.
 """
 
 from __future__ import annotations
@@ -32,21 +38,15 @@ from duca_common.cache import CacheConfig, get_preset, presets_for
 from duca_common.runtime import UsageError, atomic_path, pick_device, write_json
 from duca_common.text import read_prompt_lines
 
+from opensora_duca import aspect
 from opensora_duca.checkpoint import CONFIG_FILE, CheckpointError, config_fields
+from opensora_duca.config import InferenceConfig, parse_config
 from opensora_duca.pipeline import DEFAULT_AES, DEFAULT_FPS, VideoSpec, flops_report
 from opensora_duca.rflow import RFlowConfig, sampling_timesteps
 from opensora_duca.stdit3 import STDIT3_HUB_ID, STDiT3Config, stdit3_xl_2
 from opensora_duca.vae import VAE_HUB_ID, VideoVAEConfig
 
-# OpenSora's resolution names -> pixel area; the 480p area is 480 x 854 (C.10 ASPECT_RATIO_480P["0.56"]).
-# NOT VERIFIED beyond 480p 9:16: the other areas follow the same "short side x 16:9 long side" pattern.
-RESOLUTION_AREAS = {"240p": 240 * 426, "360p": 360 * 640, "480p": 480 * 854, "720p": 720 * 1280,
-                    "1080p": 1080 * 1920}
-# "H:W" names (C.10: "9:16" means 480 high x 854 wide).
-ASPECT_RATIOS = {"9:16": 9 / 16, "16:9": 16 / 9, "1:1": 1.0, "3:4": 3 / 4, "4:3": 4 / 3, "2:3": 2 / 3, "3:2": 3 / 2,
-                 "1:2": 1 / 2, "2:1": 2.0}
-NUM_FRAMES_NAMES = {"2s": 51, "4s": 102, "8s": 204, "16s": 408}   # C.10: "2s" maps to 51
-SIZE_EPS = 1e-4                          # upstream get_h_w nudges the size up before rounding to even
+PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_SEED = 1024                      # C.9: the DuCa fork reseeds with 1024 + k
 VBENCH_SAMPLES = 5                       # paper.md section 2: 5 videos per prompt
 VBENCH_INFO = "VBench_full_info.json"
@@ -55,105 +55,195 @@ CACHE_METHODS = ("none", "fora", "toca", "duca", "taylorseer")
 MAX_NAME_BYTES = 250                     # file-name limit (255) minus "-k.mp4" room
 VIDEO_CRF = "0"                          # upstream save_sample: h264 with crf 0
 
+# Every setting a config file can give: (argparse dest, dotted config key, built-in default). A flag on the
+# command line wins over the config file, which wins over the default (upstream's merge_args order). The
+# defaults are the paper's operating point (480p, 9:16, 51 frames, DuCa); the shipped config file holds the
+# reference's config (240p unless --resolution is passed, as in its README).
+OPTIONS: tuple[tuple[str, str, object], ...] = (
+    ("resolution", "resolution", "480p"),
+    ("aspect_ratio", "aspect_ratio", "9:16"),
+    ("image_size", "image_size", None),
+    ("num_frames", "num_frames", "51"),
+    ("fps", "fps", DEFAULT_FPS),
+    ("frame_interval", "frame_interval", 1),
+    ("save_fps", "save_fps", None),           # None: fps // frame_interval (upstream)
+    ("out", "save_dir", "samples"),
+    ("seed", "seed", DEFAULT_SEED),
+    ("batch_size", "batch_size", 1),
+    ("dtype", "dtype", "auto"),
+    ("verbose", "verbose", 1),
+    ("start_index", "start_index", None),
+    ("end_index", "end_index", None),
+    ("num_samples", "num_sample", None),
+    ("prompt_as_path", "prompt_as_path", False),
+    ("sample_name", "sample_name", None),
+    ("aes", "aes", DEFAULT_AES),
+    ("flow", "flow", None),
+    ("camera_motion", "camera_motion", None),
+    ("ckpt_path", "model.from_pretrained", None),
+    ("vae_path", "vae.from_pretrained", None),
+    ("t5_path", "text_encoder.from_pretrained", DEFAULT_T5),
+    ("steps", "scheduler.num_sampling_steps", RFlowConfig.num_sampling_steps),
+    ("cfg_scale", "scheduler.cfg_scale", RFlowConfig.cfg_scale),
+    ("fresh_ratio", "cache.fresh_ratio", None),
+    ("interval", "cache.interval", 3),
+    ("taylor_order", "cache.taylor_order", 1),
+)
+
 
 # ---------------------------------------------------------------------------------------------------
 # Flags and validation (everything here runs before any weights are read)
 # ---------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    """Upstream OpenSora's flag names (``--save-dir``, ``--prompt-path``, ``--num-sampling-steps``,
+    ``--num-sample``) are accepted beside this project's. Flags default to None: unset ones come from the
+    config file, then from OPTIONS."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", nargs="?", help="inference config file (configs/opensora-v1-2/inference/sample.py); "
+                                             "flags override its values")
     g = p.add_argument_group("prompts and video")
-    g.add_argument("--prompt", action="append", help="a prompt (repeatable)")
-    g.add_argument("--prompts-file", help="prompts, one per line, or VBench's VBench_full_info.json")
+    g.add_argument("--prompt", action="extend", nargs="+", help="prompt(s); repeatable")
+    g.add_argument("--prompts-file", "--prompt-path", dest="prompts_file",
+                   help="prompts, one per line, or VBench's VBench_full_info.json")
+    g.add_argument("--start-index", type=int, help="first prompt of the list (also offsets sample_NNNN names)")
+    g.add_argument("--end-index", type=int, help="one past the last prompt of the list")
     g.add_argument("--vbench", action="store_true",
                    help=f"VBench protocol: {VBENCH_SAMPLES} samples per prompt, --prompt-as-path, VBench's prompt list")
-    g.add_argument("--num-samples", type=int, help="videos per prompt (default 1; 5 with --vbench)")
-    g.add_argument("--prompt-as-path", action="store_true", help="name files '{prompt}-{k}.mp4' (VBench)")
-    g.add_argument("--resolution", default="480p", help=f"one of {sorted(RESOLUTION_AREAS)}")
-    g.add_argument("--aspect-ratio", default="9:16", help=f"H:W, one of {sorted(ASPECT_RATIOS)}")
+    g.add_argument("--num-samples", "--num-sample", dest="num_samples", type=int,
+                   help="videos per prompt (default 1; 5 with --vbench)")
+    g.add_argument("--prompt-as-path", action="store_true", default=None, help="name files '{prompt}-{k}.mp4'")
+    g.add_argument("--sample-name", help="file-name prefix (default 'sample', or none with --prompt-as-path)")
+    g.add_argument("--resolution", help=f"one of {list(aspect.RESOLUTIONS)} (default 480p)")
+    g.add_argument("--aspect-ratio", help="H:W name such as 9:16 (default) or a table key such as 0.56")
     g.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="pixel size; overrides the two above")
-    g.add_argument("--num-frames", default="51", help=f"an integer or one of {sorted(NUM_FRAMES_NAMES)}")
-    g.add_argument("--fps", type=int, default=DEFAULT_FPS)
-    g.add_argument("--aes", type=float, default=DEFAULT_AES, help="aesthetic score appended to prompts; <0: none")
-    g.add_argument("--steps", type=int, default=RFlowConfig.num_sampling_steps)
-    g.add_argument("--cfg-scale", type=float, default=RFlowConfig.cfg_scale)
-    g.add_argument("--seed", type=int, default=DEFAULT_SEED, help="sample k of a prompt uses seed + k")
+    g.add_argument("--num-frames", help=f"an integer or one of {list(aspect.NUM_FRAMES_NAMES)} (default 51)")
+    g.add_argument("--fps", type=int, help=f"fps the model is conditioned on (default {DEFAULT_FPS})")
+    g.add_argument("--frame-interval", type=int, help="the mp4 rate defaults to fps // frame-interval (1)")
+    g.add_argument("--save-fps", type=int, help="frame rate of the mp4 (default fps // frame-interval)")
+    g.add_argument("--aes", type=float, help=f"aesthetic score appended to prompts (default {DEFAULT_AES}); <0: none")
+    g.add_argument("--flow", type=float, help="motion score appended to prompts (default none)")
+    g.add_argument("--camera-motion", help="camera motion appended to prompts (default none)")
+    g.add_argument("--steps", "--num-sampling-steps", dest="steps", type=int, help="RFlow steps (default 30)")
+    g.add_argument("--cfg-scale", type=float, help="guidance scale (default 7.0)")
+    g.add_argument("--seed", type=int, help=f"sample k of a prompt uses seed + k (default {DEFAULT_SEED})")
+    g.add_argument("--batch-size", type=int, help="videos per forward pass: 1 (as the reference's VBench runs)")
     w = p.add_argument_group("weights")
     w.add_argument("--ckpt-path", help=f"STDiT3 folder / model.safetensors / hub id ({STDIT3_HUB_ID})")
     w.add_argument("--vae-path", help=f"OpenSora VAE folder / model.safetensors / hub id ({VAE_HUB_ID})")
-    w.add_argument("--t5-path", default=DEFAULT_T5, help="T5 v1.1 XXL folder (model + tokenizer) or hub id")
+    w.add_argument("--t5-path", help=f"T5 v1.1 XXL folder (model + tokenizer) or hub id (default {DEFAULT_T5})")
     w.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    w.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="STDiT3 and VAE dtype: bf16 on GPU as the reference, fp32 on CPU (auto)")
+    w.add_argument("--dtype", choices=["auto", "bf16", "fp32"],
+                   help="STDiT3 and VAE dtype: bf16 on GPU as the reference, fp32 on CPU (auto, the default)")
     c = p.add_argument_group("caching")
-    c.add_argument("--cache", choices=CACHE_METHODS, default="duca", help="method (default duca, the reference fork)")
+    c.add_argument("--cache", choices=CACHE_METHODS, help="method (default duca, the reference fork)")
     c.add_argument("--preset", help=f"named operating point: {', '.join(x.name for x in presets_for('opensora'))}")
     c.add_argument("--fresh-ratio", type=float, help="DuCa/ToCa base fraction of MLP tokens recomputed (0.1)")
-    c.add_argument("--interval", type=int, default=3, help="FORA / TaylorSeer cycle length N")
-    c.add_argument("--taylor-order", type=int, default=1, help="TaylorSeer order")
+    c.add_argument("--interval", type=int, help="FORA / TaylorSeer cycle length N (3)")
+    c.add_argument("--taylor-order", type=int, help="TaylorSeer order (1)")
     o = p.add_argument_group("outputs")
-    o.add_argument("--out", default="samples", help="output folder")
+    o.add_argument("--out", "--save-dir", dest="out", help="output folder (default samples)")
     o.add_argument("--report", help="write a JSON report (settings, plan, FLOPs, timings) here")
+    o.add_argument("--verbose", type=int, help="0: quiet, 1: progress bar (default), 2: one line per video")
+    o.add_argument("--shard", help="I/N: sample only the I-th of N contiguous blocks of prompts (0-based); "
+                                   "the VBench launcher runs one process per GPU this way")
     o.add_argument("--flops-only", action="store_true", help="count FLOPs on the meta device and exit (no weights)")
     o.add_argument("--flops-text-tokens", type=int, default=None,
                    help="valid T5 tokens assumed by --flops-only (default: the model's maximum, 300)")
     return p
 
 
-def parse_num_frames(value: str) -> int:
-    if value in NUM_FRAMES_NAMES:
-        return NUM_FRAMES_NAMES[value]
-    try:
-        frames = int(value)
-    except ValueError:
-        raise UsageError(f"--num-frames {value!r} is invalid: pass an integer or one of {sorted(NUM_FRAMES_NAMES)}")
-    if frames < 1:
-        raise UsageError(f"--num-frames {frames} is invalid: pass at least 1")
-    return frames
+def find_config(path: str) -> Path:
+    """``path`` as given, else relative to the package folder (so the shipped
+    ``configs/opensora-v1-2/inference/sample.py`` is found from any working folder)."""
+    given = Path(path).expanduser()
+    if given.is_file() or given.is_absolute():
+        return given
+    shipped = PACKAGE_DIR / given
+    return shipped if shipped.is_file() else given
 
 
-def _even_size(x: float) -> int:
-    """upstream get_h_w: nudge up by 1e-4, then ceil when that is even, else floor."""
-    x *= 1 + SIZE_EPS
-    return int(x) + 1 if (int(x) + 1) % 2 == 0 else int(x)
+def apply_config(args: argparse.Namespace, config: InferenceConfig | None) -> argparse.Namespace:
+    """Fill every flag left unset from the config file, then from OPTIONS' defaults (flags win)."""
+    values = config.values if config is not None else {}
+    for dest, key, default in OPTIONS:
+        if getattr(args, dest) is None:
+            setattr(args, dest, values.get(key, default))
+    # prompts: a prompt flag replaces the config's prompt list / file; in the config, prompt wins (upstream)
+    if not args.prompt and not args.prompts_file:
+        prompt = values.get("prompt")
+        if prompt:
+            args.prompt = [prompt] if isinstance(prompt, str) else list(prompt)
+        else:
+            args.prompts_file = values.get("prompt_path")
+    # caching: --cache / --preset on the command line replace the config's method and preset together
+    if args.cache is None and args.preset is None:
+        args.cache, args.preset = values.get("cache.method"), values.get("cache.preset")
+    if args.image_size is not None:
+        size = list(args.image_size)
+        if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in size):
+            where = f" ({config.where('image_size')})" if config is not None and "image_size" in values else ""
+            raise UsageError(f"image_size {size!r}{where} is invalid: pass two integers [H, W]")
+        args.image_size = size
+    if args.aes is not None and args.aes < 0:
+        args.aes = None
+    if args.save_fps is None:
+        if args.frame_interval < 1:
+            raise UsageError(f"frame_interval {args.frame_interval} is invalid: pass at least 1")
+        args.save_fps = max(args.fps // args.frame_interval, 1)
+    if args.batch_size != 1:
+        raise UsageError(f"--batch-size {args.batch_size} is not supported: videos are sampled one at a time "
+                         f"(batch 1, as the reference's VBench runs); pass --batch-size 1")
+    args.config_record = None if config is None else {"path": str(config.path), "values": dict(values)}
+    return args
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Flags, then the config file (read as data, never run), then the defaults."""
+    args = build_parser().parse_args(argv)
+    config = parse_config(find_config(args.config)) if args.config else None
+    return apply_config(args, config)
+
+
+def parse_num_frames(value: str | int) -> int:
+    return aspect.num_frames(value)
 
 
 def image_size(args: argparse.Namespace) -> tuple[int, int]:
-    """(H, W): --image-size, or the resolution's area at the H:W aspect ratio (480p 9:16 -> 480 x 854)."""
+    """(H, W): --image-size, or the reference's table entry for (resolution, aspect ratio)."""
     if args.image_size:
         h, w = args.image_size
     else:
-        if args.resolution not in RESOLUTION_AREAS:
-            raise UsageError(f"--resolution {args.resolution!r} is unknown: pass one of {sorted(RESOLUTION_AREAS)} "
-                             f"or --image-size H W")
-        if args.aspect_ratio not in ASPECT_RATIOS:
-            raise UsageError(f"--aspect-ratio {args.aspect_ratio!r} is unknown: pass one of {sorted(ASPECT_RATIOS)} "
-                             f"(H:W) or --image-size H W")
-        a = ASPECT_RATIOS[args.aspect_ratio]
-        h = _even_size((RESOLUTION_AREAS[args.resolution] * a) ** 0.5)
-        w = _even_size(h / a)
+        h, w = aspect.image_size(args.resolution, args.aspect_ratio)
     if h < 16 or w < 16:
         raise UsageError(f"image size {h}x{w} is too small: pass at least 16x16")
     return h, w
 
 
 def cache_config(args: argparse.Namespace) -> CacheConfig:
-    """--preset, else the method's OpenSora operating point; explicit flags override fields."""
+    """--preset, else the method's OpenSora operating point; --fresh-ratio overrides the fraction."""
     try:
         if args.preset:
             preset = get_preset(args.preset)
             if preset.model != "opensora":
                 raise UsageError(f"--preset {args.preset} is a {preset.model} preset; use one of "
                                  f"{[x.name for x in presets_for('opensora')]}")
-            return preset.config
-        if args.cache == "none":
+            if args.cache not in (None, preset.config.method):
+                raise UsageError(f"--cache {args.cache} contradicts --preset {args.preset} (a "
+                                 f"{preset.config.method} preset); pass one of them")
+            base = preset.config
+            return base if args.fresh_ratio is None else base.replace(fresh_ratio=args.fresh_ratio)
+        method = args.cache or "duca"
+        if method not in CACHE_METHODS:
+            raise UsageError(f"cache method {method!r} is unknown: pass one of {list(CACHE_METHODS)}")
+        if method == "none":
             return CacheConfig()
-        if args.cache in ("duca", "toca"):   # the reference's fixed module cycles (C.11)
+        if method in ("duca", "toca"):       # the reference's fixed module cycles (C.11)
             base = get_preset("opensora-duca").config
-            if args.cache == "toca":         # ToCa: the same cycles with every aggressive step conservative
+            if method == "toca":             # ToCa: the same cycles with every aggressive step conservative
                 base = base.replace(method="toca")
             return base if args.fresh_ratio is None else base.replace(fresh_ratio=args.fresh_ratio)
-        return CacheConfig(method=args.cache, interval=args.interval,
-                           taylor_order=args.taylor_order if args.cache == "taylorseer" else 1)
+        return CacheConfig(method=method, interval=args.interval,
+                           taylor_order=args.taylor_order if method == "taylorseer" else 1)
     except ValueError as err:
         if isinstance(err, UsageError):
             raise
@@ -178,17 +268,23 @@ def read_prompt_list(path: str) -> list[str]:
     return prompts
 
 
-def vbench_info_from_package() -> str:
+def vbench_info_path() -> Path:
+    """VBench's prompt list: the copy shipped in this package (``eval/vbench/VBench_full_info.json``, taken from
+    the ``vbench==0.1.5`` wheel), else the installed ``vbench`` package's."""
+    shipped = PACKAGE_DIR / "eval" / "vbench" / VBENCH_INFO
+    if shipped.is_file():
+        return shipped
     import importlib.util
 
     spec = importlib.util.find_spec("vbench")
     if spec is None or not spec.submodule_search_locations:
         raise UsageError(f"--vbench needs VBench's prompt list: pass --prompts-file {VBENCH_INFO} (in the vbench==0.1.5 "
                          f"wheel: pip download vbench==0.1.5 --no-deps, then unzip vbench/{VBENCH_INFO})")
-    return str(Path(list(spec.submodule_search_locations)[0]) / VBENCH_INFO)
+    return Path(list(spec.submodule_search_locations)[0]) / VBENCH_INFO
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
+    """The prompt list; a file's list is cut to [--start-index, --end-index) as upstream's load_prompts."""
     if args.prompt and args.prompts_file:
         raise UsageError("pass either --prompt or --prompts-file, not both")
     if args.prompt:
@@ -196,10 +292,20 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
             raise UsageError("--prompt '' is empty; pass a non-empty prompt")
         return [p.strip() for p in args.prompt]
     if args.prompts_file:
-        return read_prompt_list(args.prompts_file)
-    if args.vbench:
-        return read_prompt_list(vbench_info_from_package())
-    raise UsageError("no prompts: pass --prompt TEXT, --prompts-file PATH, or --vbench")
+        prompts = read_prompt_list(args.prompts_file)
+    elif args.vbench:
+        prompts = read_prompt_list(str(vbench_info_path()))
+    else:
+        raise UsageError("no prompts: pass --prompt TEXT, --prompts-file PATH, or --vbench")
+    start = args.start_index or 0
+    if start < 0 or (args.end_index is not None and args.end_index < start):
+        raise UsageError(f"--start-index {args.start_index} / --end-index {args.end_index} are invalid: pass "
+                         f"0 <= start <= end")
+    prompts = prompts[start:args.end_index]
+    if not prompts:
+        raise UsageError(f"--start-index {start} / --end-index {args.end_index} select no prompt of the "
+                         f"{args.prompts_file or VBENCH_INFO} list")
+    return prompts
 
 
 def check_weight_path(value: str | None, flag: str, hub_id: str) -> None:
@@ -224,36 +330,68 @@ def check_t5_path(value: str) -> None:
 
 @dataclass(frozen=True)
 class Job:
-    prompt_index: int
+    prompt_index: int   # into Settings.prompts
     k: int              # sample index within the prompt; the seed is --seed + k
     name: str           # file name, without the folder
 
 
-def sample_name(prompt: str, index: int, k: int, num_samples: int, prompt_as_path: bool) -> str:
-    """``{prompt}-{k}.mp4`` (prompt as path, VBench's lookup name) or ``sample_{index:04d}-{k}.mp4``;
-    without ``-{k}`` when there is one sample per prompt (as upstream)."""
+def sample_name(prompt: str, index: int, k: int, num_samples: int, prompt_as_path: bool,
+                prefix: str | None = None) -> str:
+    """Upstream's names: ``{prefix}{prompt}`` with --prompt-as-path (prefix '' by default: VBench's lookup
+    name), else ``{prefix}_{index:04d}`` (prefix 'sample'); ``-{k}`` appended unless there is one sample per
+    prompt; ``.mp4``."""
     if prompt_as_path:
         if "/" in prompt or "\0" in prompt:
             raise UsageError(f"prompt {index} contains '/' and cannot be a file name; drop --prompt-as-path")
-        if len(prompt.encode("utf-8")) > MAX_NAME_BYTES:
+        stem = f"{prefix or ''}{prompt}"
+        if len(stem.encode("utf-8")) > MAX_NAME_BYTES:
             raise UsageError(f"prompt {index} is longer than {MAX_NAME_BYTES} bytes, too long for a file name; "
                              f"drop --prompt-as-path")
-        stem = prompt
     else:
-        stem = f"sample_{index:04d}"
+        stem = f"{'sample' if prefix is None else prefix}_{index:04d}"
     return f"{stem}-{k}.mp4" if num_samples != 1 else f"{stem}.mp4"
 
 
-def make_jobs(prompts: list[str], num_samples: int, prompt_as_path: bool) -> list[Job]:
-    """Every (prompt, k) once; a prompt listed twice (VBench has 2) maps to the same files, so it runs once."""
+def make_jobs(prompts: list[str], num_samples: int, prompt_as_path: bool, prefix: str | None = None,
+              start_index: int = 0) -> list[Job]:
+    """Every (prompt, k) once; a prompt listed twice (VBench has 2) maps to the same files, so it runs once.
+    Names count from ``start_index`` (upstream's --start-index)."""
     jobs, seen = [], set()
     for i, prompt in enumerate(prompts):
         for k in range(num_samples):
-            name = sample_name(prompt, i, k, num_samples, prompt_as_path)
+            name = sample_name(prompt, start_index + i, k, num_samples, prompt_as_path, prefix)
             if name not in seen:
                 seen.add(name)
                 jobs.append(Job(i, k, name))
     return jobs
+
+
+def shard_bounds(count: int, index: int, shards: int) -> tuple[int, int]:
+    """[start, end) of block ``index`` of ``shards`` contiguous blocks over ``count`` items: sizes differ by
+    at most one and the blocks cover every item exactly once, for any number of shards."""
+    if not 0 <= index < shards:
+        raise UsageError(f"shard {index}/{shards} is invalid: pass I/N with 0 <= I < N")
+    return index * count // shards, (index + 1) * count // shards
+
+
+def shard_jobs(jobs: list[Job], index: int, shards: int) -> list[Job]:
+    """The jobs of a contiguous block of prompts (all samples of a prompt stay in one shard)."""
+    prompts = list(dict.fromkeys(j.prompt_index for j in jobs))
+    lo, hi = shard_bounds(len(prompts), index, shards)
+    chosen = set(prompts[lo:hi])
+    return [j for j in jobs if j.prompt_index in chosen]
+
+
+def parse_shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        index, shards = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {value!r} is invalid: pass I/N, e.g. 0/8") from None
+    if shards < 1 or not 0 <= index < shards:
+        raise UsageError(f"--shard {value} is invalid: pass I/N with N >= 1 and 0 <= I < N")
+    return index, shards
 
 
 @dataclass(frozen=True)
@@ -264,6 +402,8 @@ class Settings:
     rflow: RFlowConfig
     cache: CacheConfig
     aes: float | None
+    save_fps: int
+    shard: tuple[int, int] | None = None
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -278,8 +418,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         rflow = RFlowConfig(num_sampling_steps=args.steps, cfg_scale=args.cfg_scale)
     except ValueError as err:
         raise UsageError(f"--steps / --cfg-scale: {err}") from err
-    if args.fps < 1:
-        raise UsageError(f"--fps {args.fps} is invalid: pass at least 1 (24 as the reference)")
+    if args.fps < 1 or args.save_fps < 1:
+        raise UsageError(f"--fps {args.fps} / --save-fps {args.save_fps} are invalid: pass at least 1 "
+                         f"(24 as the reference)")
     h, w = image_size(args)
     spec = VideoSpec(h, w, parse_num_frames(args.num_frames), args.fps)
     try:
@@ -288,8 +429,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise UsageError(f"--num-frames {spec.num_frames}: {err}") from err
     cache = cache_config(args)
     prompts = [] if args.flops_only else read_prompts(args)
-    jobs = make_jobs(prompts, num_samples, args.prompt_as_path)
-    return Settings(prompts, jobs, spec, rflow, cache, None if args.aes < 0 else args.aes)
+    jobs = make_jobs(prompts, num_samples, bool(args.prompt_as_path), args.sample_name, args.start_index or 0)
+    return Settings(prompts, jobs, spec, rflow, cache, args.aes, args.save_fps, parse_shard(args.shard))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -322,9 +463,9 @@ def write_report(path: str | None, report: dict) -> None:
 
 def describe(args: argparse.Namespace, s: Settings) -> dict:
     return {"spec": asdict(s.spec), "steps": s.rflow.num_sampling_steps, "cfg_scale": s.rflow.cfg_scale,
-            "seed": args.seed, "aes": s.aes, "cache": args.cache, "preset": args.preset,
+            "seed": args.seed, "aes": s.aes, "flow": args.flow, "cache": args.cache, "preset": args.preset,
             "cache_config": json.loads(json.dumps(asdict(s.cache), default=str)),
-            "prompts": len(s.prompts), "videos": len(s.jobs)}
+            "prompts": len(s.prompts), "videos": len(s.jobs), "save_fps": s.save_fps, "config": args.config_record}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -382,6 +523,16 @@ def load_components(args: argparse.Namespace, cache: CacheConfig, device: torch.
     return model, vae, text
 
 
+def my_jobs(s: Settings, rank: int, world: int) -> list[Job]:
+    """This process's jobs: the --shard block, or under torchrun the rank's block (the same contiguous split)."""
+    if s.shard is not None:
+        if world > 1:
+            raise UsageError("--shard splits the work between separate processes; under torchrun the ranks split "
+                             "it already: drop --shard")
+        return shard_jobs(s.jobs, *s.shard)
+    return shard_jobs(s.jobs, rank, world)
+
+
 def run_sampling(args: argparse.Namespace, s: Settings) -> int:
     from opensora_duca.pipeline import generate
 
@@ -390,37 +541,43 @@ def run_sampling(args: argparse.Namespace, s: Settings) -> int:
     check_t5_path(args.t5_path)
     rank, world, device = init_distributed(args.device)
     out = Path(args.out)
-    mine = s.jobs[rank::world]
+    mine = my_jobs(s, rank, world)
     todo = [j for j in mine if not (out / j.name).is_file()]
-    if rank == 0:
-        print(f"{len(s.prompts)} prompts, {len(s.jobs)} videos over {world} process(es); rank 0 has "
-              f"{len(todo)} of its {len(mine)} to do")
+    lead = rank == 0 and args.verbose >= 1
+    if lead:
+        where = f"shard {s.shard[0]}/{s.shard[1]}" if s.shard else f"rank 0 of {world} process(es)"
+        print(f"{len(s.prompts)} prompts, {len(s.jobs)} videos; {where} has {len(todo)} of its {len(mine)} to do")
     seconds, records, plan = 0.0, [], None
     if todo:
         model, vae, text = load_components(args, s.cache, device)
-        for job in tqdm(todo, desc=f"rank {rank}", unit="video", disable=rank != 0):
-            result = generate(model, vae, text, s.prompts[job.prompt_index], args.seed + job.k, s.spec, s.rflow, s.aes)
-            write_video(result.video, out / job.name, s.spec.fps)
+        for job in tqdm(todo, desc=f"rank {rank}", unit="video", disable=not lead or args.verbose != 1):
+            result = generate(model, vae, text, s.prompts[job.prompt_index], args.seed + job.k, s.spec, s.rflow,
+                              s.aes, flow=args.flow, camera_motion=args.camera_motion)
+            write_video(result.video, out / job.name, s.save_fps)
+            if args.verbose >= 2:
+                print(f"{out / job.name}: {result.seconds:.1f} s", flush=True)
             seconds += result.seconds
             records.append({"name": job.name, "seconds": result.seconds, "text_tokens": result.text_tokens})
             plan = model.feature_cache.last_trace.table()     # the same for every video of a run
     if world > 1:
         dist.barrier()
-    missing = [j.name for j in s.jobs if not (out / j.name).is_file()]
+    expected = mine if s.shard else s.jobs
+    missing = [j.name for j in expected if not (out / j.name).is_file()]
     if rank == 0:
         if missing:
             print(f"error: {len(missing)} videos are missing (first {missing[0]!r}); rerun to finish them",
                   file=sys.stderr)
             return 1
-        print(f"all {len(s.jobs)} videos are in {out}")
-        write_report(args.report, {**describe(args, s), "world_size": world, "out": str(out),
+        if args.verbose >= 1:
+            print(f"all {len(expected)} videos{' of the shard' if s.shard else ''} are in {out}")
+        write_report(args.report, {**describe(args, s), "world_size": world, "shard": args.shard, "out": str(out),
                                    "rank0_sampling_seconds": seconds, "plan": plan, "rank0_videos": records})
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = parse_args(argv)
         settings = settings_from_args(args)
         return run_flops(args, settings) if args.flops_only else run_sampling(args, settings)
     except UsageError as err:
@@ -429,7 +586,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-
 
 if __name__ == "__main__":
     sys.exit(main())

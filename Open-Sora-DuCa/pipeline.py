@@ -25,9 +25,17 @@ DEFAULT_AES = 6.5                       # C.7: config aes, appended to every pro
 REFERENCE_KWARGS_DTYPE = torch.bfloat16
 
 
-def prompt_with_aes(prompt: str, aes: float | None = DEFAULT_AES) -> str:
-    """C.7: the reference appends `` aesthetic score: 6.5.`` before cleaning (no flow / camera motion)."""
-    return prompt if aes is None else f"{prompt} aesthetic score: {aes}."
+def prompt_with_scores(prompt: str, aes: float | None = DEFAULT_AES, flow: float | None = None,
+                       camera_motion: str | None = None) -> str:
+    """C.7: upstream appends `` aesthetic score: 6.5.`` (one decimal), then the motion score and camera motion
+    when set, each unless the prompt already carries it; cleaning comes after."""
+    if aes is not None and "aesthetic score:" not in prompt:
+        prompt = f"{prompt} aesthetic score: {aes:.1f}."
+    if flow is not None and "motion score:" not in prompt:
+        prompt = f"{prompt} motion score: {flow:.1f}."
+    if camera_motion is not None and "camera motion:" not in prompt:
+        prompt = f"{prompt} camera motion: {camera_motion}."
+    return prompt
 
 
 @dataclass(frozen=True)
@@ -82,9 +90,10 @@ def to_uint8_video(x: torch.Tensor) -> torch.Tensor:
 
 
 def generate(model: STDiT3, vae: VideoAutoencoderPipeline, text_encoder, prompt: str, seed: int, spec: VideoSpec,
-             rflow: RFlowConfig, aes: float | None = DEFAULT_AES, progress: bool = False) -> VideoResult:
+             rflow: RFlowConfig, aes: float | None = DEFAULT_AES, progress: bool = False, flow: float | None = None,
+             camera_motion: str | None = None) -> VideoResult:
     device = next(model.parameters()).device
-    emb = text_encoder.encode([prompt_with_aes(prompt, aes)])
+    emb = text_encoder.encode([prompt_with_scores(prompt, aes, flow, camera_motion)])
     caption = cfg_caption(model, emb.tokens.to(device), emb.mask.to(device))
     # C.9: the reference reseeds with 1024 + k right before drawing the noise, in the model dtype.
     g = torch.Generator(device).manual_seed(seed)

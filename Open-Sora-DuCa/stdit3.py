@@ -310,22 +310,41 @@ class STDiT3Block(nn.Module):
         return x
 
 
-class FinalLayer(nn.Module):
-    """T2IFinalLayer: modulated by t (t0 on conditioning frames), Linear to prod(patch) * out channels."""
+# How the final layer treats conditioning frames (x_mask False; models.md C.6, issue 12 item 5):
+#   "reference"  as the OpenSora 1.2 / DuCa code (opensora/models/layers/blocks.py, T2IFinalLayer.forward): the
+#                tokens are first modulated with t, then LayerNorm + the t0 modulation are applied again on top
+#                of that result, so conditioning frames are normalised and modulated twice.
+#   "single"     LayerNorm + the t0 modulation once, as every block does on conditioning frames.
+# Text-to-video passes no x_mask (or an all-True one, C.6): both give the same output there.
+FINAL_MASKED_MODULATIONS = ("reference", "single")
 
-    def __init__(self, dim: int, patch: tuple[int, int, int], out_channels: int) -> None:
+
+class FinalLayer(nn.Module):
+    """T2IFinalLayer: modulated by t (t0 on conditioning frames, see FINAL_MASKED_MODULATIONS), Linear to
+    prod(patch) * out channels."""
+
+    def __init__(self, dim: int, patch: tuple[int, int, int], out_channels: int,
+                 masked_modulation: str = "reference") -> None:
         super().__init__()
+        if masked_modulation not in FINAL_MASKED_MODULATIONS:
+            raise ValueError(f"final_masked_modulation={masked_modulation!r} is invalid: allowed "
+                             f"{list(FINAL_MASKED_MODULATIONS)}")
+        self.masked_modulation = masked_modulation
         self.norm_final = nn.LayerNorm(dim, eps=LN_EPS, elementwise_affine=False)
         self.linear = nn.Linear(dim, math.prod(patch) * out_channels)
         self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim ** 0.5)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, inp: BlockInputs, t0: torch.Tensor | None) -> torch.Tensor:
         shift, scale = (self.scale_shift_table[None] + t[:, None]).chunk(2, dim=1)
+        out = t2i_modulate(self.norm_final(x), shift, scale)
         if inp.x_mask is not None:
             shift0, scale0 = (self.scale_shift_table[None] + t0[:, None]).chunk(2, dim=1)
-            f, s = inp.frames, inp.tokens_per_frame
-            shift, scale = frame_select(inp.x_mask, shift, shift0, f, s), frame_select(inp.x_mask, scale, scale0, f, s)
-        return self.linear(t2i_modulate(self.norm_final(x), shift, scale))
+            source = out if self.masked_modulation == "reference" else x
+            out0 = t2i_modulate(self.norm_final(source), shift0, scale0)
+            b, f, s = x.shape[0], inp.frames, inp.tokens_per_frame
+            keep = inp.x_mask[:, :, None, None].expand(b, f, s, 1).reshape(b, f * s, 1)
+            out = torch.where(keep, out, out0)
+        return self.linear(out)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -334,7 +353,10 @@ class FinalLayer(nn.Module):
 class STDiT3(nn.Module):
     """STDiT3. ``forward`` returns (B, out_channels, T, H, W) in fp32 (C.5 step 7)."""
 
-    def __init__(self, config: STDiT3Config, cache_config: CacheConfig | None = None) -> None:
+    def __init__(self, config: STDiT3Config, cache_config: CacheConfig | None = None,
+                 final_masked_modulation: str = "reference") -> None:
+        """``final_masked_modulation``: how the final layer modulates conditioning frames (x_mask False):
+        "reference" (twice, as the OpenSora / DuCa code) or "single" (see FINAL_MASKED_MODULATIONS)."""
         super().__init__()
         self.config = config
         c = config.hidden_size
@@ -348,7 +370,7 @@ class STDiT3(nn.Module):
             STDiT3Block(c, config.num_heads, config.mlp_ratio, temporal=False) for _ in range(config.depth))
         self.temporal_blocks = nn.ModuleList(
             STDiT3Block(c, config.num_heads, config.mlp_ratio, temporal=True) for _ in range(config.depth))
-        self.final_layer = FinalLayer(c, config.patch_size, config.out_channels)
+        self.final_layer = FinalLayer(c, config.patch_size, config.out_channels, final_masked_modulation)
         self.feature_cache = FeatureCache(cache_config or CacheConfig(), block_layout(config.depth))
 
     @property

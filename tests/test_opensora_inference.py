@@ -47,7 +47,7 @@ def read_frames(path: Path):
 
 
 def test_reference_sizes():
-    args = inference.build_parser().parse_args([])
+    args = inference.parse_args([])
     assert inference.image_size(args) == (480, 854)                     # C.10: 480p, 9:16 (H:W)
     assert inference.parse_num_frames(args.num_frames) == 51 and inference.parse_num_frames("2s") == 51
     args.aspect_ratio = "16:9"
@@ -93,7 +93,7 @@ def test_vbench_names_resume_and_rank_sharding(weights, tmp_path, monkeypatch):
 
 
 def test_cache_flags_map_to_configs():
-    parse = inference.build_parser().parse_args
+    parse = inference.parse_args
     duca = inference.cache_config(parse(["--cache", "duca"]))
     assert duca == inference.get_preset("opensora-duca").config
     toca = inference.cache_config(parse(["--cache", "toca", "--fresh-ratio", "0.2"]))
@@ -101,6 +101,11 @@ def test_cache_flags_map_to_configs():
     plan = build_plan(toca, BlockLayout(2, ("attn", "cross_attn", "mlp"), ("mlp",), "attn", "cross_attn"), 30)
     assert plan.count(Action.SKIP) == 0          # ToCa: the same cycles with every aggressive step conservative
     assert inference.cache_config(parse(["--cache", "none"])).method == "none"
+    # --fresh-ratio applies to a preset too; a method that contradicts the preset is refused
+    preset = inference.cache_config(parse(["--preset", "opensora-duca", "--fresh-ratio", "0.3"]))
+    assert preset.fresh_ratio == 0.3 and preset.method == "duca"
+    with pytest.raises(inference.UsageError, match="contradicts --preset"):
+        inference.cache_config(parse(["--preset", "opensora-duca", "--cache", "fora"]))
     tay = inference.cache_config(parse(["--cache", "taylorseer", "--interval", "4", "--taylor-order", "2"]))
     assert (tay.method, tay.interval, tay.taylor_order) == ("taylorseer", 4, 2)
 

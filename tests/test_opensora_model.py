@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -118,18 +119,60 @@ def test_value_norms_in_t_s_order():
 
 
 def test_x_mask_semantics():
-    model = tiny_stdit3()
+    model = tiny_stdit3(final_masked_modulation="single")
     inputs = tiny_inputs(2)
     t = LATENT[0]
     plain = model(**inputs)
     torch.testing.assert_close(model(**inputs, x_mask=torch.ones(2, t, dtype=torch.bool)), plain, rtol=0, atol=0)
-    # every frame a conditioning frame: the whole model runs under the timestep-0 modulation
+    # every frame a conditioning frame: the whole model runs under the timestep-0 modulation ("single")
     zero = model(**{**inputs, "timestep": torch.zeros(2)})
     torch.testing.assert_close(model(**inputs, x_mask=torch.zeros(2, t, dtype=torch.bool)), zero)
     mixed = model(**inputs, x_mask=torch.tensor([[True, False, True]] * 2))
     assert not torch.allclose(mixed, plain)
     with pytest.raises(ValueError, match="x_mask must be"):
         model(**inputs, x_mask=torch.ones(2, t + 1, dtype=torch.bool))
+
+
+def test_final_layer_modulates_masked_frames_twice_by_default_as_the_reference():
+    """Issue 12.5: the reference's T2IFinalLayer applies LayerNorm + t0 modulation on top of the t-modulated
+    tokens on conditioning frames; "single" applies it once. Generated frames are the same in both."""
+    from opensora_duca.stdit3 import BlockInputs, FinalLayer
+    from duca_common.layers import t2i_modulate
+
+    torch.manual_seed(0)
+    b, f, s, c = 2, 3, 4, 16
+    layer = FinalLayer(c, (1, 2, 2), 8)
+    x, temb, t0 = torch.randn(b, f * s, c), torch.randn(b, c), torch.randn(b, c)
+    mask = torch.tensor([[True, False, True], [False, True, True]])
+    inp = BlockInputs(torch.zeros(b, 6 * c), torch.zeros(b, 1, c), torch.ones(b, 1), f, s, mask, None)
+    ln = torch.nn.functional.layer_norm
+    sh, sc = (layer.scale_shift_table[None] + temb[:, None]).chunk(2, dim=1)
+    sh0, sc0 = (layer.scale_shift_table[None] + t0[:, None]).chunk(2, dim=1)
+    once_t = t2i_modulate(ln(x, (c,), eps=1e-6), sh, sc)
+    twice = t2i_modulate(ln(once_t, (c,), eps=1e-6), sh0, sc0)            # the reference's masked frames
+    once_t0 = t2i_modulate(ln(x, (c,), eps=1e-6), sh0, sc0)
+    keep = mask[:, :, None, None].expand(b, f, s, 1).reshape(b, f * s, 1)
+    with torch.no_grad():
+        reference = layer(x, temb, inp, t0)
+        layer.masked_modulation = "single"
+        single = layer(x, temb, inp, t0)
+        torch.testing.assert_close(reference, layer.linear(torch.where(keep, once_t, twice)))
+        torch.testing.assert_close(single, layer.linear(torch.where(keep, once_t, once_t0)))
+        # no mask: one modulation with t, whatever the option
+        torch.testing.assert_close(layer(x, temb, dataclasses.replace(inp, x_mask=None), None),
+                                   layer.linear(once_t))
+    assert torch.equal(reference[keep.expand_as(reference)], single[keep.expand_as(single)])
+    assert not torch.allclose(reference, single)
+    # the whole model: the default is the reference's; the two options differ only on conditioning frames
+    inputs, t = tiny_inputs(2), LATENT[0]
+    x_mask = torch.tensor([[True, False, True]] * 2)
+    ref_model, single_model = tiny_stdit3(), tiny_stdit3(final_masked_modulation="single")
+    assert ref_model.final_layer.masked_modulation == "reference"
+    out_ref, out_single = ref_model(**inputs, x_mask=x_mask), single_model(**inputs, x_mask=x_mask)
+    assert torch.equal(out_ref[:, :, [0, 2]], out_single[:, :, [0, 2]])
+    assert not torch.allclose(out_ref[:, :, 1], out_single[:, :, 1])
+    with pytest.raises(ValueError, match="final_masked_modulation='twice' is invalid"):
+        tiny_stdit3(final_masked_modulation="twice")
 
 
 # C.11: the reference 30-step schedule, attn / cross / mlp per step (A = whole trunk reused).
