@@ -24,6 +24,7 @@ Writes ``<out>/benchmark.json`` and ``<out>/benchmark.md`` and prints the table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,7 +35,7 @@ from tqdm.auto import tqdm
 
 from duca_common.cache import measured_flops, reference_flops, speedup
 
-from .measure import Summary, timed_run
+from .measure import WALL_CPU_DISAGREEMENT, Case, Series, Summary, Timed, compare, interleaved, timed_run, wall_warning
 from .methods import MethodSpec, MethodSpecError, parse_methods
 from .report import environment, fmt, markdown_table, sig, write_json
 from .targets import TARGET_HELP, Target, TargetError, build_target
@@ -125,6 +126,15 @@ def _compile_blocks(model: torch.nn.Module) -> None:
                 setattr(block, name, torch.compile(getattr(block, name), dynamic=True))
 
 
+def _add_timers(r: MethodResult, cache, seconds: float) -> None:
+    """Add a profiled run's engine timers to the method's sums."""
+    if cache.last_timers is None:
+        return
+    for k, v in asdict(cache.last_timers).items():
+        r.engine_seconds[k] = r.engine_seconds.get(k, 0.0) + v
+    r.profiled_seconds += seconds
+
+
 def _count_flops(target: Target, spec: MethodSpec, opts: BenchOptions) -> tuple[int | None, int | None, str]:
     """Reference and measured FLOPs of the whole run, traced on the meta device (no compute)."""
     if spec.is_peer:
@@ -170,48 +180,59 @@ def run_benchmark(opts: BenchOptions) -> dict:
     noise = target.noise(opts.images, opts.seed)
     labels = target.labels(opts.images)
 
-    def one_run(spec: MethodSpec, steps: int, profile: bool, record: bool):
-        """One sampling run; with ``record`` its trace, cache bytes and engine timers are kept."""
+    warm_steps = opts.warmup_steps or opts.steps
+    same = profile_mode == "same"
+
+    def case(spec: MethodSpec) -> Case:
+        """One method as a :class:`Case` of the interleaved measurement; the record step keeps its trace,
+        cache bytes and engine timers (untimed)."""
         r = results[spec.label]
         if spec.is_peer:
             from .peers import attach_peer
-            with attach_peer(target, spec.peer, steps) as peer_run:
-                timed = timed_run(lambda: target.sample(noise, labels, steps), device)
-            if record:
-                r.reference_flops = peer_run.reference_flops(target.dims(opts.images))
-                r.trace_table = peer_run.table()
-            return timed
-        target.configure(spec.config)
-        timed = timed_run(lambda: target.sample(noise, labels, steps, profile=profile, progress=opts.step_progress),
-                          device)
-        if record:
+            held = {}
+
+            @contextlib.contextmanager
+            def peer(timed_round: bool):
+                with attach_peer(target, spec.peer, opts.steps if timed_round else warm_steps) as peer_run:
+                    held["run"] = peer_run
+                    yield
+
+            def record_peer(timed: Timed, timed_round: bool) -> None:
+                if timed_round:
+                    r.reference_flops = held["run"].reference_flops(target.dims(opts.images))
+                    r.trace_table = held["run"].table()
+
+            return Case(spec.label, lambda: target.sample(noise, labels, opts.steps), record=record_peer,
+                        warmup_fn=lambda: target.sample(noise, labels, warm_steps), context=peer)
+
+        def record(timed: Timed, timed_round: bool) -> None:
+            if not timed_round:
+                return
             cache = target.cache
             r.cache_peak_bytes = max(r.cache_peak_bytes, cache.last_peak_bytes)
-            if profile and cache.last_timers is not None:
-                for k, v in asdict(cache.last_timers).items():
-                    r.engine_seconds[k] = r.engine_seconds.get(k, 0.0) + v
-                r.profiled_seconds += timed.seconds
-        return timed
+            if same and cache.last_timers is not None:
+                _add_timers(r, cache, timed.seconds)
 
-    warm_steps = opts.warmup_steps or opts.steps
+        return Case(spec.label,
+                    lambda: target.sample(noise, labels, opts.steps, profile=same, progress=opts.step_progress),
+                    setup=lambda: target.configure(spec.config), record=record,
+                    warmup_fn=lambda: target.sample(noise, labels, warm_steps))
+
     separate = profile_mode == "separate"
     total = len(specs) * (opts.warmup + opts.repeats + (1 if separate else 0))
     with torch.inference_mode(), tqdm(total=total, desc=f"{opts.model} runs") as bar:
-        for _ in range(opts.warmup):
-            for spec in specs:
-                one_run(spec, warm_steps, False, False)
-                bar.update()
-        for _ in range(opts.repeats):
-            for spec in specs:        # interleaved: a change of machine load affects every method alike
-                timed = one_run(spec, opts.steps, profile_mode == "same", True)
-                results[spec.label].times.append(timed.seconds)
-                if timed.cpu_seconds is not None:
-                    results[spec.label].cpu_times.append(timed.cpu_seconds)
-                results[spec.label].peak_memory_bytes.append(timed.peak_bytes)
-                bar.update()
+        series = interleaved([case(s) for s in specs], repeats=opts.repeats, warmup=opts.warmup, device=device,
+                             track_memory=True, keep_results=False, progress=bar.update)
+        for spec in specs:
+            r = results[spec.label]
+            r.times, r.cpu_times, r.peak_memory_bytes = series[spec.label].walls, series[spec.label].cpus, \
+                series[spec.label].peaks
         if separate:                  # CUDA: profiling synchronises, so it gets its own run
             for spec in specs:
-                one_run(spec, opts.steps, True, True)
+                if not spec.is_peer:
+                    target.configure(spec.config)
+                    timed = timed_run(lambda: target.sample(noise, labels, opts.steps, profile=True), device)
+                    _add_timers(results[spec.label], target.cache, timed.seconds)
                 bar.update()
 
     return _summarise(opts, specs, results, target, device)
@@ -220,14 +241,18 @@ def run_benchmark(opts: BenchOptions) -> dict:
 def _summarise(opts: BenchOptions, specs: list[MethodSpec], results: dict[str, MethodResult], target: Target,
                device: torch.device) -> dict:
     base = results[specs[0].label]
-    rows = []
+    base_series = Series(base.label, base.times, base.cpu_times)
+    rows, speedups = [], {}
     for spec in specs:
         r = results[spec.label]
         t = r.time if r.times else None
-        per_repeat = [b / m for b, m in zip(base.times, r.times) if m > 0]
+        sp = compare(base_series, Series(r.label, r.times, r.cpu_times)) if r.times else None
+        if sp is not None and spec.label != base.label:
+            speedups[spec.label] = sp
+        cpu = Summary.of(r.cpu_times) if r.cpu_times else None
         flops_su = speedup(base.reference_flops, r.reference_flops) if r.reference_flops else None
         measured_su = speedup(base.measured_flops, r.measured_flops) if r.measured_flops else None
-        wall_su = speedup(base.time.median, t.median) if t else None
+        wall_su = sp.wall if sp else None
         rows.append({
             "label": r.label, "family": r.family, "setting": r.setting, "paper_row": r.paper_row,
             "reference_flops": r.reference_flops, "measured_flops": r.measured_flops,
@@ -237,12 +262,17 @@ def _summarise(opts: BenchOptions, specs: list[MethodSpec], results: dict[str, M
             "seconds": r.times, "seconds_median": t and t.median, "seconds_min": t and t.min,
             "seconds_max": t and t.max, "seconds_stdev": t and t.stdev, "spread": t and t.spread,
             "wall_speedup": wall_su,
-            "wall_speedup_median_of_repeats": Summary.of(per_repeat).median if per_repeat else None,
+            "wall_speedup_median_of_repeats": sp.wall_rounds.median if sp else None,
+            "wall_speedup_rounds_min": sp.wall_rounds.min if sp else None,
+            "wall_speedup_rounds_max": sp.wall_rounds.max if sp else None,
             "wall_over_flops": wall_su / flops_su if flops_su and wall_su else None,
             "cpu_seconds": r.cpu_times,
-            "cpu_seconds_median": Summary.of(r.cpu_times).median if r.cpu_times else None,
-            "cpu_speedup": (speedup(Summary.of(base.cpu_times).median, Summary.of(r.cpu_times).median)
-                            if r.cpu_times and base.cpu_times else None),
+            "cpu_seconds_median": cpu and cpu.median, "cpu_seconds_min": cpu and cpu.min,
+            "cpu_seconds_max": cpu and cpu.max,
+            "cpu_speedup": sp.cpu if sp else None,
+            "cpu_speedup_rounds_min": sp.cpu_rounds.min if sp and sp.cpu_rounds else None,
+            "cpu_speedup_rounds_max": sp.cpu_rounds.max if sp and sp.cpu_rounds else None,
+            "wall_reliable": sp.wall_reliable if sp else None,
             "cpu_over_flops": None,
             "peak_memory_bytes": max((m for m in r.peak_memory_bytes if m is not None), default=None),
             "cache_peak_bytes": r.cache_peak_bytes,
@@ -254,6 +284,11 @@ def _summarise(opts: BenchOptions, specs: list[MethodSpec], results: dict[str, M
             row["cpu_over_flops"] = row["cpu_speedup"] / row["flops_speedup"]
     data = {"options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
             "environment": environment(device), "model": target.name,
+            "measurement": (f"interleaved: {opts.warmup} warm-up round(s), then {opts.repeats} timed round(s), one run "
+                            f"of every method per round; speed-up = ratio of medians, (min-max) = the per-round "
+                            f"ratios; wall time is flagged unreliable when wall and CPU speed-ups differ by more "
+                            f"than {WALL_CPU_DISAGREEMENT:.0%}"),
+            "wall_warning": wall_warning(speedups),
             "targets": {"wall_over_flops_at_least": TARGET_EFFICIENCY, "engine_fraction_at_most": TARGET_OVERHEAD},
             "memory_note": ("CUDA max_memory_allocated above the start of the run" if device.type == "cuda" else
                             "CPU: peak of RSS sampled every 2 ms above the RSS at the start of the run (estimate)"),
@@ -282,21 +317,38 @@ def render_markdown(data: dict) -> str:
     head = (f"**{data['model']}**, {o['steps']} steps, {o['images']} image(s) + CFG twin, {o['repeats']} repeat(s), "
             f"device {data['environment']['device']} ({data['environment']['threads']} threads)\n\n")
     headers = ["method", "setting", "TFLOPs/img (ref)", "FLOPs speed-up", "measured FLOPs speed-up",
-               "wall s median (min-max)", "wall speed-up", "wall / FLOPs", "CPU s median", "CPU speed-up",
-               "CPU / FLOPs", "engine %", "scoring / gather+scatter / writes s", "cache MiB", "peak mem MiB"]
+               "wall s median (min-max)", "wall speed-up (rounds min-max)", "wall / FLOPs",
+               "CPU s median (min-max)", "CPU speed-up (rounds min-max)", "CPU / FLOPs", "engine %", "scoring / gather+scatter / writes s", "cache MiB", "peak mem MiB"]
     rows = []
     for r in data["rows"]:
         e = r["engine_seconds"]
         eng = "-" if not e else f"{sig(e['scoring'], 3)} / {sig(e['gather_scatter'], 3)} / {sig(e['cache_writes'], 3)}"
         rows.append([r["label"], r["setting"], sig(r["reference_tflops_per_image"]),
                      fmt(r["flops_speedup"], 2, "x"), fmt(r["measured_flops_speedup"], 2, "x"),
-                     f"{sig(r['seconds_median'], 3)} ({sig(r['seconds_min'], 3)}-{sig(r['seconds_max'], 3)})",
-                     fmt(r["wall_speedup"], 2, "x"), fmt(r["wall_over_flops"], 2),
-                     sig(r["cpu_seconds_median"], 3), fmt(r["cpu_speedup"], 2, "x"), fmt(r["cpu_over_flops"], 2),
+                     _med_range(r["seconds_median"], r["seconds_min"], r["seconds_max"]),
+                     _ratio_range(r["wall_speedup"], r["wall_speedup_rounds_min"], r["wall_speedup_rounds_max"]),
+                     fmt(r["wall_over_flops"], 2),
+                     _med_range(r["cpu_seconds_median"], r.get("cpu_seconds_min"), r.get("cpu_seconds_max")),
+                     _ratio_range(r["cpu_speedup"], r.get("cpu_speedup_rounds_min"), r.get("cpu_speedup_rounds_max")),
+                     fmt(r["cpu_over_flops"], 2),
                      fmt(None if r["engine_fraction"] is None else 100 * r["engine_fraction"], 1),
                      eng, sig(r["cache_peak_bytes"] / 2 ** 20, 3),
                      fmt(None if r["peak_memory_bytes"] is None else r["peak_memory_bytes"] / 2 ** 20, 0)])
-    return head + markdown_table(headers, rows)
+    note = f"\n\n{o['repeats']} interleaved rounds. " + (f"Note: {data['wall_warning']}." if data.get("wall_warning")
+                                                         else "Wall and CPU-time speed-ups agree.")
+    return head + markdown_table(headers, rows) + note
+
+
+def _med_range(median, lo, hi) -> str:
+    if median is None:
+        return "-"
+    return sig(median, 3) if lo is None or lo == hi else f"{sig(median, 3)} ({sig(lo, 3)}-{sig(hi, 3)})"
+
+
+def _ratio_range(value, lo, hi) -> str:
+    if value is None:
+        return "-"
+    return fmt(value, 2, "x") if lo is None or lo == hi else f"{fmt(value, 2, 'x')} ({lo:.2f}-{hi:.2f})"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,8 +14,10 @@ the same noise and labels (seeded by ``--seed``), in batches of ``--batch-size``
 loop. Then:
 
 * FLOPs: reference formula and measured (meta device) per image, speed-ups against the uncached row;
-  wall-clock and CPU-time speed-ups of the same sampling, from this run (the uncached run is timed
-  before and after the grid and the mean is the reference);
+  wall-clock and CPU-time speed-ups of the same sampling, measured by ``duca_scripts.measure``:
+  ``--repeats`` interleaved rounds (every method once per round, the first round's samples are the
+  ones scored), speed-up = ratio of the medians with the range of the per-round ratios, and a note
+  when wall time strays from CPU time (other jobs on the machine);
 * quality: for the embedded ``digits`` model, class accuracy and the Frechet distance in the digits
   classifier's features against the real held-out digits (``dit_duca.digits_metrics``); for every model,
   PSNR and SSIM against the uncached samples of the same seeds (``duca_eval.fidelity``; pixel models
@@ -45,7 +47,7 @@ from tqdm.auto import tqdm
 
 from duca_common.cache import measured_flops, reference_flops, speedup
 
-from .measure import timed_run
+from .measure import WALL_CPU_DISAGREEMENT, Series, Case, compare, interleaved, wall_warning
 from .methods import MethodSpec, MethodSpecError, paper_grid, parse_methods, peer_grid
 from .report import environment, fmt, markdown_table, sig, write_csv, write_json
 from .targets import TARGET_HELP, Target, TargetError, build_target
@@ -57,6 +59,10 @@ DEFAULT_IMAGES = 100
 DEFAULT_STEPS = 50                  # the paper's DDIM-50
 FID_NUM_SAMPLES = 50_000            # the ADM FID-50k protocol (paper.md section 2)
 FID_DEFAULT_BATCH = 125
+# Timed rounds per method: two is the fewest that shows a spread; each round samples every image again.
+DEFAULT_REPEATS = 2
+# Steps of the untimed uncached warm-up call before the first round (first-call allocations).
+WARMUP_STEPS = 2
 
 
 class TableError(ValueError):
@@ -72,6 +78,7 @@ class TableOptions:
     batch_size: int = DEFAULT_IMAGES
     steps: int = DEFAULT_STEPS
     seed: int = 0
+    repeats: int = DEFAULT_REPEATS
     device: str = "cpu"
     threads: int | None = None
     ckpt: str | None = None
@@ -88,6 +95,8 @@ class TableOptions:
             raise TableError(f"--batch-size {self.batch_size} must be >= 1")
         if self.steps < 1:
             raise TableError(f"--steps {self.steps} must be >= 1")
+        if self.repeats < 1:
+            raise TableError(f"--repeats {self.repeats} must be >= 1")
         if self.threads is not None and self.threads < 1:
             raise TableError(f"--threads {self.threads} must be >= 1")
         if self.protocol not in PROTOCOLS:
@@ -112,13 +121,11 @@ class Row:
     setting: str
     reference_flops_per_image: float | None = None
     measured_flops_per_image: float | None = None
-    seconds: float = 0.0
-    cpu_seconds: float = 0.0
+    series: Series | None = None            # the interleaved timings (wall and CPU seconds per round)
     samples: torch.Tensor | None = field(default=None, repr=False)
     metrics: dict[str, float | None] = field(default_factory=dict)
     heatmap: str | None = None
     schedule: str = ""
-    timings: list[tuple[float, float]] = field(default_factory=list)   # baseline: (wall, CPU) of both passes
 
 
 def slug(label: str) -> str:
@@ -137,27 +144,23 @@ def _meta_flops(target: Target, spec: MethodSpec, steps: int) -> tuple[float, fl
 
 
 def _sample_all(target: Target, spec: MethodSpec, opts: TableOptions, noise: torch.Tensor,
-                labels: torch.Tensor, row: Row) -> None:
-    """Sample every image with this method in batches; time the sampling; keep the samples on CPU."""
+                labels: torch.Tensor, row: Row) -> torch.Tensor:
+    """Sample every image with this method in batches; returns the samples on CPU (one timed call)."""
     outs, peer_flops = [], 0
-    device = target.device
     for start in range(0, opts.images, opts.batch_size):
         z, y = noise[start:start + opts.batch_size], labels[start:start + opts.batch_size]
         if spec.is_peer:
             from .peers import attach_peer
             with attach_peer(target, spec.peer, opts.steps) as run:
-                timed = timed_run(lambda: target.sample(z, y, opts.steps), device, track_memory=False)
+                out = target.sample(z, y, opts.steps)
             peer_flops += run.reference_flops(target.dims(z.shape[0]))
             row.schedule = run.table()
         else:
-            target.configure(spec.config)
-            timed = timed_run(lambda: target.sample(z, y, opts.steps), device, track_memory=False)
-        row.seconds += timed.seconds
-        row.cpu_seconds += timed.cpu_seconds or 0.0
-        outs.append(timed.result.float().cpu())
-    row.samples = torch.cat(outs)
+            out = target.sample(z, y, opts.steps)
+        outs.append(out.float().cpu())
     if spec.is_peer:
         row.reference_flops_per_image = peer_flops / opts.images
+    return torch.cat(outs)
 
 
 def _unit_range(samples: torch.Tensor, reference: torch.Tensor, pixel: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -225,19 +228,21 @@ def run_table(opts: TableOptions) -> dict:
 
     noise = target.noise(opts.images, opts.seed)
     labels = target.labels(opts.images)
-    again = Row(specs[0].label, specs[0].family, specs[0].setting)
-    with torch.inference_mode(), tqdm(total=len(specs) + 1, desc=f"sampling {opts.images} images per method") as bar:
-        for spec in specs:
-            _sample_all(target, spec, opts, noise, labels, rows[spec.label])
-            bar.update()
-        # The uncached run is timed again after the grid and the mean of both passes is the reference, so a
-        # change of machine load during the grid does not tilt every speed-up the same way.
-        _sample_all(target, specs[0], opts, noise, labels, again)
-        bar.update()
+
+    def case(spec: MethodSpec) -> Case:
+        setup = None if spec.is_peer else (lambda: target.configure(spec.config))
+        return Case(spec.label, lambda: _sample_all(target, spec, opts, noise, labels, rows[spec.label]), setup=setup)
+
+    with torch.inference_mode(), tqdm(total=len(specs) * opts.repeats,
+                                      desc=f"sampling {opts.images} images per method, {opts.repeats} rounds") as bar:
+        target.configure(specs[0].config)           # untimed warm-up: first-call allocations
+        target.sample(noise[:1], labels[:1], min(WARMUP_STEPS, opts.steps))
+        series = interleaved([case(s) for s in specs], repeats=opts.repeats, device=target.device,
+                             progress=bar.update)
+    for spec in specs:
+        rows[spec.label].series = series[spec.label]
+        rows[spec.label].samples = series[spec.label].result       # the first round's samples
     base = rows[specs[0].label]
-    base.timings = [(base.seconds, base.cpu_seconds), (again.seconds, again.cpu_seconds)]
-    base.seconds = (base.seconds + again.seconds) / 2
-    base.cpu_seconds = (base.cpu_seconds + again.cpu_seconds) / 2
     for spec in specs:
         r = rows[spec.label]
         if not spec.is_baseline:
@@ -249,9 +254,13 @@ def run_table(opts: TableOptions) -> dict:
 
 def _summarise(opts: TableOptions, specs: list[MethodSpec], rows: dict[str, Row], target: Target) -> dict:
     base = rows[specs[0].label]
-    out = []
+    out, speedups = [], {}
     for spec in specs:
         r = rows[spec.label]
+        sp = compare(base.series, r.series)
+        if spec.label != base.label:
+            speedups[spec.label] = sp
+        cpu = r.series.cpu
         out.append({
             "method": r.label, "family": r.family, "setting": r.setting,
             "tflops_per_image": r.reference_flops_per_image / 1e12 if r.reference_flops_per_image else None,
@@ -259,35 +268,57 @@ def _summarise(opts: TableOptions, specs: list[MethodSpec], rows: dict[str, Row]
             if r.reference_flops_per_image else None,
             "measured_flops_speedup": speedup(base.measured_flops_per_image, r.measured_flops_per_image)
             if r.measured_flops_per_image else None,
-            "seconds": r.seconds, "wall_speedup": speedup(base.seconds, r.seconds),
-            "cpu_seconds": r.cpu_seconds, "cpu_speedup": speedup(base.cpu_seconds, r.cpu_seconds) if r.cpu_seconds else None,
+            "seconds": r.series.wall.median, "seconds_rounds": r.series.walls,
+            "wall_speedup": sp.wall, "wall_speedup_rounds_min": sp.wall_rounds.min,
+            "wall_speedup_rounds_max": sp.wall_rounds.max,
+            "cpu_seconds": cpu.median if cpu else None, "cpu_seconds_rounds": r.series.cpus,
+            "cpu_speedup": sp.cpu, "cpu_speedup_rounds_min": sp.cpu_rounds.min if sp.cpu_rounds else None,
+            "cpu_speedup_rounds_max": sp.cpu_rounds.max if sp.cpu_rounds else None,
+            "wall_reliable": sp.wall_reliable,
             **{k: r.metrics.get(k) for k in ("accuracy", "frechet", "psnr", "ssim")},
-            "heatmap": r.heatmap, "schedule": r.schedule, "timings": r.timings,
+            "heatmap": r.heatmap, "schedule": r.schedule,
         })
     return {"options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
             "environment": environment(target.device), "model": target.name, "protocol": opts.protocol,
             "quality_metrics": "digits accuracy + Frechet distance (dit_duca.digits_metrics)" if opts.model == "digits"
             else "PSNR/SSIM against the uncached samples only (no quality judge for this model)",
+            "measurement": (f"interleaved: {opts.repeats} round(s), every method once per round; speed-up = ratio "
+                            f"of medians, (min-max) = the per-round ratios; wall time flagged unreliable when wall "
+                            f"and CPU speed-ups differ by more than {WALL_CPU_DISAGREEMENT:.0%}"),
+            "wall_warning": wall_warning(speedups),
             "rows": out}
 
 
-TABLE_HEADERS = ["method", "setting", "TFLOPs/img", "FLOPs speed-up", "measured FLOPs speed-up", "wall speed-up",
-                 "CPU speed-up", "accuracy", "Frechet dist.", "PSNR vs uncached", "SSIM vs uncached"]
+TABLE_HEADERS = ["method", "setting", "TFLOPs/img", "FLOPs speed-up", "measured FLOPs speed-up",
+                 "CPU speed-up (rounds min-max)", "wall speed-up (rounds min-max)", "accuracy", "Frechet dist.", "PSNR vs uncached", "SSIM vs uncached"]
+
+
+def ratio_cell(value, lo, hi) -> str:
+    """``2.31x (2.20-2.40)``: the speed-up and the range of its per-round ratios."""
+    if value is None:
+        return "-"
+    if lo is None or hi is None or lo == hi:
+        return fmt(value, 2, "x")
+    return f"{fmt(value, 2, 'x')} ({lo:.2f}-{hi:.2f})"
 
 
 def table_cells(row: dict) -> list[str]:
     acc = row.get("accuracy")
     return [row["method"], row["setting"], sig(row["tflops_per_image"]), fmt(row["flops_speedup"], 2, "x"),
-            fmt(row["measured_flops_speedup"], 2, "x"), fmt(row.get("wall_speedup"), 2, "x"),
-            fmt(row.get("cpu_speedup"), 2, "x"), fmt(None if acc is None else 100 * acc, 1, "%"),
+            fmt(row["measured_flops_speedup"], 2, "x"),
+            ratio_cell(row.get("cpu_speedup"), row.get("cpu_speedup_rounds_min"), row.get("cpu_speedup_rounds_max")),
+            ratio_cell(row.get("wall_speedup"), row.get("wall_speedup_rounds_min"), row.get("wall_speedup_rounds_max")),
+            fmt(None if acc is None else 100 * acc, 1, "%"),
             fmt(row.get("frechet"), 2), fmt(row.get("psnr"), 2), fmt(row.get("ssim"), 4)]
 
 
 def render(data: dict) -> str:
     o = data["options"]
     head = (f"**{data['model']}**, {o['steps']} DDIM steps, {o['images']} images per method (seed {o['seed']}), "
-            f"device {data['environment']['device']} ({data['environment']['threads']} threads)\n\n")
-    return head + markdown_table(TABLE_HEADERS, [table_cells(r) for r in data["rows"]])
+            f"device {data['environment']['device']} ({data['environment']['threads']} threads), "
+            f"{o['repeats']} interleaved timing round(s)\n\n")
+    note = f"\n\nNote: {data['wall_warning']}." if data.get("wall_warning") else ""
+    return head + markdown_table(TABLE_HEADERS, [table_cells(r) for r in data["rows"]]) + note
 
 
 def write_csv_table(path: Path, data: dict) -> Path:
@@ -392,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per sampling batch")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--repeats", type=int, default=d.repeats,
+                   help="interleaved timing rounds (every method samples every image once per round)")
     p.add_argument("--device", default=d.device)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--ckpt", default=None)
