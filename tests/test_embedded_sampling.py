@@ -108,17 +108,53 @@ def test_sample_py_falls_back_to_the_embedded_model(tmp_path, monkeypatch):
 def test_demo_writes_grids_and_a_table(tmp_path, capsys):
     from dit_duca import demo
 
-    rows = demo.run_demo(demo.parse_args(["--out", str(tmp_path), "--num-samples", "20",
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "grid_old_method.png").write_bytes(b"from an older run")
+    rows = demo.run_demo(demo.parse_args(["--out", str(out), "--num-samples", "20", "--repeats", "2",
                                           "--num-sampling-steps", str(SMOKE_STEPS)]))
     assert [r.method for r in rows] == list(METHOD_ORDER)
+    # a fresh folder was swapped in whole: nothing of the older run, no partial folder left beside it
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"grid_{m}.png" for m in METHOD_ORDER] + ["side_by_side.png", "table.md", "results.json"])
+    assert [p.name for p in tmp_path.iterdir()] == ["demo"]
+    out_text = capsys.readouterr().out
     for method in METHOD_ORDER:
-        assert (tmp_path / f"grid_{method}.png").is_file()
-    assert (tmp_path / "side_by_side.png").is_file() and (tmp_path / "table.md").is_file()
-    out = capsys.readouterr().out
-    for method in METHOD_ORDER:
-        assert f"| {method} |" in out
-    assert "%" in out and rows[0].flops_speedup == 1.0 and math.isinf(rows[0].psnr_vs_none)
+        assert f"| {method} |" in out_text
+    assert "CPU-time speed-up" in out_text and "2 interleaved timing rounds" in out_text
+    assert ("wall time is unreliable" in out_text) == any(not r.wall_reliable for r in rows)
+    assert "%" in out_text and rows[0].flops_speedup == 1.0 and math.isinf(rows[0].psnr_vs_none)
+    assert rows[0].cpu_speedup == 1.0 and all(r.cpu_speedup > 0 and r.cpu_seconds > 0 for r in rows)
     assert all(r.flops_speedup > 1.0 for r in rows[1:])
+    assert all(r.cpu_speedup_min <= r.cpu_speedup <= r.cpu_speedup_max for r in rows[1:])   # 2 rounds: mediant
+
+
+def test_demo_failure_keeps_the_previous_folder(tmp_path):
+    from dit_duca import demo
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "table.md").write_text("previous run")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with demo.fresh_folder(out) as fresh:
+            (fresh / "table.md").write_text("half of a new run")
+            raise RuntimeError("interrupted")
+    assert (out / "table.md").read_text() == "previous run"
+    assert [p.name for p in tmp_path.iterdir()] == ["demo"]
+
+
+def test_demo_refuses_an_unwritable_output_before_sampling(tmp_path, capsys, monkeypatch):
+    from dit_duca import demo
+
+    monkeypatch.setattr(demo, "load_dit_checkpoint", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.chdir("/proc")                 # a read-only working folder (even for root): outputs/ cannot be made
+    for argv, words in [([], "--out outputs/demo"), (["--out", "/proc/demo"], "--out /proc/demo")]:
+        with pytest.raises(SystemExit) as exc:
+            demo.main(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and words in err and "cannot be written" in err
+        assert err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_demo_rejects_bad_flags(tmp_path, capsys):
@@ -127,7 +163,13 @@ def test_demo_rejects_bad_flags(tmp_path, capsys):
     for argv, message in [(["--num-samples", "3"], "--num-samples must be >="),
                           (["--methods", "none,magic"], "unknown ['magic']"),
                           (["--ckpt", str(tmp_path / "nope.safetensors")], "no such file"),
-                          (["--cfg-scale", "0.5"], "--cfg-scale must be >= 1")]:
-        with pytest.raises(SystemExit):
-            demo.parse_args(argv)
+                          (["--cfg-scale", "0.5"], "--cfg-scale must be >= 1"),
+                          (["--cfg-scale", "nan"], "--cfg-scale must be >= 1"),
+                          (["--repeats", "0"], "--repeats must be >= 1")]:
+        with pytest.raises(SystemExit) as exc:
+            demo.parse_args(argv + ["--out", str(tmp_path / "o")])
+        assert exc.value.code == 2
         assert message in capsys.readouterr().err
+    quick, full = demo.parse_args(["--out", str(tmp_path)]), demo.parse_args(["--full", "--out", str(tmp_path)])
+    assert (quick.num_samples, quick.repeats, quick.num_sampling_steps) == (20, 2, 25)
+    assert (full.num_samples, full.repeats, full.num_sampling_steps) == (100, 3, DEFAULT_NUM_STEPS)
