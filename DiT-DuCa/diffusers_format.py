@@ -46,8 +46,8 @@ import re
 from pathlib import Path
 
 import torch
+from duca_common.errors import CheckpointError
 
-from .loading import CheckpointError
 from .models import DiT
 
 DIFFUSERS_CLASS_NAMES = ("DiTTransformer2DModel", "Transformer2DModel")   # the second: pre-0.28 hub configs
@@ -282,7 +282,7 @@ def read_diffusers_dit(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]
         raw = _read_weights(folder)
     except CheckpointError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any reader error means: not usable weights
+    except Exception as exc:
         raise CheckpointError(f"cannot read the weights in {folder}: {type(exc).__name__}: {exc}") from exc
     state = from_diffusers(raw)
     with torch.device("meta"):

@@ -11,39 +11,26 @@ import math
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DiTTransformer2DModel, PixArtTransformer2DModel
+from diffusers import DiTTransformer2DModel
 from diffusers.models.embeddings import get_timestep_embedding
-
+from diffusers_tiny import diffusers_dit, diffusers_pixart, dit_ddim_scheduler, tiny_dit
 from dit_duca import diffusers_format as df
 from dit_duca import sample as sample_cli
 from dit_duca.diffusion import create_diffusion, linear_betas
-from dit_duca.loading import CheckpointError, build_dit, load_checkpoint, load_into, resolve_checkpoint
+from dit_duca.loading import (
+    CheckpointError,
+    build_dit,
+    load_checkpoint,
+    load_into,
+    resolve_checkpoint,
+)
 from dit_duca.models import DiT
 from duca_common.layers import pack_caption, timestep_embedding
-from pixart_duca import checkpoint as pixart_ck
-from pixart_tiny import T5_DIM, TINY, TINY_MS, tiny_model as tiny_pixart
+from pixart_tiny import T5_DIM, TINY, TINY_MS
+from pixart_tiny import tiny_model as tiny_pixart
 
 # float32 agreement bound for two implementations of the same forward (different GEMM groupings)
 PARITY_ATOL = 1e-6
-
-
-def tiny_dit(in_channels: int = 4, depth: int = 3, seed: int = 0) -> DiT:
-    torch.manual_seed(seed)
-    model = DiT(input_size=8, patch_size=2, in_channels=in_channels, hidden_size=64, depth=depth, num_heads=4,
-                num_classes=10)
-    with torch.no_grad():     # the official init zeroes adaLN and the output layer: make every path non-trivial
-        for name, p in model.named_parameters():
-            if name != "pos_embed":
-                p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
-
-
-def diffusers_dit(model: DiT, match_official: bool = True) -> DiTTransformer2DModel:
-    d = DiTTransformer2DModel.from_config(df.diffusers_config(model)).eval()
-    d.load_state_dict(df.to_diffusers(model.state_dict(), model.depth), strict=True)
-    if match_official:
-        df.match_official_dit(d)
-    return d
 
 
 DIT_INPUTS = dict(x=torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(1)),
@@ -177,18 +164,6 @@ def test_diffusers_dit_folder_errors(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ PixArt
 
-def diffusers_pixart(model) -> PixArtTransformer2DModel:
-    cfg = model.config
-    d = PixArtTransformer2DModel(num_attention_heads=cfg.num_heads, attention_head_dim=cfg.hidden_size // cfg.num_heads,
-                                 in_channels=cfg.in_channels, out_channels=cfg.out_channels, num_layers=cfg.depth,
-                                 cross_attention_dim=cfg.hidden_size, sample_size=cfg.input_size,
-                                 patch_size=cfg.patch_size, caption_channels=cfg.caption_channels,
-                                 interpolation_scale=cfg.lewei_scale, use_additional_conditions=cfg.multi_scale,
-                                 norm_eps=1e-6).eval()
-    d.load_state_dict(pixart_ck.to_diffusers(model.state_dict()), strict=True)
-    return d
-
-
 @pytest.mark.parametrize("config", [TINY, TINY_MS], ids=["256-style", "1024-MS-style"])
 def test_pixart_matches_diffusers_pixart_on_the_same_weights(config):
     model = tiny_pixart(config)
@@ -209,15 +184,6 @@ def test_pixart_matches_diffusers_pixart_on_the_same_weights(config):
 
 # ------------------------------------------------------------------------------------------------ DDIM
 
-def dit_ddim_scheduler(num_steps: int) -> DDIMScheduler:
-    """diffusers' DDIM on DiT's betas (linear 1e-4..0.02, 1000 steps), no x0 clipping as the DiT samplers."""
-    betas = linear_betas()
-    sch = DDIMScheduler(num_train_timesteps=len(betas), beta_start=float(betas[0]), beta_end=float(betas[-1]),
-                        beta_schedule="linear", clip_sample=False, set_alpha_to_one=True, steps_offset=0)
-    sch.set_timesteps(num_steps)
-    return sch
-
-
 def ddim_update(x: np.ndarray, eps: np.ndarray, abar: float, abar_prev: float) -> np.ndarray:
     """The DDIM (eta 0) update both samplers implement: sqrt(abar') x0 + sqrt(1 - abar') eps."""
     x0 = (x - math.sqrt(1 - abar) * eps) / math.sqrt(abar)
@@ -230,7 +196,8 @@ def test_ddim_differs_from_diffusers_exactly_by_the_timestep_grid(num_steps):
     ('leading') steps s_j = j floor(T/K) -> s_j - floor(T/K). Same x, same eps: the difference is the DDIM
     update on one grid minus the update on the other; with K = T the grids coincide."""
     diffusion = create_diffusion(str(num_steps), learn_sigma=False)
-    sch = dit_ddim_scheduler(num_steps)
+    sch = dit_ddim_scheduler()
+    sch.set_timesteps(num_steps)
     abar = np.cumprod(1.0 - linear_betas())                                      # float64
     ours_t = diffusion.timestep_map[::-1]                                        # evaluation order
     stride = len(abar) // num_steps
@@ -240,7 +207,7 @@ def test_ddim_differs_from_diffusers_exactly_by_the_timestep_grid(num_steps):
     for p in range(num_steps):
         x, eps = torch.randn(1, 4, 4, 4, generator=g), torch.randn(1, 4, 4, 4, generator=g)
         i = num_steps - 1 - p
-        ours = diffusion.ddim_sample(lambda *_: eps, x, torch.tensor([i]), step_noise=torch.zeros_like)["sample"]
+        ours = diffusion.ddim_sample(lambda *_, e=eps: e, x, torch.tensor([i]), step_noise=torch.zeros_like)["sample"]
         theirs = sch.step(eps, sch.timesteps[p], x).prev_sample
         s = int(sch.timesteps[p])
         expected = (ddim_update(x.double().numpy(), eps.double().numpy(), abar[ours_t[p]],

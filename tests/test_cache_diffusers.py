@@ -1,0 +1,284 @@
+"""The cache engine attached from outside to diffusers' DiT and PixArt-alpha (duca_common.cache.adapters.diffusers).
+
+(a) caching off -> bit-identical to the plain pipeline; (b) the same weights through our DiT / PixArt and through
+the diffusers transformer with the same preset give the same latents and the same trace; (c) remove_cache
+restores the plain forward bit for bit; (d) an exception inside a pipeline call releases the state.
+Tiny random models built from configs, no hub."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DiTPipeline
+from diffusers_tiny import (
+    diffusers_dit,
+    diffusers_pixart,
+    dit_ddim_scheduler,
+    dit_pipeline,
+    pixart_pipeline,
+    tiny_dit,
+)
+from dit_duca.diffusion import create_diffusion
+from duca_common.cache import Action, CacheConfig, get_preset
+from duca_common.cache.adapters.diffusers import (
+    HANDLE_ATTRIBUTE,
+    apply_cache,
+    cache_of,
+    dit_layout,
+    pixart_layout,
+    remove_cache,
+)
+from duca_common.layers import pack_caption
+from pixart_tiny import T5_DIM, TINY
+from pixart_tiny import tiny_model as tiny_pixart
+
+# Two float32 implementations of the same network (same weights, different GEMM groupings), run through a whole
+# cached sampling loop: the latents agree to this bound and the traces exactly.
+LOOP_ATOL = 1e-5
+DIT_STEPS = 12          # enough for full, conservative and aggressive steps under the DiT rule (N=3)
+PIXART_STEPS = 9
+
+
+def dit_call(pipe: DiTPipeline, steps: int = 6) -> torch.Tensor:
+    return pipe(class_labels=[1, 7], num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
+                output_type="pt").images
+
+
+def assert_plain(pipe) -> None:
+    """Nothing of the adapter is left on the pipeline."""
+    assert type(pipe) is DiTPipeline or not hasattr(type(pipe), "_duca_original_class")
+    assert not hasattr(pipe.transformer, HANDLE_ATTRIBUTE)
+    assert all("forward" not in b.__dict__ for b in pipe.transformer.transformer_blocks)
+    assert not pipe.transformer._forward_pre_hooks
+
+
+# ------------------------------------------------------------------------------------------------ (a), (c), (d)
+
+def test_dit_pipeline_cache_off_on_and_removed():
+    pipe = dit_pipeline()
+    plain = dit_call(pipe)
+    handle = apply_cache(pipe, config=CacheConfig(method="none"))
+    assert isinstance(pipe, DiTPipeline) and type(pipe).__name__ == "DiTPipeline"
+    assert torch.equal(dit_call(pipe), plain)                                    # (a) bit for bit
+    trace = handle.feature_cache.last_trace
+    assert trace.num_steps == 6 and (trace.actions == int(Action.FULL)).all()    # the session ran, every step
+    assert handle.feature_cache.active is None
+
+    handle = apply_cache(pipe, preset="dit-duca-n3-r95")                         # replaces the configuration
+    assert cache_of(pipe) is handle
+    cached = dit_call(pipe, steps=DIT_STEPS)
+    trace = handle.feature_cache.last_trace
+    assert {int(Action.PARTIAL), int(Action.REUSE)} <= set(np.unique(trace.actions).tolist())
+    assert any(trace.trunk_reused)                                               # aggressive steps ran
+    assert not torch.equal(cached, dit_call_plain(pipe, DIT_STEPS))
+
+    remove_cache(pipe)                                                           # (c)
+    assert_plain(pipe)
+    assert type(pipe) is DiTPipeline
+    assert torch.equal(dit_call(pipe), plain)
+    remove_cache(pipe)                                                           # a no-op when not applied
+
+
+def dit_call_plain(pipe, steps: int) -> torch.Tensor:
+    """The same call with the cache detached for its duration."""
+    handle = cache_of(pipe)
+    config = handle.config
+    remove_cache(pipe)
+    try:
+        return dit_call(pipe, steps)
+    finally:
+        apply_cache(pipe, config=config)
+
+
+def test_exception_inside_the_pipeline_call_releases_the_state(monkeypatch):
+    pipe = dit_pipeline()
+    handle = apply_cache(pipe, preset="dit-fora-n3")
+    expected = dit_call(pipe)
+    original_step = pipe.scheduler.step
+    calls = {"n": 0}
+
+    def failing_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("boom in step 3")
+        return original_step(*args, **kwargs)
+
+    monkeypatch.setattr(pipe.scheduler, "step", failing_step)
+    with pytest.raises(RuntimeError, match="boom in step 3"):
+        dit_call(pipe)
+    assert handle.feature_cache.active is None and handle._lazy is None          # (d) released
+    assert handle.feature_cache.last_trace.num_steps == 6
+    assert (handle.feature_cache.last_trace.actions[3:] == -1).all()             # steps never run
+    monkeypatch.setattr(pipe.scheduler, "step", original_step)
+    assert torch.equal(dit_call(pipe), expected)                                 # no state leaked into the next call
+
+
+def test_bad_uses_fail_clearly():
+    pipe = dit_pipeline()
+    with pytest.raises(ValueError, match="preset 'pixart-duca-r25' is for pixart models"):
+        apply_cache(pipe, preset="pixart-duca-r25")
+    with pytest.raises(ValueError, match="exactly one of preset"):
+        apply_cache(pipe, preset="dit-fora-n3", config=CacheConfig(method="fora"))
+    with pytest.raises(ValueError, match="exactly one of preset"):
+        apply_cache(pipe)
+    with pytest.raises(TypeError, match="takes a diffusers pipeline"):
+        apply_cache(torch.nn.Linear(2, 2), preset="dit-fora-n3")
+    with pytest.raises(ValueError, match="unknown cache preset"):
+        apply_cache(pipe, preset="dit-nothing")
+    assert_plain(pipe)                                                           # nothing half-applied
+    handle = apply_cache(pipe.transformer, preset="dit-fora-n3")
+    with handle.session(4, cfg_halves=False):
+        with pytest.raises(RuntimeError, match="while a sampling session is open"):
+            remove_cache(pipe.transformer)
+        with pytest.raises(ValueError, match="outside this session's 4 steps"):
+            for _ in range(5):
+                pipe.transformer(torch.randn(1, 4, 8, 8), timestep=torch.tensor([10]), class_labels=torch.tensor([1]))
+    remove_cache(pipe.transformer)
+    assert_plain(pipe)
+
+
+# ------------------------------------------------------------------------------------------------ (b) DiT
+
+DIT_CONFIGS = {
+    "dit-duca-n3-r95": get_preset("dit-duca-n3-r95").config,                  # value norm (SDPA kept)
+    "dit-toca-n3-r93": get_preset("dit-toca-n3-r93").config,                  # attention received (explicit map)
+    "dit-duca-n3-random": get_preset("dit-duca-n3-random").config,
+    "dit-fora-n3": get_preset("dit-fora-n3").config,
+    "dit-taylorseer-n3-o3": get_preset("dit-taylorseer-n3-o3").config,
+}
+
+
+def sample_ours_dit(model, z, y, steps):
+    zz = torch.cat([z, z])
+    return create_diffusion(str(steps)).ddim_sample_loop(
+        model.forward_with_cfg, zz.shape, noise=zz, model_kwargs=dict(y=y, cfg_scale=4.0),
+        feature_cache=model.feature_cache, grid=model.grid_size, cfg_halves=True)
+
+
+def sample_diffusers_dit(transformer, handle, cfg_channels, z, y, steps):
+    """Our DDIM loop and CFG rule, the network being the diffusers transformer with the cache attached."""
+
+    def forward_with_cfg(x, t, y, cfg_scale):
+        half = x[: len(x) // 2]
+        out = transformer(torch.cat([half, half]), timestep=t, class_labels=y).sample
+        eps, rest = out[:, :cfg_channels], out[:, cfg_channels:]
+        cond, uncond = eps.chunk(2)
+        guided = uncond + cfg_scale * (cond - uncond)
+        return torch.cat([torch.cat([guided, guided]), rest], dim=1)
+
+    zz = torch.cat([z, z])
+    with handle.session(steps, cfg_halves=True):
+        return create_diffusion(str(steps)).ddim_sample_loop(forward_with_cfg, zz.shape, noise=zz,
+                                                             model_kwargs=dict(y=y, cfg_scale=4.0))
+
+
+@pytest.mark.parametrize("name", list(DIT_CONFIGS))
+def test_dit_same_latents_and_trace_as_our_dit(name):
+    model = tiny_dit(depth=4)
+    transformer = diffusers_dit(model)
+    config = DIT_CONFIGS[name]
+    model.configure_cache(config)
+    handle = apply_cache(transformer, config=config)
+    assert handle.feature_cache.layout == model.feature_cache.layout == dit_layout(4)
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    y = torch.tensor([1, 7, 10, 10])
+    with torch.no_grad():
+        ours = sample_ours_dit(model, z, y, DIT_STEPS)
+        theirs = sample_diffusers_dit(transformer, handle, model.cfg_channels, z, y, DIT_STEPS)
+    ours_trace, their_trace = model.feature_cache.last_trace, handle.feature_cache.last_trace
+    assert np.array_equal(ours_trace.actions, their_trace.actions)
+    assert np.array_equal(ours_trace.tokens, their_trace.tokens)
+    assert ours_trace.trunk_reused == their_trace.trunk_reused
+    assert (ours - theirs).abs().max().item() <= LOOP_ATOL
+    if name != "dit-fora-n3" and name != "dit-taylorseer-n3-o3":
+        assert (ours_trace.actions == int(Action.PARTIAL)).any()
+
+
+# ------------------------------------------------------------------------------------------------ (b) PixArt
+
+PIXART_CONFIGS = {
+    "pixart-duca-r25": get_preset("pixart-duca-r25").config,                  # cross-attention entropy
+    "pixart-toca-r70": get_preset("pixart-toca-r70").config,
+    "pixart-fora-n3": get_preset("pixart-fora-n3").config,
+    "pixart-duca-value-norm": get_preset("pixart-duca-r25").config.replace(selector="value_norm"),
+    "pixart-taylorseer": CacheConfig(method="taylorseer", interval=3, taylor_order=2),
+}
+
+
+def pixart_inputs():
+    g = torch.Generator().manual_seed(5)
+    tokens = torch.randn(2, 12, T5_DIM, generator=g)                            # [uncond, cond] as diffusers
+    mask = (torch.arange(12) < torch.tensor([[4], [9]])).float()
+    return torch.randn(1, 4, 8, 8, generator=g), tokens, mask
+
+
+def sample_pixart(step_fn, steps):
+    """diffusers' DDIM loop with CFG 4.5 on [uncond, cond]; ``step_fn(x2, t2)`` is the network."""
+    sch = dit_ddim_scheduler()
+    sch.set_timesteps(steps)
+    x = pixart_inputs()[0]
+    for t in sch.timesteps:
+        out = step_fn(torch.cat([x, x]), t.expand(2).float())
+        uncond, cond = out[:, :4].chunk(2)
+        x = sch.step(uncond + 4.5 * (cond - uncond), t, x).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("name", list(PIXART_CONFIGS))
+def test_pixart_same_latents_and_trace_as_our_pixart(name):
+    model = tiny_pixart(TINY)
+    transformer = diffusers_pixart(model)
+    config = PIXART_CONFIGS[name]
+    model.feature_cache = type(model.feature_cache)(config, model.feature_cache.layout)
+    handle = apply_cache(transformer, config=config)
+    assert handle.feature_cache.layout == model.feature_cache.layout == pixart_layout(TINY.depth)
+    _, tokens, mask = pixart_inputs()
+    caption = pack_caption(tokens, mask)
+    grid = (TINY.base_size, TINY.base_size)
+    with torch.no_grad():
+        with model.feature_cache.session(PIXART_STEPS, grid=grid, cfg_halves=True) as run:
+            counter = iter(range(PIXART_STEPS))
+
+            def ours_step(x2, t2):
+                run.set_step(next(counter))
+                return model(x2, t2, caption)
+
+            ours = sample_pixart(ours_step, PIXART_STEPS)
+        with handle.session(PIXART_STEPS, cfg_halves=True, grid=grid):
+            theirs = sample_pixart(lambda x2, t2: transformer(x2, encoder_hidden_states=tokens,
+                                                              encoder_attention_mask=mask, timestep=t2).sample,
+                                   PIXART_STEPS)
+    ours_trace, their_trace = model.feature_cache.last_trace, handle.feature_cache.last_trace
+    assert np.array_equal(ours_trace.actions, their_trace.actions)
+    assert np.array_equal(ours_trace.tokens, their_trace.tokens)
+    assert (ours - theirs).abs().max().item() <= LOOP_ATOL
+    if name.startswith(("pixart-duca", "pixart-toca")):
+        assert (ours_trace.actions == int(Action.PARTIAL)).any()
+
+
+def test_pixart_alpha_pipeline_path():
+    """The pipeline call opens and closes the session itself (steps from the scheduler, CFG from guidance_scale)."""
+    transformer = diffusers_pixart(tiny_pixart(TINY))
+    pipe = pixart_pipeline(transformer)
+    _, tokens, mask = pixart_inputs()
+
+    def call():
+        return pipe(prompt=None, negative_prompt=None, prompt_embeds=tokens[1:], prompt_attention_mask=mask[1:],
+                    negative_prompt_embeds=tokens[:1], negative_prompt_attention_mask=mask[:1],
+                    num_inference_steps=PIXART_STEPS, guidance_scale=4.5, height=64, width=64,
+                    generator=torch.Generator().manual_seed(0), output_type="latent", use_resolution_binning=False
+                    ).images
+
+    plain = call()
+    handle = apply_cache(pipe, config=CacheConfig(method="none"))
+    assert torch.equal(call(), plain)                                            # (a)
+    handle = apply_cache(pipe, preset="pixart-duca-r25")
+    cached = call()
+    trace = handle.feature_cache.last_trace
+    assert trace.num_steps == PIXART_STEPS and (trace.actions == int(Action.PARTIAL)).any()
+    assert handle.feature_cache.active is None
+    assert 0 < (cached - plain).abs().max().item() < 0.1 * plain.abs().max().item()   # close, not equal
+    remove_cache(pipe)                                                           # (c)
+    assert not hasattr(type(pipe), "_duca_original_class")
+    assert torch.equal(call(), plain)
