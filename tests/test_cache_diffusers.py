@@ -282,3 +282,20 @@ def test_pixart_alpha_pipeline_path():
     remove_cache(pipe)                                                           # (c)
     assert not hasattr(type(pipe), "_duca_original_class")
     assert torch.equal(call(), plain)
+
+
+# ------------------------------------------------------------------------------------------------ the README example
+
+def test_readme_example_script_runs_offline(capsys):
+    from duca_scripts import diffusers_example
+
+    rows = diffusers_example.main(["--steps", "4"])
+    out = capsys.readouterr().out
+    assert out.count("plain result restored bit for bit: True") == 2
+    for family, none in (("dit", "dit-none"), ("pixart", "pixart-none")):
+        assert rows[family][none] == (0.0, 1.0)                                  # caching off: identical
+        cached = {k: v for k, v in rows[family].items() if k != none}
+        assert cached and all(diff > 0 and computed < 1.0 for diff, computed in cached.values())
+    with pytest.raises(SystemExit):
+        diffusers_example.main(["--dit-preset", "pixart-duca-r25"])
+    assert "is not a dit preset" in capsys.readouterr().err
