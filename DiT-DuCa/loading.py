@@ -148,11 +148,16 @@ def build_dit(name: str, *, input_size: int, num_classes: int, in_channels: int 
               device: torch.device | str | None = None) -> DiT:
     """A DiT from a stored ``config`` if given, else the named configuration."""
     if config is None and name not in DiT_models:
-        raise ValueError(f"unknown --model {name!r}; choose one of {', '.join(DiT_models)}")
-    with torch.device(device if device is not None else "cpu"):
-        if config is not None:
-            return DiT(**config)
-        return DiT_models[name](input_size=input_size, num_classes=num_classes, in_channels=in_channels)
+        raise UsageError(f"unknown --model {name!r}; choose one of {', '.join(DiT_models)}")
+    try:
+        with torch.device(device if device is not None else "cpu"):
+            if config is not None:
+                return DiT(**config)
+            return DiT_models[name](input_size=input_size, num_classes=num_classes, in_channels=in_channels)
+    except (TypeError, ValueError) as exc:
+        source = "the checkpoint's stored architecture" if config is not None else f"--model {name}"
+        raise CheckpointError(f"cannot build {source} at latent side {input_size}: {exc}; check --model and "
+                              f"--image-size") from None
 
 
 def load_into(model: DiT, ckpt: LoadedCheckpoint, what: str) -> None:

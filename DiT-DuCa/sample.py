@@ -22,12 +22,16 @@ from pathlib import Path
 import torch
 
 from dit_duca.diffusion import create_diffusion
-from dit_duca.loading import (CheckpointError, CheckpointNotFoundError, VAEError, build_dit, decode_latents,
-                              load_checkpoint, load_into, load_vae, resolve_checkpoint)
-from dit_duca.options import (add_cache_args, add_model_args, cache_config_from_args, latent_geometry,
-                              validate_common)
+from dit_duca.loading import (CheckpointNotFoundError, build_dit, decode_latents, load_checkpoint, load_into,
+                              load_vae, resolve_checkpoint, resolve_vae_folder)
+from dit_duca.options import (DEFAULT_IMAGE_SIZE, DEFAULT_MODEL, add_cache_args, add_model_args,
+                              apply_stored_architecture, cache_config_from_args, fill_default_architecture,
+                              latent_geometry, validate_common)
 from duca_common.cache import TransformerDims, full_run_flops, measured_flops, reference_flops
-from duca_common.runtime import write_json
+from duca_common.errors import NonFiniteError, UsageError, run_or_exit
+from duca_common.outputs import check_output_file, image_suffixes
+from duca_common.runtime import atomic_path, pick_device, write_json
+from duca_common.validate import SEED, FiniteWatch, check_number
 
 REFERENCE_CLASS_LABELS = [207, 360, 387, 974, 88, 979, 417, 279]
 
@@ -45,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--report", type=str, default=None, help="write a JSON report (FLOPs, latency, cache, trace)")
     parser.add_argument("--flops-only", action="store_true",
                         help="count the FLOPs of the whole run on the meta device (no weights, no images)")
-    parser.add_argument("--device", type=str, default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--device", type=str, default="auto", help="auto (cuda if available, else cpu), cpu, cuda:N")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -60,13 +64,13 @@ def parse_labels(text: str | None, num_classes: int | None) -> list[int]:
         return [i % num_classes for i in range(8)]
     try:
         labels = [int(v) for v in text.split(",") if v.strip() != ""]
-    except ValueError as exc:
-        raise ValueError(f"--class-labels {text!r} must be comma-separated integers") from exc
+    except ValueError:
+        raise UsageError(f"--class-labels {text!r} must be comma-separated integers") from None
     if not labels:
-        raise ValueError("--class-labels is empty")
+        raise UsageError("--class-labels is empty; pass comma-separated class indices, e.g. 207,360")
     bad = [v for v in labels if v < 0 or (num_classes is not None and v >= num_classes)]
     if bad:
-        raise ValueError(f"--class-labels {bad} outside 0..{num_classes - 1}")
+        raise UsageError(f"--class-labels {bad} outside 0..{(num_classes or 1) - 1}; the model has {num_classes} classes")
     return labels
 
 
@@ -76,17 +80,21 @@ def run_dims(model, batch: int) -> TransformerDims:
 
 
 def sample_latents(model, diffusion, z: torch.Tensor, labels: list[int], cfg_scale: float, ddim: bool,
-                   progress: bool = False) -> torch.Tensor:
-    """The reference loop: [z, z] with labels [y, null]; returns the cond half."""
+                   progress: bool = False, watch: FiniteWatch | None = None) -> torch.Tensor:
+    """The reference loop: [z, z] with labels [y, null]; returns the cond half. ``watch`` sees every step."""
     n = z.shape[0]
     device = z.device
     y = torch.tensor(labels, device=device)
     y_null = torch.tensor([model.num_classes] * n, device=device)
     zz = torch.cat([z, z], 0)
     model_kwargs = dict(y=torch.cat([y, y_null], 0), cfg_scale=cfg_scale)
-    samples = diffusion.sample_loop(model.forward_with_cfg, zz.shape, noise=zz, model_kwargs=model_kwargs,
-                                    ddim=ddim, clip_denoised=False, progress=progress,
-                                    feature_cache=model.feature_cache, grid=model.grid_size, cfg_halves=True)
+    samples = None
+    for step, out in enumerate(diffusion.sample_loop_progressive(
+            model.forward_with_cfg, zz.shape, noise=zz, model_kwargs=model_kwargs, ddim=ddim, clip_denoised=False,
+            progress=progress, feature_cache=model.feature_cache, grid=model.grid_size, cfg_halves=True)):
+        samples = out["sample"]
+        if watch is not None:
+            watch.observe(samples, step)
     return samples.chunk(2, dim=0)[0]
 
 
@@ -118,12 +126,13 @@ def count_flops(args: argparse.Namespace, cache_cfg, config: dict | None, n: int
 
 def use_embedded_model_if_no_checkpoint(args: argparse.Namespace) -> bool:
     """No ``--ckpt`` and no official checkpoint on disk: sample the embedded digits DiT shipped with the
-    package instead (docs/embedded.md). It works in pixel space, so its stored geometry replaces
-    ``--image-size``, ``--num-classes`` and ``--in-channels``, and ``--vae`` becomes ``none``."""
+    package instead (docs/embedded.md). It works in pixel space, so ``--vae`` becomes ``none``; its stored
+    geometry fills ``--image-size``, ``--num-classes`` and ``--in-channels`` (flags that contradict it are
+    refused by :func:`~dit_duca.options.apply_stored_architecture`)."""
     if args.ckpt is not None:
         return False
     try:
-        resolve_checkpoint(None, args.model, args.image_size)
+        resolve_checkpoint(None, args.model or DEFAULT_MODEL, args.image_size or DEFAULT_IMAGE_SIZE)
         return False
     except CheckpointNotFoundError:
         pass
@@ -131,10 +140,9 @@ def use_embedded_model_if_no_checkpoint(args: argparse.Namespace) -> bool:
 
     spec = read_spec(DEFAULT_EMBEDDED_PATH)
     args.ckpt, args.vae = str(DEFAULT_EMBEDDED_PATH), "none"
-    args.image_size, args.num_classes, args.in_channels = spec.input_size, spec.num_classes, spec.in_channels
-    print(f"note: no --ckpt and no official {args.model} checkpoint found; sampling the embedded digits DiT "
-          f"({DEFAULT_EMBEDDED_PATH.name}, {spec.input_size}x{spec.input_size} pixels, {spec.num_classes} classes)",
-          file=sys.stderr)
+    print(f"note: no --ckpt and no official {args.model or DEFAULT_MODEL} checkpoint found; sampling the embedded "
+          f"digits DiT ({DEFAULT_EMBEDDED_PATH.name}, {spec.input_size}x{spec.input_size} pixels, "
+          f"{spec.num_classes} classes)", file=sys.stderr)
     return True
 
 
@@ -146,25 +154,36 @@ def _jsonable(obj):
     return obj
 
 
-@torch.no_grad()          # sampling only; scoped so callers (and tests) keep their grad mode
+def check_outputs(args: argparse.Namespace) -> None:
+    """Every output path can be written: checked before any model is built."""
+    if args.out:
+        check_output_file(args.out, "--out", suffixes=image_suffixes())
+    if args.save_latents:
+        check_output_file(args.save_latents, "--save-latents")
+    if args.report:
+        check_output_file(args.report, "--report", suffixes=(".json",))
+
+
 def main(argv: list[str] | None = None) -> dict:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        validate_common(args)
-        labels = parse_labels(args.class_labels, None)
-        cache_cfg, cache_desc = cache_config_from_args(args)
-        side, channels = latent_geometry(args)
-    except ValueError as exc:
-        parser.error(str(exc))
+    """Run the CLI; a bad input prints one ``error:`` line and exits with status 2 before any work."""
+    args = build_parser().parse_args(argv)
+    return run_or_exit(lambda: run(args))
+
+
+@torch.no_grad()          # sampling only; scoped so callers (and tests) keep their grad mode
+def run(args: argparse.Namespace) -> dict:
+    validate_common(args)
+    check_number("--seed", args.seed, SEED)
+    labels = parse_labels(args.class_labels, None)
+    cache_cfg, cache_desc = cache_config_from_args(args)
+    check_outputs(args)
     n = len(labels)
-    report: dict = {"args": vars(args), "cache": cache_desc, "cache_config": asdict(cache_cfg), "num_images": n}
 
     if args.flops_only:
-        try:
-            flops = count_flops(args, cache_cfg, None, n)
-        except ValueError as exc:
-            parser.error(str(exc))
+        fill_default_architecture(args)
+        latent_geometry(args)
+        report: dict = {"args": vars(args), "cache": cache_desc, "cache_config": asdict(cache_cfg), "num_images": n}
+        flops = count_flops(args, cache_cfg, None, n)
         report.update(flops)
         print(f"[flops-only] {args.model} {args.image_size}px, {args.num_sampling_steps} steps, {cache_desc}")
         print(f"reference formula: {flops['reference_tflops_per_image']:.3f} TFLOPs per image "
@@ -174,23 +193,23 @@ def main(argv: list[str] | None = None) -> dict:
         _write_report(args.report, report)
         return report
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True          # as the reference
     # Everything that can fail does so before sampling.
-    try:
-        use_embedded_model_if_no_checkpoint(args)
-        ckpt_path = resolve_checkpoint(args.ckpt, args.model, args.image_size)
-        ckpt = load_checkpoint(ckpt_path)
-        model = build_dit(args.model, input_size=side, num_classes=args.num_classes, in_channels=channels,
-                          config=ckpt.config)
-        load_into(model, ckpt, f"{args.model} at {args.image_size}px" if ckpt.config is None else "its stored config")
-        labels = parse_labels(args.class_labels, model.num_classes)
-        n = len(labels)
-        report["num_images"] = n
-        vae = load_vae(args.vae, device)
-    except (CheckpointError, VAEError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
+    use_embedded_model_if_no_checkpoint(args)
+    if args.vae != "none":
+        resolve_vae_folder(args.vae)                   # a bad --vae fails before the checkpoint is read
+    ckpt_path = resolve_checkpoint(args.ckpt, args.model or DEFAULT_MODEL, args.image_size or DEFAULT_IMAGE_SIZE)
+    ckpt = load_checkpoint(ckpt_path)
+    apply_stored_architecture(args, ckpt.config, f"checkpoint {ckpt_path}")
+    side, channels = latent_geometry(args)
+    model = build_dit(args.model, input_size=side, num_classes=args.num_classes, in_channels=channels,
+                      config=ckpt.config)
+    load_into(model, ckpt, f"{args.model} at {args.image_size}px" if ckpt.config is None else "its stored config")
+    labels = parse_labels(args.class_labels, model.num_classes)
+    n = len(labels)
+    vae = load_vae(args.vae, device)
+    report = {"args": vars(args), "cache": cache_desc, "cache_config": asdict(cache_cfg), "num_images": n}
     model = model.to(device).eval()
     model.configure_cache(cache_cfg)
     diffusion = create_diffusion(str(args.num_sampling_steps))
@@ -200,11 +219,13 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
+    watch = FiniteWatch(f"method {cache_cfg.method}, --cfg-scale {args.cfg_scale}", args.num_sampling_steps)
     latents = sample_latents(model, diffusion, z, labels, args.cfg_scale, args.ddim_sample,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, watch=watch)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     latency = time.perf_counter() - t0
+    watch.check()
 
     trace = model.feature_cache.last_trace
     dims = run_dims(model, 2 * n)
@@ -215,15 +236,18 @@ def main(argv: list[str] | None = None) -> dict:
     if args.test_flops:
         print(f"Total FLOPs (reference formula): {ref / 1e12:.4f} TFLOPs for {n} images with CFG")
 
-    if args.save_latents:
-        Path(args.save_latents).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(latents.cpu(), args.save_latents)
     images = decode_latents(vae, latents)
+    if not torch.isfinite(images).all():
+        raise NonFiniteError(f"the VAE decoded NaN/inf pixels from finite latents (method {cache_cfg.method}); "
+                             f"nothing was written. Check the --vae weights")
+    if args.save_latents:
+        with atomic_path(Path(args.save_latents)) as tmp:
+            torch.save(latents.cpu(), tmp)
     if args.out:
         from torchvision.utils import save_image
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         grid_images = images if images.shape[1] in (1, 3) else images[:, :3]
-        save_image(grid_images, args.out, nrow=4, normalize=True, value_range=(-1, 1))
+        with atomic_path(Path(args.out)) as tmp:
+            save_image(grid_images, tmp, nrow=4, normalize=True, value_range=(-1, 1))
         print(f"saved {args.out}")
 
     report.update({"checkpoint": str(ckpt_path), "device": str(device), "latency_s": latency,

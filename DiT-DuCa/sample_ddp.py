@@ -16,16 +16,16 @@ Determinism and resumption:
 * ``NNNNNN.png`` files are written atomically (temporary file, then rename). A rerun skips the batches
   whose samples all exist and recomputes a partly written batch whole, writing only the missing files.
 * ``<folder>.npz`` (key ``arr_0``, uint8, N x H x W x 3, the ADM evaluator's format) is written once every
-  sample exists. ``run.json`` in the folder records the configuration; a folder made by a different one is
-  refused.
+  sample exists. ``run.json`` in the folder is the run record (``duca_common.run_record``: checkpoint
+  SHA-256, architecture, sizes, seed, steps, guidance, cache config, batch size), written before the first
+  sample; a folder whose record differs, or that holds PNGs without a record, is refused naming the
+  differing setting. A batch that turns NaN is reported (step, method) and nothing of it is written.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -34,17 +34,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from duca_common.runtime import atomic_path, atomic_write_bytes, init_distributed
 from dit_duca.diffusion import create_diffusion
-from dit_duca.loading import (CheckpointError, VAEError, build_dit, decode_latents, load_checkpoint, load_into,
-                              load_vae, resolve_checkpoint, to_uint8_images)
-from dit_duca.options import (add_cache_args, add_model_args, cache_config_from_args, latent_geometry,
-                              validate_common)
+from dit_duca.loading import (build_dit, decode_latents, load_checkpoint, load_into, load_vae, resolve_checkpoint,
+                              resolve_vae_folder, to_uint8_images)
+from dit_duca.options import (DEFAULT_IMAGE_SIZE, DEFAULT_MODEL, add_cache_args, add_model_args,
+                              apply_stored_architecture, cache_config_from_args, latent_geometry, validate_common)
+from duca_common.errors import UsageError, print_error
+from duca_common.outputs import check_output_dir
+from duca_common.run_record import RECORD_NAME, RunRecord, check_resume, file_identity, write_record
+from duca_common.runtime import atomic_path, atomic_write_bytes, init_distributed, pick_device
+from duca_common.seeding import sample_seed
+from duca_common.validate import COUNT, SEED, FiniteWatch, check_numbers
 
-MANIFEST = "run.json"
-# fields of the configuration that change the images (a resumed folder must match them)
-IMAGE_FIELDS = ("model", "ckpt_file", "vae", "image_size", "num_classes", "cfg_scale", "num_sampling_steps",
-                "ddim_sample", "global_seed", "cache", "in_channels")
+MANIFEST = RECORD_NAME
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,12 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-npz", action="store_true", help="do not write the .npz at the end")
     parser.add_argument("--stop-after-batches", type=int, default=None, help=argparse.SUPPRESS)  # tests: interrupt
     return parser
-
-
-def sample_seed(global_seed: int, index: int) -> int:
-    """A 63-bit seed for sample ``index`` that depends only on (global_seed, index)."""
-    return int(np.random.SeedSequence([int(global_seed), int(index)]).generate_state(2, dtype=np.uint32)
-               .astype(np.uint64).dot([1 << 31, 1]))
 
 
 def default_folder(args: argparse.Namespace, ckpt_name: str, cache_tag: str) -> Path:
@@ -132,69 +128,69 @@ class PerSampleNoise:
         return torch.cat([rows, rows]) if self.cfg else rows
 
 
-def prepare(args: argparse.Namespace, parser: argparse.ArgumentParser, rank: int, device: torch.device):
-    """Validate everything before any sampling: flags, checkpoint, model, VAE, output folder."""
-    try:
-        validate_common(args)
-        if args.per_proc_batch_size < 1:
-            raise ValueError(f"--per-proc-batch-size {args.per_proc_batch_size} must be >= 1")
-        if args.num_fid_samples < 1:
-            raise ValueError(f"--num-fid-samples {args.num_fid_samples} must be >= 1")
-        cache_cfg, cache_desc = cache_config_from_args(args)
-        side, channels = latent_geometry(args)
-    except ValueError as exc:
-        parser.error(str(exc))
-    ckpt_path = resolve_checkpoint(args.ckpt, args.model, args.image_size)
+def run_settings(args: argparse.Namespace, ckpt_path: Path, stored: dict | None, cache_cfg) -> dict:
+    """What decides the images (compared on resume). The batch size is there because a batch's contents
+    change the cache's token selection (the DiT schedule ranks tokens within the batch)."""
+    return {"sampler": "dit_duca.sample_ddp", "checkpoint": file_identity(ckpt_path),
+            "architecture": stored if stored is not None else {"model": args.model},
+            "vae": args.vae, "image_size": args.image_size, "num_classes": args.num_classes,
+            "in_channels": args.in_channels, "cfg_scale": args.cfg_scale,
+            "num_sampling_steps": args.num_sampling_steps, "ddim_sample": args.ddim_sample,
+            "global_seed": args.global_seed, "noise": "per sample: duca_common.seeding.sample_seed(seed, index)",
+            "cache": asdict(cache_cfg), "per_proc_batch_size": args.per_proc_batch_size}
+
+
+def prepare(args: argparse.Namespace, rank: int, device: torch.device):
+    """Validate everything before any sampling: flags, output folder, checkpoint, run record, model, VAE."""
+    validate_common(args)
+    check_numbers([("--global-seed", args.global_seed, SEED), ("--per-proc-batch-size", args.per_proc_batch_size, COUNT),
+                   ("--num-fid-samples", args.num_fid_samples, COUNT)])
+    cache_cfg, cache_desc = cache_config_from_args(args)
+    latent_geometry(args)
+    check_output_dir(args.out if args.out else args.sample_dir, "--out" if args.out else "--sample-dir")
+    if args.vae != "none":
+        resolve_vae_folder(args.vae)                     # a bad --vae fails before the checkpoint is read
+    ckpt_path = resolve_checkpoint(args.ckpt, args.model or DEFAULT_MODEL, args.image_size or DEFAULT_IMAGE_SIZE)
     ckpt = load_checkpoint(ckpt_path)
+    apply_stored_architecture(args, ckpt.config, f"checkpoint {ckpt_path}")
+    side, channels = latent_geometry(args)
+    folder = Path(args.out) if args.out else default_folder(args, ckpt_path.stem, cache_tag(cache_cfg))
+    flag = "--out" if args.out else "--sample-dir"
+    check_output_dir(folder, flag)
+    record = RunRecord(run_settings(args, ckpt_path, ckpt.config, cache_cfg),
+                       info={"num_fid_samples": args.num_fid_samples, "cache_description": cache_desc,
+                             "checkpoint_path": str(ckpt_path), "model": args.model})
+    check_resume(folder, record, flag=flag, outputs=["*.png"])
     model = build_dit(args.model, input_size=side, num_classes=args.num_classes, in_channels=channels,
                       config=ckpt.config)
     load_into(model, ckpt, f"{args.model} at {args.image_size}px" if ckpt.config is None else "its stored config")
     vae = load_vae(args.vae, device)                     # a bad VAE fails before the folder is touched
-    folder = Path(args.out) if args.out else default_folder(args, ckpt_path.stem, cache_tag(cache_cfg))
-    if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"output folder {folder} exists and is not a folder")
-    manifest = {"model": args.model if ckpt.config is None else "stored config", "ckpt_file": ckpt_path.name, "vae": args.vae, "image_size": args.image_size,
-                "num_classes": model.num_classes, "cfg_scale": args.cfg_scale,
-                "num_sampling_steps": args.num_sampling_steps, "ddim_sample": args.ddim_sample,
-                "global_seed": args.global_seed, "cache": asdict(cache_cfg), "in_channels": model.in_channels,
-                "per_proc_batch_size": args.per_proc_batch_size, "num_fid_samples": args.num_fid_samples,
-                "cache_description": cache_desc}
-    manifest = json.loads(json.dumps(manifest))
-    if (folder / MANIFEST).is_file():
-        old = json.loads((folder / MANIFEST).read_text())
-        diff = [k for k in IMAGE_FIELDS + ("per_proc_batch_size",) if old.get(k) != manifest.get(k)]
-        if diff:
-            raise ValueError(f"output folder {folder} holds samples of a different run (differs in "
-                             f"{', '.join(diff)}); use another --out / --sample-dir or remove it")
-    elif folder.is_dir() and any(folder.glob("*.png")):
-        raise ValueError(f"output folder {folder} has PNGs but no {MANIFEST}; refusing to mix runs")
     if rank == 0:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as exc:
-            raise OSError(f"output folder {folder} is not writable: {exc}") from exc
-        atomic_write_bytes(folder / MANIFEST, json.dumps(manifest, indent=2).encode("utf-8"))
+        write_record(folder, record)
     return model, vae, cache_cfg, cache_desc, folder, ckpt_path
 
 
-@torch.no_grad()          # sampling only; scoped so callers (and tests) keep their grad mode
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    rank, world, device = init_distributed(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    """Exit status: 0 done, 2 a bad input (one ``error:`` line, nothing sampled), 3 samples still missing."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UsageError as exc:
+        return print_error(exc)
+
+
+@torch.no_grad()          # sampling only; scoped so callers (and tests) keep their grad mode
+def run(args: argparse.Namespace) -> int:
+    rank, world, device = init_distributed(pick_device("auto"))
     distributed = world > 1
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
 
     try:
-        model, vae, cache_cfg, cache_desc, folder, ckpt_path = prepare(args, parser, rank, device)
-    except (CheckpointError, VAEError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        model, vae, cache_cfg, cache_desc, folder, ckpt_path = prepare(args, rank, device)
+    except UsageError:
         if distributed:
             dist.destroy_process_group()
-        return 2
+        raise
     if distributed:
         dist.barrier()                                   # rank 0 has created the folder and manifest
     model = model.to(device).eval()
@@ -225,10 +221,15 @@ def main(argv: list[str] | None = None) -> int:
             fn, kwargs = model.forward_with_cfg, dict(y=y, cfg_scale=args.cfg_scale)
         else:
             fn, kwargs = model.forward, dict(y=y)
-        latents = diffusion.sample_loop(fn, z.shape, noise=z, model_kwargs=kwargs, ddim=args.ddim_sample,
-                                        clip_denoised=False, feature_cache=model.feature_cache,
-                                        grid=model.grid_size, cfg_halves=using_cfg,
-                                        step_noise=PerSampleNoise(gens, using_cfg))
+        watch = FiniteWatch(f"method {cache_cfg.method}, --cfg-scale {args.cfg_scale}, samples {indices[0]}.."
+                            f"{indices[-1]}", args.num_sampling_steps)
+        for step, out in enumerate(diffusion.sample_loop_progressive(
+                fn, z.shape, noise=z, model_kwargs=kwargs, ddim=args.ddim_sample, clip_denoised=False,
+                feature_cache=model.feature_cache, grid=model.grid_size, cfg_halves=using_cfg,
+                step_noise=PerSampleNoise(gens, using_cfg))):
+            latents = out["sample"]
+            watch.observe(latents, step)
+        watch.check()                                   # a NaN batch is reported, never written as black images
         if using_cfg:
             latents, _ = latents.chunk(2, dim=0)
         images = to_uint8_images(decode_latents(vae, latents)).numpy()

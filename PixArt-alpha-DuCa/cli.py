@@ -12,21 +12,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from duca_common.cache import PIXART_TOCA_SCHEDULE, CacheConfig, RatioSchedule, get_preset, presets_for
-from duca_common.cache.presets import PIXART_SPATIAL
-from duca_common.runtime import UsageError, atomic_write_bytes, pick_device, write_json  # noqa: F401  (re-exported to the scripts)
+from duca_common.cache import CacheConfig
+from duca_common.cache.flags import add_cache_flags, family, resolve_cache_flags
+from duca_common.errors import NonFiniteError, UsageError  # noqa: F401  (re-exported to the scripts)
+from duca_common.outputs import check_output_dir, check_output_file
+from duca_common.run_record import RunRecord, file_identity, text_identity
+from duca_common.runtime import atomic_write_bytes, pick_device, write_json  # noqa: F401  (re-exported to the scripts)
+from duca_common.seeding import sample_generator
 from duca_common.text import read_prompt_lines
+from duca_common.validate import COUNT, GUIDANCE, SEED, STEPS, Bound, FiniteWatch, check_numbers
 
 from .checkpoint import CheckpointError, check_image_size, config_from_state_dict, load_transformer, read_pth_state_dict
 from .dpm_solver import DEFAULT_CFG, DEFAULT_STEPS
 from .model import TEXT_TOKENS, VAE_DOWNSAMPLE, PixArt, PixArtConfig, nearest_bucket, pixart_xl_2
 
-# Reference argparse defaults of the DuCa PixArt scripts (models.md B.9, "Default hyperparameters").
-REFERENCE_DEFAULTS = dict(fresh_threshold=3, fresh_ratio=0.30, cache_type="attention", force_fresh="global",
-                          soft_fresh_weight=0.25, ratio_scheduler="ToCa")
-CACHE_TYPES = {"attention": "cross_entropy", "kv-norm": "value_norm", "random": "random"}
-RATIO_SCHEDULERS = {"ToCa": PIXART_TOCA_SCHEDULE, "constant": RatioSchedule("constant")}
-CACHE_METHODS = ("duca", "toca", "fora", "none")
+# The reference --cache_type names -> engine selectors (the flags layer's PixArt family, models.md B.9).
+CACHE_TYPES = family("pixart").cache_types
 # Upstream's default locations, relative to the working directory (PixArt scripts/inference.py).
 DEFAULT_T5_PATH = "output/pretrained_models/t5_ckpts"
 T5_SUBFOLDER = "t5-v1_1-xxl"
@@ -34,6 +35,8 @@ DEFAULT_VAE_PATH = "output/pretrained_models/sd-vae-ft-ema"
 DEFAULT_OUT = "output/samples"
 PROMPTS_COPY = "prompts.txt"
 IMAGE_NAME = "{index:06d}.png"   # image index <-> line index of the prompts file (the evaluation's pairing)
+IMAGE_GLOB = "[0-9]*.png"        # what the run record attributes to a run
+ASPECT_RATIO = Bound("aspect ratio H/W", low=0.0, low_open=True)
 # Dtype of the transformer: fp16 on GPU as upstream (B.1), fp32 on CPU.
 GPU_DTYPE = torch.float16
 
@@ -55,16 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cfg_scale", type=float, default=DEFAULT_CFG)
     g.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="DPM-Solver++ (2M) model evaluations")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    c = parser.add_argument_group("caching (reference flags; defaults are the reference script's)")
-    c.add_argument("--cache", choices=CACHE_METHODS, help="method (default duca, or the preset's)")
-    c.add_argument("--preset", help=f"named operating point: {', '.join(p.name for p in presets_for('pixart'))}; "
-                                    "explicit cache flags override its fields")
-    c.add_argument("--fresh_threshold", type=int, help="cycle length N (default 3)")
-    c.add_argument("--fresh_ratio", type=float, help="base fraction of tokens recomputed (default 0.30)")
-    c.add_argument("--cache_type", choices=sorted(CACHE_TYPES), help="token selector (default attention)")
-    c.add_argument("--force_fresh", choices=["global"], help="only 'global' (full refresh every N steps)")
-    c.add_argument("--soft_fresh_weight", type=float, help="staleness bonus weight (default 0.25)")
-    c.add_argument("--ratio_scheduler", choices=sorted(RATIO_SCHEDULERS), help="default ToCa")
+    add_cache_flags(parser, "pixart")
     o = parser.add_argument_group("outputs")
     o.add_argument("--out", default=DEFAULT_OUT, help="output folder for images, prompts copy and report")
     o.add_argument("--report", help="write a JSON report (plan, trace, FLOPs, timings) to this path")
@@ -76,47 +70,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # Validation and configuration
 # ---------------------------------------------------------------------------------------------------
 def cache_config_from_args(args: argparse.Namespace) -> CacheConfig:
-    """The CacheConfig the flags describe: the preset (or the reference defaults) with explicit flags applied."""
-    if args.preset:
-        preset = get_preset(args.preset)
-        if preset.model != "pixart":
-            raise UsageError(f"--preset {args.preset} is a {preset.model} preset; use one of "
-                             f"{[p.name for p in presets_for('pixart')]}")
-        base = preset.config
-    else:
-        d = REFERENCE_DEFAULTS
-        base = CacheConfig(method="duca", interval=d["fresh_threshold"], fresh_ratio=d["fresh_ratio"],
-                           ratio_schedule=RATIO_SCHEDULERS[d["ratio_scheduler"]], interval_rule="fixed",
-                           selector=CACHE_TYPES[d["cache_type"]], staleness_weight=d["soft_fresh_weight"],
-                           **PIXART_SPATIAL)
-    changes: dict[str, object] = {}
-    if args.cache:
-        changes["method"] = args.cache
-    if args.fresh_threshold is not None:
-        changes["interval"] = args.fresh_threshold
-    if args.fresh_ratio is not None:
-        changes["fresh_ratio"] = args.fresh_ratio
-    if args.cache_type is not None:
-        changes["selector"] = CACHE_TYPES[args.cache_type]
-    if args.soft_fresh_weight is not None:
-        changes["staleness_weight"] = args.soft_fresh_weight
-    if args.ratio_scheduler is not None:
-        changes["ratio_schedule"] = RATIO_SCHEDULERS[args.ratio_scheduler]
-    try:
-        return base.replace(**changes)
-    except ValueError as err:
-        raise UsageError(f"invalid cache flags: {err}") from err
+    """The CacheConfig the flags describe (the flags layer, family ``pixart``): the preset or the reference
+    defaults, with explicit flags applied."""
+    return resolve_cache_flags(args, "pixart").config
 
 
 def check_sampling_args(args: argparse.Namespace) -> None:
-    if args.bs < 1:
-        raise UsageError(f"--bs {args.bs} is invalid: pass a batch size >= 1")
-    if args.steps < 1:
-        raise UsageError(f"--steps {args.steps} is invalid: pass at least 1 DPM-Solver step")
-    if args.cfg_scale < 1.0:
-        raise UsageError(f"--cfg_scale {args.cfg_scale} is invalid: pass >= 1 (PixArt uses 4.5)")
+    """Every numeric flag in range and finite (UsageError naming the flag)."""
+    check_numbers([("--bs", args.bs, COUNT), ("--steps", args.steps, STEPS), ("--cfg_scale", args.cfg_scale, GUIDANCE),
+                   ("--seed", args.seed, SEED), ("--image_size", args.image_size, COUNT),
+                   ("--aspect_ratio", args.aspect_ratio, ASPECT_RATIO)])
     if args.image_size < VAE_DOWNSAMPLE * 2 or args.image_size % (VAE_DOWNSAMPLE * 2):
         raise UsageError(f"--image_size {args.image_size} is invalid: pass a multiple of 16 (256, 512 or 1024)")
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """--out and --report can be written (before any model is built)."""
+    if not args.flops_only:
+        check_output_dir(args.out, "--out")
+    if args.report:
+        check_output_file(args.report, "--report", suffixes=(".json",))
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
@@ -127,10 +100,7 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     if args.prompt:
         prompts = list(args.prompt)
     elif args.txt_file:
-        path = Path(args.txt_file)
-        if not path.is_file():
-            raise UsageError(f"prompt file {str(path)!r} does not exist; pass --txt_file with one prompt per line")
-        prompts = read_prompt_lines(path, "--txt_file")
+        prompts = read_prompt_lines(Path(args.txt_file), "--txt_file")
     else:
         raise UsageError("no prompts: pass --txt_file PATH (one prompt per line) or --prompt TEXT")
     if not prompts:
@@ -206,7 +176,7 @@ def load_components(args: argparse.Namespace, cache: CacheConfig, device: torch.
         check_image_size(model.config, args.image_size, args.model_path)
     except CheckpointError as err:
         raise UsageError(str(err)) from err
-    model = model.to(device=device, dtype=GPU_DTYPE if device.type == "cuda" else torch.float32).eval()
+    model = model.to(device=device, dtype=model_dtype(device)).eval()
     text = T5TextEncoder(resolve_t5_path(args.t5_path), device=device, clean=not args.no_clean_caption)
     if text.dim != model.config.caption_channels:
         raise UsageError(f"the T5 encoder at {args.t5_path!r} outputs {text.dim} channels but the PixArt checkpoint "
@@ -233,7 +203,8 @@ def save_image(image: torch.Tensor, path: Path) -> None:
 
 
 def write_prompts_copy(out: Path, prompts: list[str]) -> None:
-    """Save the prompt list next to the images; refuse to mix with a different list already there."""
+    """Save the prompt list next to the images (the COCO evaluation pairs image i with its line i); refuse to
+    mix with a different list already there (the run record refuses first; this guards older folders)."""
     path = out / PROMPTS_COPY
     text = "\n".join(prompts) + "\n"
     if path.is_file() and path.read_text(encoding="utf-8") != text:
@@ -241,6 +212,38 @@ def write_prompts_copy(out: Path, prompts: list[str]) -> None:
                          f"Use another --out folder")
     if not path.is_file():
         atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def model_dtype(device: torch.device) -> torch.dtype:
+    return GPU_DTYPE if device.type == "cuda" else torch.float32
+
+
+def run_record(args: argparse.Namespace, prompts: list[str], cache: CacheConfig, config: PixArtConfig,
+               hw: tuple[int, int], device: torch.device) -> RunRecord:
+    """What decides the images of an --out folder (duca_common.run_record). inference.py and inference_ddp.py
+    write the same record for the same settings, so either can finish the other's folder. The batch size is
+    recorded because a batch's contents change the cache's token selection."""
+    from dataclasses import asdict
+
+    settings = {"sampler": "pixart_duca", "checkpoint": file_identity(args.model_path),
+                "architecture": asdict(config), "t5": args.t5_path, "clean_caption": not args.no_clean_caption,
+                "vae": args.vae_path, "prompts": text_identity(prompts), "image_hw": list(hw), "steps": args.steps,
+                "cfg_scale": args.cfg_scale, "seed": args.seed,
+                "noise": "per image: duca_common.seeding.sample_seed(seed, index)", "bs": args.bs,
+                "dtype": str(model_dtype(device)), "cache": asdict(cache)}
+    return RunRecord(settings, info={"images": len(prompts), "preset": args.preset,
+                                     "model_path": args.model_path})
+
+
+def image_noise(indices: list[int], seed: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Noise of image i from its own generator, seeded by (seed, i) (duca_common.seeding): independent of
+    batching and ranks, and no two seeds share an image's noise (``seed + i`` did)."""
+    return torch.cat([torch.randn((1, *shape[1:]), generator=sample_generator(seed, i, device), device=device)
+                      for i in indices])
+
+
+def image_path(out: Path, index: int) -> Path:
+    return out / IMAGE_NAME.format(index=index)
 
 
 def text_lengths_for_flops(args: argparse.Namespace, prompts: list[str]) -> tuple[list[int], str]:
@@ -288,11 +291,17 @@ def generate(parts: Components, prompts: list[str], noise: torch.Tensor, args: a
     if parts.device.type == "cuda":
         torch.cuda.synchronize(parts.device)
     start = time.perf_counter()
-    latents = sample(model, noise, caption, args.steps, args.cfg_scale, micro)
+    watch = FiniteWatch(f"method {model.feature_cache.config.method}, --cfg_scale {args.cfg_scale}", args.steps,
+                        "Check the checkpoint for NaN weights; on GPU the model runs in fp16")
+    latents = sample(model, noise, caption, args.steps, args.cfg_scale, micro, watch=watch)
     if parts.device.type == "cuda":
         torch.cuda.synchronize(parts.device)
     seconds = time.perf_counter() - start
+    watch.check()
     images = decode(parts.vae, latents) if parts.vae is not None else latent_preview(latents, VAE_DOWNSAMPLE)
+    if not torch.isfinite(images).all():
+        raise NonFiniteError("the VAE decoded NaN/inf pixels from finite latents; nothing was written. "
+                             "Check --vae_path")
     return BatchResult(images, caption.lengths, seconds, model.feature_cache.last_trace)
 
 

@@ -71,10 +71,12 @@ def latent_shape(config: PixArtConfig, batch: int, height: int, width: int) -> t
 @torch.no_grad()
 def sample(model: PixArt, noise: torch.Tensor, caption: Caption, num_steps: int = DEFAULT_STEPS,
            cfg_scale: float = DEFAULT_CFG, micro: MicroConditions | None = None,
-           progress: Callable[[int], None] | None = None, schedule: DiscreteVPSchedule | None = None) -> torch.Tensor:
+           progress: Callable[[int], None] | None = None, schedule: DiscreteVPSchedule | None = None,
+           watch=None) -> torch.Tensor:
     """Latents from ``noise`` (B, 4, h, w) in fp32. ``caption`` is the CFG batch [uncond, cond] (2B rows).
 
     Opens the model's cache session for the run and calls ``run.set_step(k)`` before evaluation k.
+    ``watch`` (a ``duca_common.validate.FiniteWatch``) sees the guided noise prediction of every step.
     """
     schedule = schedule or DiscreteVPSchedule.linear()
     b = noise.shape[0]
@@ -94,6 +96,8 @@ def sample(model: PixArt, noise: torch.Tensor, caption: Caption, num_steps: int 
                         aspect_ratio=None if micro2 is None else micro2.aspect_ratio)
             eps_u, eps_c = out[:, :in_ch].float().chunk(2)
             eps = eps_u + cfg_scale * (eps_c - eps_u)
+            if watch is not None:
+                watch.observe(eps, k)
             return eps_to_x0(eps, x, t, schedule)
 
         return dpm_solver_pp_2m(x0_pred, noise.float(), num_steps, schedule, progress=progress)

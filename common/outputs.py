@@ -77,3 +77,12 @@ def check_output_file(path: str | os.PathLike[str], flag: str, *, suffixes: tupl
         raise UsageError(f"{flag} {target} must end in {' or '.join(suffixes)}")
     _check_creatable_folder(target.parent, flag, target)
     return target
+
+
+def image_suffixes() -> tuple[str, ...]:
+    """File suffixes Pillow can write (``.png``, ``.jpg``, ...): an image output with another suffix would
+    fail only after sampling."""
+    from PIL import Image
+
+    Image.init()
+    return tuple(sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE))

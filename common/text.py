@@ -186,6 +186,8 @@ def read_text_utf8(path: Path, flag: str) -> str:
     path = Path(path)
     try:
         data = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{flag} {str(path)!r} does not exist; pass a text file with one prompt per line") from None
     except IsADirectoryError:
         raise UsageError(f"{flag} {str(path)!r} is a folder; pass a text file with one prompt per line") from None
     except OSError as exc:

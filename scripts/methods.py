@@ -26,11 +26,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from duca_common.cache import DIT_TOCA_SCHEDULE, PRESETS, CacheConfig, get_preset
+from duca_common.cache import PRESETS, CacheConfig, get_preset
 from duca_common.cache.config import SELECTORS
-from duca_common.cache.presets import DIT_SPATIAL, REFERENCE_STALENESS
+from duca_common.cache.flags import method_choices, reference_token_config
 
-ENGINE_METHODS = ("none", "fora", "toca", "duca", "taylorseer")
+ENGINE_METHODS = method_choices()          # the engine's registry (duca_common.cache.flags.method_choices)
 PEER_METHODS = ("cachedit-dbcache", "cachedit-taylorseer")
 
 # Selector each token-wise method uses by default: ToCa's DiT table uses the attention received
@@ -112,10 +112,8 @@ def _number(label: str, key: str, value: str, kind: type) -> float | int:
 
 
 def token_config(method: str, interval: int, cache_ratio: float, selector: str) -> CacheConfig:
-    """ToCa / DuCa with the DiT reference rules (the presets' construction, any N and R)."""
-    return CacheConfig(method=method, interval=interval, fresh_ratio=round(1.0 - cache_ratio, 6),
-                       ratio_schedule=DIT_TOCA_SCHEDULE, interval_rule="dit", selector=selector,
-                       staleness_weight=REFERENCE_STALENESS, **DIT_SPATIAL)
+    """ToCa / DuCa with the DiT reference rules (the flags layer's builder, any N and R)."""
+    return reference_token_config("dit", method, interval, round(1.0 - cache_ratio, 6), selector)
 
 
 def _engine_spec(label: str, method: str, kv: dict[str, str]) -> MethodSpec:
@@ -175,7 +173,7 @@ def parse_method(text: str) -> MethodSpec:
         return MethodSpec(label, cfg.method, setting, cfg, paper_row=preset.paper_row)
     name, _, body = label.partition(":")
     if name in ENGINE_METHODS:
-        return _engine_spec(label, name, _parse_kv(label, body, _ALLOWED_KEYS[name]))
+        return _engine_spec(label, name, _parse_kv(label, body, _ALLOWED_KEYS.get(name, {"n"})))
     if name in PEER_METHODS:
         return _peer_spec(label, name, _parse_kv(label, body, {"fn", "bn", "rdt", "warmup", "o", "max"}))
     raise MethodSpecError(f"unknown method {label!r}: use a preset ({', '.join(sorted(PRESETS))}), "

@@ -5,8 +5,12 @@
         --force_fresh global --soft_fresh_weight 0.25 --ratio_scheduler ToCa
     python scripts/inference.py --flops-only --image_size 256 --preset pixart-duca-r25 --prompt "a cat"
 
-Images go to ``--out/{index:06d}.png`` (index = line of the prompt file) with a copy of the prompts.
-Noise: one generator seeded with --seed, drawn batch after batch on the sampling device, as upstream.
+Images go to ``--out/{index:06d}.png`` (index = line of the prompt file) with a copy of the prompts and the
+run record ``run.json`` (duca_common.run_record), written before the first image. A rerun with the same
+settings finishes the folder (finished images are kept); one with other settings is refused naming them.
+Noise: image i from its own generator seeded by (--seed, i) (duca_common.seeding), as inference_ddp.py, so
+both scripts give the same images. (Upstream draws one generator batch after batch, so its image i
+depends on --bs; ours does not.)
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from duca_common.run_record import check_resume, write_record
 from pixart_duca import cli
 from pixart_duca.pipeline import latent_shape
 
@@ -36,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     cli.check_sampling_args(args)
     cache = cli.cache_config_from_args(args)
+    cli.check_outputs(args)
     prompts = cli.read_prompts(args)
     config = cli.model_config_for(args)
     hw = cli.image_hw(config, args)
@@ -60,28 +66,34 @@ def run(args: argparse.Namespace) -> int:
     cli.check_vae_path(args.vae_path)
     device = cli.pick_device(args.device)
     out = Path(args.out)
-    cli.write_prompts_copy(out, prompts)
+    record = cli.run_record(args, prompts, cache, config, hw, device)
+    check_resume(out, record, flag="--out", outputs=[cli.IMAGE_GLOB])
     parts = cli.load_components(args, cache, device)
+    write_record(out, record)                     # before the first image: the folder now belongs to this run
+    cli.write_prompts_copy(out, prompts)
 
-    generator = torch.Generator(device).manual_seed(args.seed)
+    batches = [list(range(s, min(s + args.bs, len(prompts)))) for s in range(0, len(prompts), args.bs)]
+    todo = [b for b in batches if not all(cli.image_path(out, i).is_file() for i in b)]
     seconds, first = 0.0, None
-    for start in tqdm(range(0, len(prompts), args.bs), desc="batches", unit="batch"):
-        chunk = prompts[start:start + args.bs]
-        noise = torch.randn(latent_shape(parts.model.config, len(chunk), *hw), generator=generator, device=device)
-        result = cli.generate(parts, chunk, noise, args, hw)
-        for i, image in enumerate(result.images):
-            cli.save_image(image, out / cli.IMAGE_NAME.format(index=start + i))
+    for indices in tqdm(todo, desc="batches", unit="batch"):
+        noise = cli.image_noise(indices, args.seed, latent_shape(parts.model.config, len(indices), *hw), device)
+        result = cli.generate(parts, [prompts[i] for i in indices], noise, args, hw)
+        for i, image in zip(indices, result.images):
+            if not cli.image_path(out, i).is_file():        # a finished image is never rewritten
+                cli.save_image(image, cli.image_path(out, i))
         seconds += result.seconds
         if first is None:
             first = result
-    print(f"{len(prompts)} images in {out} ({seconds:.1f} s in the sampling loops)")
+    print(f"{len(prompts)} images in {out} ({len(batches) - len(todo)} of {len(batches)} batches were already there; "
+          f"{seconds:.1f} s in the sampling loops)")
     if args.report:
         report = cli.describe_run(args, cache, parts.model.config, hw)
-        report.update(cli.flops_section(parts.model.config, cache, len(first.images), hw, first.text_lengths,
-                                        args.steps))
+        report.update(cli.flops_section(parts.model.config, cache, min(args.bs, len(prompts)), hw,
+                                        first.text_lengths if first else [cli.TEXT_TOKENS] * 2 * batch, args.steps))
         report.update(images=len(prompts), out=str(out), sampling_seconds=seconds,
-                      trace_first_batch=first.trace.to_dict(), trace_table_first_batch=first.trace.table(),
                       cache_peak_bytes=parts.model.feature_cache.last_peak_bytes)
+        if first is not None:
+            report.update(trace_first_batch=first.trace.to_dict(), trace_table_first_batch=first.trace.table())
         cli.write_report(args.report, report)
     return 0
 

@@ -7,8 +7,11 @@
 * Image ``--out/{index:06d}.png`` is prompt line ``index``; ``--out/prompts.txt`` is a copy of the list.
 * Identical images for any number of processes: the prompts are cut into fixed global batches
   ``[b*bs, (b+1)*bs)`` (so each batch, and the cache's token selection inside it, is the same whoever runs
-  it), rank r runs batches b = r, r + world, ...; the noise of image i is drawn from a generator
-  seeded with ``--seed + i``.
+  it), rank r runs batches b = r, r + world, ...; the noise of image i is drawn from its own generator
+  seeded by (``--seed``, i) (duca_common.seeding: no two seeds share an image's noise).
+* ``--out/run.json`` records every setting that decides the images (checkpoint SHA-256, prompts hash,
+  seed, steps, guidance, cache config, size, batch size, dtype) before the first image; a rerun into a
+  folder recorded with other settings is refused naming them, so a COCO-30k folder never mixes runs.
 * Writes are atomic (temp file then rename); a rerun skips batches whose images all exist.
 * NCCL on GPU, gloo on CPU. Runs without torchrun as a single process.
 """
@@ -24,6 +27,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from duca_common import runtime
+from duca_common.run_record import check_resume, write_record
 from pixart_duca import cli
 from pixart_duca.pipeline import latent_shape
 
@@ -46,53 +50,50 @@ def init_distributed(device_flag: str) -> tuple[int, int, torch.device]:
     return runtime.init_distributed(cli.pick_device(device_flag))
 
 
-def index_noise(indices: list[int], seed: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """Noise of image i from a generator seeded with seed + i: independent of batching and ranks."""
-    return torch.cat([torch.randn((1, *shape[1:]), generator=torch.Generator(device).manual_seed(seed + i),
-                                  device=device) for i in indices])
-
-
 def run(args: argparse.Namespace) -> int:
     # Every check runs on every rank before anything heavy: all ranks fail alike, nothing is half written.
     cli.check_sampling_args(args)
     cache = cli.cache_config_from_args(args)
-    prompts = cli.read_prompts(args)
-    cli.check_vae_path(args.vae_path)
     if args.flops_only:
         raise cli.UsageError("--flops-only is a single-process option: use scripts/inference.py --flops-only")
+    cli.check_outputs(args)
+    prompts = cli.read_prompts(args)
+    cli.check_vae_path(args.vae_path)
     if not args.model_path:
         raise cli.UsageError("--model_path is required")
     cli.resolve_t5_path(args.t5_path)
     config = cli.model_config_for(args)
     hw = cli.image_hw(config, args)
-    rank, world, device = init_distributed(args.device)
     out = Path(args.out)
+    device = cli.pick_device(args.device)
+    record = cli.run_record(args, prompts, cache, config, hw, device)
+    check_resume(out, record, flag="--out", outputs=[cli.IMAGE_GLOB])
+    rank, world, device = init_distributed(args.device)
+    parts = cli.load_components(args, cache, device)
     if rank == 0:
+        write_record(out, record)                 # before the first image: the folder now belongs to this run
         cli.write_prompts_copy(out, prompts)
     if world > 1:
         dist.barrier()
 
     batches = [list(range(s, min(s + args.bs, len(prompts)))) for s in range(0, len(prompts), args.bs)]
     mine = [b for k, b in enumerate(batches) if k % world == rank]
-    todo = [b for b in mine if not all((out / cli.IMAGE_NAME.format(index=i)).is_file() for i in b)]
+    todo = [b for b in mine if not all(cli.image_path(out, i).is_file() for i in b)]
     if rank == 0:
         print(f"{len(prompts)} prompts, {len(batches)} batches of {args.bs} over {world} process(es); "
               f"rank 0 has {len(todo)} of its {len(mine)} batches to do")
     seconds = 0.0
-    if todo:
-        parts = cli.load_components(args, cache, device)
-        for batch in tqdm(todo, desc=f"rank {rank}", unit="batch", disable=rank != 0):
-            noise = index_noise(batch, args.seed, latent_shape(parts.model.config, len(batch), *hw), device)
-            result = cli.generate(parts, [prompts[i] for i in batch], noise, args, hw)
-            for i, image in zip(batch, result.images):
-                path = out / cli.IMAGE_NAME.format(index=i)
-                if not path.is_file():          # a finished image is never rewritten
-                    cli.save_image(image, path)
-            seconds += result.seconds
+    for batch in tqdm(todo, desc=f"rank {rank}", unit="batch", disable=rank != 0):
+        noise = cli.image_noise(batch, args.seed, latent_shape(parts.model.config, len(batch), *hw), device)
+        result = cli.generate(parts, [prompts[i] for i in batch], noise, args, hw)
+        for i, image in zip(batch, result.images):
+            if not cli.image_path(out, i).is_file():          # a finished image is never rewritten
+                cli.save_image(image, cli.image_path(out, i))
+        seconds += result.seconds
     if world > 1:
         dist.barrier()
     if rank == 0:
-        missing = [i for i in range(len(prompts)) if not (out / cli.IMAGE_NAME.format(index=i)).is_file()]
+        missing = [i for i in range(len(prompts)) if not cli.image_path(out, i).is_file()]
         if missing:
             print(f"error: {len(missing)} images are missing (first index {missing[0]}); rerun to finish them",
                   file=sys.stderr)
