@@ -19,7 +19,8 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from duca_common.runtime import UsageError
+from duca_common.errors import UsageError
+from duca_common.text import read_text_utf8
 
 NOT_SUPPORTED = "not supported: this project samples text-to-video only"
 
@@ -160,13 +161,13 @@ def _check_value(path: Path, line: int, name: str, key: Key, value: object) -> N
 def parse_config(path: str | Path) -> InferenceConfig:
     """Read ``path`` as data (see the module docstring); ``ConfigError`` names the key and ``file:line``."""
     path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config {path} does not exist; pass the path of an inference config such as "
+                          f"configs/opensora-v1-2/inference/sample.py")
     try:
-        source = path.read_bytes().decode("utf-8-sig")
-    except OSError as err:
-        raise ConfigError(f"config {path} cannot be read: {err.strerror}; pass the path of an inference config "
-                          f"such as configs/opensora-v1-2/inference/sample.py") from None
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"config {path} is not UTF-8 (byte {err.start}); save it as UTF-8") from None
+        source = read_text_utf8(path, "config")
+    except UsageError as err:                      # not UTF-8: the message names the line and byte offset
+        raise ConfigError(str(err)) from None
     try:
         tree = ast.parse(source, filename=str(path))
     except SyntaxError as err:

@@ -35,8 +35,13 @@ from tqdm import tqdm
 
 from duca_common import runtime
 from duca_common.cache import CacheConfig, get_preset, presets_for
-from duca_common.runtime import UsageError, atomic_path, pick_device, write_json
-from duca_common.text import read_prompt_lines
+from duca_common.errors import UsageError, print_error
+from duca_common.outputs import check_output_dir, check_output_file
+from duca_common.run_record import RunRecord, file_identity, open_run, text_identity
+from duca_common.runtime import atomic_path, pick_device, write_json
+from duca_common.text import read_prompt_lines, read_text_utf8
+from duca_common.validate import (COUNT, FRACTION, GUIDANCE, INTERVAL, NON_NEGATIVE_INT, SEED, SIZE, STEPS,
+                                  TAYLOR_ORDER, Bound, check_numbers)
 
 from opensora_duca import aspect
 from opensora_duca.checkpoint import CONFIG_FILE, CheckpointError, config_fields
@@ -54,6 +59,8 @@ DEFAULT_T5 = "DeepFloyd/t5-v1_1-xxl"
 CACHE_METHODS = ("none", "fora", "toca", "duca", "taylorseer")
 MAX_NAME_BYTES = 250                     # file-name limit (255) minus "-k.mp4" room
 VIDEO_CRF = "0"                          # upstream save_sample: h264 with crf 0
+SCORE = Bound("score appended to the prompt; a negative --aes appends none", low=0.0)
+VIDEO_GLOB = "*.mp4"                     # what a sampling folder holds (a folder of videos without run.json is refused)
 
 # Every setting a config file can give: (argparse dest, dotted config key, built-in default). A flag on the
 # command line wins over the config file, which wins over the default (upstream's merge_args order). The
@@ -257,7 +264,7 @@ def read_prompt_list(path: str) -> list[str]:
                          f"VBench's {VBENCH_INFO}")
     if file.suffix == ".json":
         try:
-            prompts = [entry["prompt_en"] for entry in json.loads(file.read_text(encoding="utf-8"))]
+            prompts = [entry["prompt_en"] for entry in json.loads(read_text_utf8(file, "--prompts-file"))]
         except (json.JSONDecodeError, TypeError, KeyError) as err:
             raise UsageError(f"--prompts-file {path!r} is not a VBench info file (a list of {{'prompt_en': ...}}): "
                              f"{err}") from err
@@ -406,7 +413,21 @@ class Settings:
     shard: tuple[int, int] | None = None
 
 
+def check_flag_numbers(args: argparse.Namespace) -> None:
+    """Every numeric setting finite and in range (duca_common.validate), before anything else."""
+    check_numbers([("--steps", args.steps, STEPS), ("--cfg-scale", args.cfg_scale, GUIDANCE),
+                   ("--seed", args.seed, SEED), ("--fps", args.fps, COUNT), ("--save-fps", args.save_fps, COUNT),
+                   ("--frame-interval", args.frame_interval, COUNT), ("--num-samples", args.num_samples, COUNT),
+                   ("--start-index", args.start_index, NON_NEGATIVE_INT),
+                   ("--end-index", args.end_index, NON_NEGATIVE_INT), ("--fresh-ratio", args.fresh_ratio, FRACTION),
+                   ("--interval", args.interval, INTERVAL), ("--taylor-order", args.taylor_order, TAYLOR_ORDER),
+                   ("--aes", args.aes, SCORE), ("--flow", args.flow, SCORE),
+                   ("--verbose", args.verbose, NON_NEGATIVE_INT)]
+                  + [("--image-size", v, SIZE) for v in (args.image_size or [])])
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
+    check_flag_numbers(args)
     if args.vbench:
         if args.num_samples not in (None, VBENCH_SAMPLES):
             raise UsageError(f"--vbench samples {VBENCH_SAMPLES} videos per prompt; drop --num-samples")
@@ -503,14 +524,12 @@ def init_distributed(device_flag: str) -> tuple[int, int, torch.device]:
     return runtime.init_distributed(pick_device(device_flag))
 
 
-def load_components(args: argparse.Namespace, cache: CacheConfig, device: torch.device):
+def load_components(args: argparse.Namespace, cache: CacheConfig, device: torch.device, dtype: torch.dtype):
     from duca_common.text import T5TextEncoder
 
     from opensora_duca.stdit3 import load_stdit3
     from opensora_duca.vae import load_vae
 
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(
-        args.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
     try:
         model = load_stdit3(args.ckpt_path, cache, device).to(dtype)
         vae = load_vae(args.vae_path, device).to(dtype)
@@ -533,6 +552,34 @@ def my_jobs(s: Settings, rank: int, world: int) -> list[Job]:
     return shard_jobs(s.jobs, rank, world)
 
 
+def resolved_dtype(args: argparse.Namespace, device: torch.device) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}.get(
+        args.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
+
+
+def run_record(args: argparse.Namespace, s: Settings, dtype: torch.dtype) -> RunRecord:
+    """What decides the videos (compared on resume) and what is for people only (``info``). Checkpoints are
+    identified by their SHA-256 (a hub id by its text), T5 by its flag value (duca_common.run_record)."""
+    settings = {
+        "stdit3": file_identity(args.ckpt_path), "vae": file_identity(args.vae_path), "t5": args.t5_path,
+        "prompts": text_identity(s.prompts), "prompt_as_path": bool(args.prompt_as_path),
+        "sample_name": args.sample_name, "start_index": args.start_index or 0,
+        "height": s.spec.height, "width": s.spec.width, "num_frames": s.spec.num_frames, "fps": s.spec.fps,
+        "save_fps": s.save_fps, "steps": s.rflow.num_sampling_steps, "cfg_scale": s.rflow.cfg_scale,
+        "seed": args.seed, "aes": s.aes, "flow": args.flow, "camera_motion": args.camera_motion,
+        "dtype": str(dtype).removeprefix("torch."), "cache": asdict(s.cache),
+    }
+    return RunRecord(settings, {"videos": len(s.jobs), "prompts": len(s.prompts), "config": args.config_record})
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """--out and --report can be written: one line and exit 2 before anything is built or read."""
+    if not args.flops_only:
+        check_output_dir(args.out, "--out")
+    if args.report:
+        check_output_file(args.report, "--report", suffixes=(".json",))
+
+
 def run_sampling(args: argparse.Namespace, s: Settings) -> int:
     from opensora_duca.pipeline import generate
 
@@ -542,6 +589,12 @@ def run_sampling(args: argparse.Namespace, s: Settings) -> int:
     rank, world, device = init_distributed(args.device)
     out = Path(args.out)
     mine = my_jobs(s, rank, world)
+    dtype = resolved_dtype(args, device)
+    # The record is written before the first video; a folder made with other settings (or holding videos and
+    # no record) is refused, so every finished file that is skipped belongs to this run. Every process (torchrun
+    # rank or --shard process) writes the same record atomically, so none can start writing videos into a
+    # folder whose record another one has not written yet.
+    open_run(out, run_record(args, s, dtype), flag="--out", outputs=(VIDEO_GLOB,))
     todo = [j for j in mine if not (out / j.name).is_file()]
     lead = rank == 0 and args.verbose >= 1
     if lead:
@@ -549,7 +602,7 @@ def run_sampling(args: argparse.Namespace, s: Settings) -> int:
         print(f"{len(s.prompts)} prompts, {len(s.jobs)} videos; {where} has {len(todo)} of its {len(mine)} to do")
     seconds, records, plan = 0.0, [], None
     if todo:
-        model, vae, text = load_components(args, s.cache, device)
+        model, vae, text = load_components(args, s.cache, device, dtype)
         for job in tqdm(todo, desc=f"rank {rank}", unit="video", disable=not lead or args.verbose != 1):
             result = generate(model, vae, text, s.prompts[job.prompt_index], args.seed + job.k, s.spec, s.rflow,
                               s.aes, flow=args.flow, camera_motion=args.camera_motion)
@@ -578,11 +631,11 @@ def run_sampling(args: argparse.Namespace, s: Settings) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
+        check_outputs(args)
         settings = settings_from_args(args)
         return run_flops(args, settings) if args.flops_only else run_sampling(args, settings)
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except UsageError as err:          # CheckpointError and NonFiniteError too: one line, exit 2
+        return print_error(err)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

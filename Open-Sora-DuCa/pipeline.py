@@ -13,6 +13,7 @@ import torch
 
 from duca_common.cache import CacheConfig, measured_flops
 from duca_common.layers import Caption, pack_caption
+from duca_common.validate import FiniteWatch
 
 from .rflow import RFlowConfig, rflow_sample, sampling_timesteps
 from .stdit3 import STDiT3, STDiT3Config
@@ -69,12 +70,13 @@ def latent_shape(vae_config: VideoVAEConfig, spec: VideoSpec) -> tuple[int, int,
 
 @torch.no_grad()
 def denoise(model: STDiT3, z: torch.Tensor, caption: Caption, spec: VideoSpec, rflow: RFlowConfig,
-            progress: bool = False) -> torch.Tensor:
+            progress: bool = False, watch=None) -> torch.Tensor:
     """RFlow from noise z (B, 4, T, H, W) under the [cond, null] caption (2B rows); opens the cache session."""
     kwargs = model_kwargs(spec, z.shape[0])
     timesteps = sampling_timesteps(rflow, spec.height, spec.width, spec.num_frames, REFERENCE_KWARGS_DTYPE)
     return rflow_sample(lambda zi, ti: model(zi, ti, caption, **kwargs), z, timesteps, rflow.cfg_scale,
-                        feature_cache=model.feature_cache, num_timesteps=rflow.num_timesteps, progress=progress)
+                        feature_cache=model.feature_cache, num_timesteps=rflow.num_timesteps, progress=progress,
+                        watch=watch)
 
 
 @dataclass
@@ -101,10 +103,12 @@ def generate(model: STDiT3, vae: VideoAutoencoderPipeline, text_encoder, prompt:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    z = denoise(model, z, caption, spec, rflow, progress)
+    watch = FiniteWatch(f"OpenSora, cache {model.feature_cache.config.method}", rflow.num_sampling_steps)
+    z = denoise(model, z, caption, spec, rflow, progress, watch)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
+    watch.check()              # NaN / inf latents: NonFiniteError naming the step, before anything is decoded
     with torch.no_grad():
         video = vae.decode(z.to(vae.dtype), num_frames=spec.num_frames)[0]
     return VideoResult(to_uint8_video(video), seconds, int(emb.mask.sum()))

@@ -84,11 +84,12 @@ ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 @torch.no_grad()
 def rflow_sample(model_fn: ModelFn, z: torch.Tensor, timesteps: list[float], cfg_scale: float, *,
                  feature_cache: FeatureCache | None = None, num_timesteps: int = NUM_TIMESTEPS,
-                 progress: bool = False) -> torch.Tensor:
+                 progress: bool = False, watch=None) -> torch.Tensor:
     """Euler integration of the guided velocity from noise ``z`` (B, C, T, H, W); returns z at t = 0.
 
     With ``feature_cache`` a cache session is open for the run and ``run.set_step(p)`` precedes the
     evaluation of step p (the step counts up, C.11). ``z`` becomes fp32 after the first update (C.9).
+    ``watch`` (a ``duca_common.validate.FiniteWatch``) sees z after every step, without a host sync.
     """
     b = z.shape[0]
     steps = len(timesteps)
@@ -103,4 +104,6 @@ def rflow_sample(model_fn: ModelFn, z: torch.Tensor, timesteps: list[float], cfg
             velocity = uncond + cfg_scale * (cond - uncond)
             dt = (grid[p] - grid[p + 1] if p + 1 < steps else grid[p]) / num_timesteps   # fp32 as upstream
             z = z + velocity * dt
+            if watch is not None:
+                watch.observe(z, p)
     return z

@@ -138,9 +138,11 @@ def test_vbench_prompt_list_matches_the_reference_copy():
     (["--prompt", "x", "--resolution", "123p", "--image-size"], None),
     (["--prompt", "x", "--num-frames", "0"], "--num-frames 0 is invalid"),
     (["--prompt", "x", "--num-frames", "5"], "undefined for 5 frames"),
-    (["--prompt", "x", "--steps", "0"], "num_sampling_steps"),
+    (["--prompt", "x", "--steps", "0"], "--steps 0 is invalid: pass an integer >= 1"),
+    (["--prompt", "x", "--cfg-scale", "nan"], "--cfg-scale nan is invalid"),
+    (["--prompt", "x", "--seed", "-1"], "--seed -1 is invalid"),
     (["--prompt", "x", "--vbench", "--num-samples", "3"], "drop --num-samples"),
-    (["--prompt", "x", "--fresh-ratio", "2"], "invalid cache flags"),
+    (["--prompt", "x", "--fresh-ratio", "2"], "--fresh-ratio 2 is invalid"),
 ])
 def test_bad_inputs_fail_before_work(weights, tmp_path, capsys, extra, message):
     out = tmp_path / "out"
@@ -166,3 +168,77 @@ def test_missing_weights_and_empty_prompt_lines(weights, tmp_path, capsys):
     args[args.index("--t5-path") + 1] = str(tmp_path / "no-t5")
     assert inference.main(args) == 2 and "--t5-path" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_resume_refuses_other_settings_and_unrecorded_videos(weights, tmp_path, capsys):
+    """Issue 13: the settings are recorded before the first video; a rerun with another seed, prompt list or
+    cache method into the same folder is refused naming the setting, and so is a folder of videos without a
+    record; nothing is added or lost."""
+    out = tmp_path / "out"
+    common = ("--prompt", PROMPTS[0], "--steps", "1", "--cache", "none")
+    assert inference.main(base_args(weights, out, *common)) == 0
+    record = json.loads((out / "run.json").read_text())["settings"]
+    assert record["seed"] == 1024 and record["cache"]["method"] == "none" and record["prompts"]["count"] == 1
+    assert set(record["stdit3"]) == {"folder_sha256", "bytes"}
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    capsys.readouterr()
+    for extra, setting in [(("--seed", "7"), "seed: recorded 1024, now 7"),
+                           (("--cache", "duca"), "cache: recorded"),
+                           (("--prompt", PROMPTS[1]), "prompts: recorded")]:
+        args = base_args(weights, out, *common)
+        if extra[0] == "--prompt":
+            args[args.index("--prompt") + 1] = extra[1]
+        else:
+            args += list(extra)
+        assert inference.main(args) == 2
+        err = capsys.readouterr().err
+        assert "holds a run with other settings" in err and setting in err and err.count("\n") == 1
+        assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    # videos without a record cannot be attributed to this run
+    (out / "run.json").unlink()
+    assert inference.main(base_args(weights, out, *common)) == 2
+    assert "but no run.json" in capsys.readouterr().err
+
+
+def test_unwritable_outputs_and_bad_prompt_files_fail_before_any_model(weights, tmp_path, capsys, monkeypatch):
+    def no_models(*a, **k):
+        raise AssertionError("a model was built")
+    monkeypatch.setattr(inference, "load_components", no_models)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cases = [
+        (base_args(weights, blocker / "out", "--prompt", "x"), "--out", "is a file, not a folder"),
+        (base_args(weights, tmp_path / "o", "--prompt", "x", "--report", str(blocker / "r.json")), "--report",
+         "is a file, not a folder"),
+    ]
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("a cat\nun caf\xe9\n".encode("latin-1"))
+    cases.append((base_args(weights, tmp_path / "o", "--prompts-file", str(latin1)), "--prompts-file",
+                  "is not UTF-8: byte 0xe9 at line 2, byte offset 12"))
+    info = tmp_path / "info.json"
+    info.write_bytes('[{"prompt_en": "caf\xe9"}]'.encode("latin-1"))
+    cases.append((base_args(weights, tmp_path / "o", "--prompts-file", str(info)), "--prompts-file",
+                  "is not UTF-8: byte 0xe9 at line 1, byte offset 19"))
+    for args, flag, message in cases:
+        assert inference.main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {flag}") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()
+    # a BOM is accepted
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes(b"\xef\xbb\xbfa cat\n")
+    assert inference.read_prompt_list(str(bom)) == ["a cat"]
+
+
+def test_nan_weights_are_reported_not_written(weights, tmp_path, capsys):
+    nan = tmp_path / "nan"
+    model = tiny_stdit3()
+    with torch.no_grad():
+        model.final_layer.linear.bias.fill_(float("nan"))
+    save_safetensors(model, nan, config_dict(TINY))
+    args = base_args(weights, tmp_path / "out", "--prompt", "x", "--steps", "2", "--cache", "duca")
+    args[args.index("--ckpt-path") + 1] = str(nan)
+    assert inference.main(args) == 2
+    err = capsys.readouterr().err
+    assert "NaN/inf at step 1 of 2 (OpenSora, cache duca)" in err and "nothing was written" in err
+    assert not list((tmp_path / "out").glob("*.mp4"))
