@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from duca_common.cache import BlockLayout, CacheConfig, FeatureCache, residual
+from duca_common.cache.attention_score import sdpa_and_received
 # the timestep embedder (models.md 0.1) and the 2-D sin-cos table (0.4) are shared with PixArt
 from duca_common.layers import TimestepEmbedder, pos_embed_2d
 
@@ -74,11 +75,12 @@ class LabelEmbedder(nn.Module):
 # ------------------------------------------------------------------------------------------------
 
 class Attention(nn.Module):
-    """timm ``Attention`` (qkv with bias, proj). SDPA unless the engine asks for the attention map.
+    """timm ``Attention`` (qkv with bias, proj); the output always comes from SDPA.
 
     ``stat`` is the selector statistic the engine asks for (``BlockView.stat_kind``):
-    ``"attention_received"`` computes the softmax explicitly and also returns the head-mean attention
-    each token receives (B, N); ``"value_norm"`` keeps SDPA and also returns ||v|| per head (B, H, N).
+    ``"attention_received"`` also returns the head-mean attention each token receives (B, N), computed
+    in query chunks without the tokens x tokens map (``duca_common.cache.attention_score``);
+    ``"value_norm"`` also returns ||v|| per head (B, H, N).
     """
 
     def __init__(self, dim: int, num_heads: int) -> None:
@@ -94,17 +96,11 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, stat: str | None = None):
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        received = None
         if stat == "attention_received":
-            attn = (q * self.scale) @ k.transpose(-2, -1)
-            attn = attn.softmax(dim=-1)
-            out = attn @ v
-            received = attn.mean(dim=1).sum(dim=1)           # (B, N): column sums of the head-mean map
-        else:
-            out = F.scaled_dot_product_attention(q, k, v)
+            out, received = sdpa_and_received(q, k, v, self.scale)   # received (B, N): column sums of the map
+            return self.proj(out.transpose(1, 2).reshape(b, n, c)), received
+        out = F.scaled_dot_product_attention(q, k, v)
         out = self.proj(out.transpose(1, 2).reshape(b, n, c))
-        if stat == "attention_received":
-            return out, received
         if stat == "value_norm":
             return out, v.norm(dim=-1)                       # (B, H, N)
         if stat is not None:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 
 from duca_common.cache import BlockLayout, CacheConfig, FeatureCache, residual
+from duca_common.cache.attention_score import sdpa_and_received
 from duca_common.layers import (Caption, CaptionEmbedder, CrossAttention, SizeEmbedder, TimestepEmbedder, gelu_tanh,
                                 pack_caption, pos_embed_2d, t2i_modulate)
 from duca_common.text import T5_MAX_LENGTH
@@ -127,7 +128,10 @@ class PatchEmbed(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """timm-style attention (``qkv``, ``proj``); SDPA unless the engine asks for value norms."""
+    """timm-style attention (``qkv``, ``proj``); the output always comes from SDPA. Selector statistics:
+    ``value_norm`` (||v|| per head, averaged over the CFG halves as the reference) and
+    ``attention_received`` (head-mean attention each token receives, computed in query chunks without the
+    tokens x tokens map, ``duca_common.cache.attention_score``)."""
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
@@ -138,12 +142,16 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, stat: str | None = None, cfg_halves: bool = False):
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        if stat == "attention_received":
+            out, received = sdpa_and_received(q, k, v)
+            return self.proj(out.transpose(1, 2).reshape(b, n, c)), received
         out = F.scaled_dot_product_attention(q, k, v)
         out = self.proj(out.transpose(1, 2).reshape(b, n, c))
         if stat is None:
             return out
         if stat != "value_norm":
-            raise ValueError(f"PixArt self-attention provides the 'value_norm' statistic, not {stat!r}")
+            raise ValueError(f"PixArt self-attention provides the 'value_norm' and 'attention_received' "
+                             f"statistics, not {stat!r}")
         norms = v.float().norm(dim=-1)                                 # (B, H, N)
         if cfg_halves:   # the reference averages ||v|| over the two CFG halves (B.9 'kv-norm')
             norms = norms.view(2, b // 2, *norms.shape[1:]).mean(0).repeat(2, 1, 1)

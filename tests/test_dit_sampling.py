@@ -81,8 +81,9 @@ def test_flops_only_xl2_seed_command(tmp_path):
     report = sample_cli.main(SEED_FLAGS + ["--flops-only", "--class-labels", "207", "--report", str(report_path)])
     assert report["uncached_reference_tflops_per_image"] == pytest.approx(23.735, abs=5e-4)
     assert report["reference_speedup"] == pytest.approx(2.48, rel=0.01)
-    # measured FLOPs also count the embedders and the final layer (< 0.2% here)
-    assert report["measured_flops"] == pytest.approx(report["reference_flops"], rel=0.01)
+    # measured FLOPs also count the embedders and the final layer (< 0.2% here) and the attention score's own
+    # q.k product in full steps (duca_common.cache.attention_score, 1.5% here), which the formula leaves out
+    assert report["measured_flops"] == pytest.approx(report["reference_flops"], rel=0.02)
     assert json.loads(report_path.read_text())["cache_config"]["selector"] == "attention_received"
 
 
