@@ -73,6 +73,17 @@ def test_dit_pipeline_cache_off_on_and_removed():
     assert any(trace.trunk_reused)                                               # aggressive steps ran
     assert not torch.equal(cached, dit_call_plain(pipe, DIT_STEPS))
 
+    # without guidance (guidance_scale <= 1) the batch is one half: the session has no CFG halves
+    handle = apply_cache(pipe, preset="dit-duca-n3-random", profile=True)
+    seen = []
+    spy = pipe.transformer.register_forward_hook(lambda *_: seen.append(handle.feature_cache.active.cfg_halves))
+    pipe(class_labels=[1, 7], num_inference_steps=DIT_STEPS, guidance_scale=1.0, output_type="pt")
+    dit_call(pipe)
+    spy.remove()
+    assert seen == [False] * DIT_STEPS + [True] * 6
+    assert (handle.feature_cache.last_trace.actions == int(Action.PARTIAL)).any()
+    assert handle.feature_cache.last_timers.total() > 0 and handle.feature_cache.last_peak_bytes > 0
+
     remove_cache(pipe)                                                           # (c)
     assert_plain(pipe)
     assert type(pipe) is DiTPipeline

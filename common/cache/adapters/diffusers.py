@@ -253,9 +253,10 @@ def _pixart_block(block, cache, run_cfg: bool, hidden_states, timestep, attentio
 class DiffusersCache:
     """The engine attached to one diffusers transformer: its :class:`FeatureCache` and sessions."""
 
-    def __init__(self, transformer, config: CacheConfig, family: Family) -> None:
+    def __init__(self, transformer, config: CacheConfig, family: Family, profile: bool = False) -> None:
         self.transformer = transformer
         self.family = family
+        self.profile = profile                   # pipeline calls time the engine's own work (last_timers)
         self.feature_cache = FeatureCache(config, family.layout(len(transformer.transformer_blocks)))
         self._calls = 0
         self._lazy: dict | None = None          # set while a pipeline call waits for its first forward
@@ -307,7 +308,8 @@ class DiffusersCache:
                 raise RuntimeError("the pipeline's scheduler has no timesteps at the first transformer call; "
                                    "cannot size the cache session")
             self._stack.enter_context(self.session(len(timesteps), cfg_halves=self._lazy["cfg_halves"],
-                                                   grid=(hidden.shape[-2] // patch, hidden.shape[-1] // patch)))
+                                                   grid=(hidden.shape[-2] // patch, hidden.shape[-1] // patch),
+                                                   profile=self.profile))
         run = self.feature_cache.active
         if run is not None:
             run.set_step(self._calls)
@@ -411,12 +413,14 @@ def _resolve_config(family: Family, preset: str | None, config: CacheConfig | No
     return chosen.config
 
 
-def apply_cache(target, preset: str | None = None, *, config: CacheConfig | None = None) -> DiffusersCache:
+def apply_cache(target, preset: str | None = None, *, config: CacheConfig | None = None,
+                profile: bool = False) -> DiffusersCache:
     """Attach the cache engine to a diffusers DiT / PixArt-alpha pipeline (or its transformer).
 
     Give a preset name (``"dit-duca-n3-r95"``, ``"pixart-duca-r25"``, ...: ``duca_common.cache.presets``) or a
     :class:`CacheConfig`. Calling it again replaces the configuration. Returns the handle; its
-    ``feature_cache.last_trace`` describes the last run.
+    ``feature_cache.last_trace`` describes the last run (``last_timers`` the engine's own time with
+    ``profile=True``, ``last_peak_bytes`` the cache's peak size).
     """
     pipe, transformer = _split_target(target)
     family = _family_of(transformer)
@@ -424,7 +428,7 @@ def apply_cache(target, preset: str | None = None, *, config: CacheConfig | None
     _check_blocks(transformer, family)
     if getattr(transformer, HANDLE_ATTRIBUTE, None) is not None:
         remove_cache(target)
-    handle = DiffusersCache(transformer, cfg, family)
+    handle = DiffusersCache(transformer, cfg, family, profile=profile)
     handle.install()
     if pipe is not None and not hasattr(type(pipe), "_duca_original_class"):
         pipe.__class__ = _cached_class(type(pipe))
