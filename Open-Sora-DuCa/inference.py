@@ -34,14 +34,14 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from duca_common import runtime
-from duca_common.cache import CacheConfig, get_preset, presets_for
+from duca_common.cache import CacheConfig, get_preset  # noqa: F401  (get_preset: re-exported for callers)
+from duca_common.cache.flags import add_cache_flags, config_from_flags
 from duca_common.errors import UsageError, print_error
 from duca_common.outputs import check_output_dir, check_output_file
 from duca_common.run_record import RunRecord, file_identity, open_run, text_identity
 from duca_common.runtime import atomic_path, pick_device, write_json
 from duca_common.text import read_prompt_lines, read_text_utf8
-from duca_common.validate import (COUNT, FRACTION, GUIDANCE, INTERVAL, NON_NEGATIVE_INT, SEED, SIZE, STEPS,
-                                  TAYLOR_ORDER, Bound, check_numbers)
+from duca_common.validate import COUNT, GUIDANCE, NON_NEGATIVE_INT, SEED, SIZE, STEPS, Bound, check_numbers
 
 from opensora_duca import aspect
 from opensora_duca.checkpoint import CONFIG_FILE, CheckpointError, config_fields
@@ -56,7 +56,6 @@ DEFAULT_SEED = 1024                      # C.9: the DuCa fork reseeds with 1024 
 VBENCH_SAMPLES = 5                       # paper.md section 2: 5 videos per prompt
 VBENCH_INFO = "VBench_full_info.json"
 DEFAULT_T5 = "DeepFloyd/t5-v1_1-xxl"
-CACHE_METHODS = ("none", "fora", "toca", "duca", "taylorseer")
 MAX_NAME_BYTES = 250                     # file-name limit (255) minus "-k.mp4" room
 VIDEO_CRF = "0"                          # upstream save_sample: h264 with crf 0
 SCORE = Bound("score appended to the prompt; a negative --aes appends none", low=0.0)
@@ -92,9 +91,10 @@ OPTIONS: tuple[tuple[str, str, object], ...] = (
     ("t5_path", "text_encoder.from_pretrained", DEFAULT_T5),
     ("steps", "scheduler.num_sampling_steps", RFlowConfig.num_sampling_steps),
     ("cfg_scale", "scheduler.cfg_scale", RFlowConfig.cfg_scale),
+    # cache fields: unset ones keep the flags layer's OpenSora defaults (duca_common.cache.flags)
     ("fresh_ratio", "cache.fresh_ratio", None),
-    ("interval", "cache.interval", 3),
-    ("taylor_order", "cache.taylor_order", 1),
+    ("fresh_threshold", "cache.interval", None),
+    ("taylor_order", "cache.taylor_order", None),
 )
 
 
@@ -141,12 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     w.add_argument("--dtype", choices=["auto", "bf16", "fp32"],
                    help="STDiT3 and VAE dtype: bf16 on GPU as the reference, fp32 on CPU (auto, the default)")
-    c = p.add_argument_group("caching")
-    c.add_argument("--cache", choices=CACHE_METHODS, help="method (default duca, the reference fork)")
-    c.add_argument("--preset", help=f"named operating point: {', '.join(x.name for x in presets_for('opensora'))}")
-    c.add_argument("--fresh-ratio", type=float, help="DuCa/ToCa base fraction of MLP tokens recomputed (0.1)")
-    c.add_argument("--interval", type=int, help="FORA / TaylorSeer cycle length N (3)")
-    c.add_argument("--taylor-order", type=int, help="TaylorSeer order (1)")
+    add_cache_flags(p, "opensora")          # --cache, --preset, --fresh-ratio, --interval, --taylor-order
     o = p.add_argument_group("outputs")
     o.add_argument("--out", "--save-dir", dest="out", help="output folder (default samples)")
     o.add_argument("--report", help="write a JSON report (settings, plan, FLOPs, timings) here")
@@ -227,34 +222,9 @@ def image_size(args: argparse.Namespace) -> tuple[int, int]:
 
 
 def cache_config(args: argparse.Namespace) -> CacheConfig:
-    """--preset, else the method's OpenSora operating point; --fresh-ratio overrides the fraction."""
-    try:
-        if args.preset:
-            preset = get_preset(args.preset)
-            if preset.model != "opensora":
-                raise UsageError(f"--preset {args.preset} is a {preset.model} preset; use one of "
-                                 f"{[x.name for x in presets_for('opensora')]}")
-            if args.cache not in (None, preset.config.method):
-                raise UsageError(f"--cache {args.cache} contradicts --preset {args.preset} (a "
-                                 f"{preset.config.method} preset); pass one of them")
-            base = preset.config
-            return base if args.fresh_ratio is None else base.replace(fresh_ratio=args.fresh_ratio)
-        method = args.cache or "duca"
-        if method not in CACHE_METHODS:
-            raise UsageError(f"cache method {method!r} is unknown: pass one of {list(CACHE_METHODS)}")
-        if method == "none":
-            return CacheConfig()
-        if method in ("duca", "toca"):       # the reference's fixed module cycles (C.11)
-            base = get_preset("opensora-duca").config
-            if method == "toca":             # ToCa: the same cycles with every aggressive step conservative
-                base = base.replace(method="toca")
-            return base if args.fresh_ratio is None else base.replace(fresh_ratio=args.fresh_ratio)
-        return CacheConfig(method=method, interval=args.interval,
-                           taylor_order=args.taylor_order if method == "taylorseer" else 1)
-    except ValueError as err:
-        if isinstance(err, UsageError):
-            raise
-        raise UsageError(f"invalid cache flags: {err}") from err
+    """The cache the flags (and the config file's ``cache`` entries) describe: duca_common.cache.flags, the
+    OpenSora family (DuCa / ToCa on the reference's module cycles, the ``opensora-duca`` preset)."""
+    return config_from_flags(args, "opensora")
 
 
 def read_prompt_list(path: str) -> list[str]:
@@ -419,8 +389,7 @@ def check_flag_numbers(args: argparse.Namespace) -> None:
                    ("--seed", args.seed, SEED), ("--fps", args.fps, COUNT), ("--save-fps", args.save_fps, COUNT),
                    ("--frame-interval", args.frame_interval, COUNT), ("--num-samples", args.num_samples, COUNT),
                    ("--start-index", args.start_index, NON_NEGATIVE_INT),
-                   ("--end-index", args.end_index, NON_NEGATIVE_INT), ("--fresh-ratio", args.fresh_ratio, FRACTION),
-                   ("--interval", args.interval, INTERVAL), ("--taylor-order", args.taylor_order, TAYLOR_ORDER),
+                   ("--end-index", args.end_index, NON_NEGATIVE_INT),
                    ("--aes", args.aes, SCORE), ("--flow", args.flow, SCORE),
                    ("--verbose", args.verbose, NON_NEGATIVE_INT)]
                   + [("--image-size", v, SIZE) for v in (args.image_size or [])])
