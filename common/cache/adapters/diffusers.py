@@ -16,8 +16,8 @@ How it attaches (no diffusers code is edited; everything is undone by :func:`rem
   :func:`~duca_common.cache.residual`, the same pattern as our own models; outside a session it calls the
   class's forward unchanged. The last block also hands the trunk output to the engine (aggressive steps).
 * the engine's selector statistics come from :class:`StatAttnProcessor`, a diffusers-style attention
-  processor called only when the engine asks for one: value norms keep SDPA; attention-received and
-  cross-attention entropy form the (small) attention map explicitly.
+  processor called only when the engine asks for one: value norms and attention-received keep SDPA (the
+  latter without the tokens x tokens map); cross-attention entropy forms the small image x text map.
 * a forward pre-hook on the transformer tells the session which model evaluation this is (0, 1, ...).
 * the pipeline's class is swapped for a subclass of the same name whose ``__call__`` opens a session
   around the original call, so the state is released when the call returns or raises. The session opens at
@@ -55,6 +55,7 @@ from duca_common.cache import (
     get_preset,
     residual,
 )
+from duca_common.cache.attention_score import sdpa_and_received
 from duca_common.layers import cross_attention_entropy
 
 # Both pipelines enable classifier-free guidance when guidance_scale > 1 (pipeline_dit.py,
@@ -126,7 +127,8 @@ class StatAttnProcessor:
     """Attention as diffusers' ``AttnProcessor2_0`` computes it, plus the statistic the engine asks for.
 
     ``stat``: ``"value_norm"`` (SDPA kept; returns ||v|| per head and token, (B, H, N)),
-    ``"attention_received"`` (explicit softmax; the head-mean map summed over queries, (B, N)) or
+    ``"attention_received"`` (SDPA kept, the head-mean map summed over queries computed in query chunks by
+    ``duca_common.cache.attention_score``, (B, N); explicit softmax when a mask is given) or
     ``"cross_entropy"`` (explicit softmax over the text tokens; entropy per image token, (B, n)).
     Returns ``(output, statistic)``. ``share_halves`` averages value norms over the two CFG halves.
     """
@@ -158,6 +160,9 @@ class StatAttnProcessor:
             statistic = v.float().norm(dim=-1)                                     # (B, H, N)
             if share_halves and cfg_halves:
                 statistic = statistic.view(2, b // 2, *statistic.shape[1:]).mean(0).repeat(2, 1, 1)
+        elif stat == "attention_received" and bias is None:
+            # SDPA output and the received attention without the tokens x tokens map, as our DiT
+            out, statistic = sdpa_and_received(q, k, v, attn.scale)
         elif stat in ("attention_received", "cross_entropy"):
             scores = (q @ k.transpose(-2, -1)).float() * attn.scale
             if bias is not None:
