@@ -30,7 +30,7 @@ from duca_common.cache.adapters.diffusers import (
     remove_cache,
 )
 from duca_common.layers import pack_caption
-from pixart_tiny import T5_DIM, TINY
+from pixart_tiny import T5_DIM, TINY, TINY_MS
 from pixart_tiny import tiny_model as tiny_pixart
 
 # Two float32 implementations of the same network (same weights, different GEMM groupings), run through a whole
@@ -236,29 +236,34 @@ def sample_pixart(step_fn, steps):
     return x
 
 
-@pytest.mark.parametrize("name", list(PIXART_CONFIGS))
+@pytest.mark.parametrize("name", [*PIXART_CONFIGS, "pixart-duca-r25-ms"])
 def test_pixart_same_latents_and_trace_as_our_pixart(name):
-    model = tiny_pixart(TINY)
+    multi_scale = name.endswith("-ms")                   # the 1024-MS-style model with micro-conditions
+    model = tiny_pixart(TINY_MS if multi_scale else TINY)
     transformer = diffusers_pixart(model)
-    config = PIXART_CONFIGS[name]
+    config = PIXART_CONFIGS[name.removesuffix("-ms")]
+    hw, ar = torch.tensor([[64.0, 64.0]] * 2), torch.tensor([[1.0]] * 2)
+    ours_kw = dict(img_hw=hw, aspect_ratio=ar) if multi_scale else {}
+    added = {"resolution": hw, "aspect_ratio": ar} if multi_scale else None
     model.feature_cache = type(model.feature_cache)(config, model.feature_cache.layout)
     handle = apply_cache(transformer, config=config)
     assert handle.feature_cache.layout == model.feature_cache.layout == pixart_layout(TINY.depth)
     _, tokens, mask = pixart_inputs()
     caption = pack_caption(tokens, mask)
-    grid = (TINY.base_size, TINY.base_size)
+    grid = (model.config.base_size, model.config.base_size)
     with torch.no_grad():
         with model.feature_cache.session(PIXART_STEPS, grid=grid, cfg_halves=True) as run:
             counter = iter(range(PIXART_STEPS))
 
             def ours_step(x2, t2):
                 run.set_step(next(counter))
-                return model(x2, t2, caption)
+                return model(x2, t2, caption, **ours_kw)
 
             ours = sample_pixart(ours_step, PIXART_STEPS)
         with handle.session(PIXART_STEPS, cfg_halves=True, grid=grid):
             theirs = sample_pixart(lambda x2, t2: transformer(x2, encoder_hidden_states=tokens,
-                                                              encoder_attention_mask=mask, timestep=t2).sample,
+                                                              encoder_attention_mask=mask, timestep=t2,
+                                                              added_cond_kwargs=added).sample,
                                    PIXART_STEPS)
     ours_trace, their_trace = model.feature_cache.last_trace, handle.feature_cache.last_trace
     assert np.array_equal(ours_trace.actions, their_trace.actions)

@@ -111,6 +111,20 @@ def test_diffusers_dit_folder_loads_through_the_dit_loader(tmp_path):
             assert (ours(x, t, y) - loaded_by_diffusers(x, timestep=t, class_labels=y).sample).abs().max() <= PARITY_ATOL
 
 
+def test_a_pipeline_saved_by_diffusers_loads(tmp_path):
+    """A DiTPipeline written by diffusers' own save_pretrained (its config keys, its file names)."""
+    from diffusers_tiny import dit_pipeline
+
+    model = tiny_dit(num_classes=1000)
+    dit_pipeline(model).save_pretrained(tmp_path / "pipe")
+    ckpt = load_checkpoint(resolve_checkpoint(str(tmp_path / "pipe"), "DiT-XL/2", 256))
+    ours = build_dit("DiT-XL/2", input_size=32, num_classes=1000, config=ckpt.config)
+    load_into(ours, ckpt, "its stored config")
+    x, t, y = DIT_INPUTS["x"], DIT_INPUTS["t"], DIT_INPUTS["y"]
+    with torch.no_grad():
+        assert torch.equal(ours(x, t, y), model(x, t, y))
+
+
 def test_sample_cli_takes_a_diffusers_folder(tmp_path):
     model = tiny_dit(in_channels=1, depth=2)
     df.save_diffusers(model, tmp_path / "dit")
