@@ -142,7 +142,7 @@ def test_bad_uses_fail_clearly():
     with handle.session(4, cfg_halves=False):
         with pytest.raises(RuntimeError, match="while a sampling session is open"):
             remove_cache(pipe.transformer)
-        with pytest.raises(ValueError, match="outside this session's 4 steps"):
+        with pytest.raises(RuntimeError, match="transformer call 5 in a cache session of 4 steps"):
             for _ in range(5):
                 pipe.transformer(torch.randn(1, 4, 8, 8), timestep=torch.tensor([10]), class_labels=torch.tensor([1]))
     remove_cache(pipe.transformer)

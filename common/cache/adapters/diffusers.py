@@ -317,6 +317,10 @@ class DiffusersCache:
                                                    profile=self.profile))
         run = self.feature_cache.active
         if run is not None:
+            if self._calls >= run.plan.num_steps:
+                raise RuntimeError(f"transformer call {self._calls + 1} in a cache session of {run.plan.num_steps} "
+                                   f"steps: the adapter expects one transformer call per step (per scheduler "
+                                   f"timestep in a pipeline call); open a session with the right num_steps")
             run.set_step(self._calls)
             self._calls += 1
 
