@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from duca_common.cache import BlockLayout, CacheConfig, FeatureCache, residual
+from duca_common.cache import Action, BlockLayout, CacheConfig, FeatureCache, residual
 from duca_common.cache.attention_score import sdpa_and_received
 # the timestep embedder (models.md 0.1) and the 2-D sin-cos table (0.4) are shared with PixArt
 from duca_common.layers import TimestepEmbedder, pos_embed_2d
@@ -137,7 +137,7 @@ class DiTBlock(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor, cache=None) -> torch.Tensor:
         if cache is not None and cache.skip:          # aggressive: the block adds nothing
             return x
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(c, cache)
         x = residual(cache, "attn", x,
                      lambda t, stat: self.attn(modulate(self.norm1(t), shift_msa, scale_msa), stat=stat),
                      gate_msa.unsqueeze(1))
@@ -145,6 +145,35 @@ class DiTBlock(nn.Module):
                      lambda t, stat: self.mlp(modulate(self.norm2(t), shift_mlp, scale_mlp)),
                      gate_mlp.unsqueeze(1))
         return x
+
+
+    def modulation(self, c: torch.Tensor, cache=None) -> list[torch.Tensor | None]:
+        """The six adaLN vectors (shift, scale, gate of attention, then of the MLP).
+
+        In a step that computes both modules (or without a cache) this is the plain ``adaLN_modulation(c)``.
+        In a conservative step a reused or forecast module needs only its gate, so just the rows of the
+        modulation matrix between the first and the last vector needed are multiplied (the others are
+        None): on CPU this matrix-vector product reads its whole 6C x C weight from memory and was the
+        largest cost of a conservative DiT-XL/2 step that the FLOPs model does not see (docs/benchmarks.md).
+        """
+        if cache is not None:
+            need = [base + i for module, base in (("attn", 0), ("mlp", 3)) for i in _MOD_NEEDED[cache.action(module)]]
+            if len(need) < 6:
+                lo, hi = min(need, default=0), max(need, default=-1) + 1
+                if hi <= lo:
+                    return [None] * 6
+                linear = self.adaLN_modulation[-1]
+                dim = linear.in_features
+                rows = F.linear(self.adaLN_modulation[0](c), linear.weight[lo * dim:hi * dim],
+                                linear.bias[lo * dim:hi * dim]).chunk(hi - lo, dim=1)
+                return [rows[i - lo] if lo <= i < hi else None for i in range(6)]
+        return list(self.adaLN_modulation(c).chunk(6, dim=1))
+
+
+# adaLN vectors (0 shift, 1 scale, 2 gate) a module needs for each engine action: a computed module (full or
+# partial) needs all three, a reused or forecast one only its gate (the residual x + gate * cached output).
+_MOD_NEEDED = {Action.FULL: (0, 1, 2), Action.PARTIAL: (0, 1, 2), Action.REUSE: (2,), Action.FORECAST: (2,),
+               Action.SKIP: ()}
 
 
 class FinalLayer(nn.Module):
@@ -249,7 +278,9 @@ class DiT(nn.Module):
         return x.reshape(x.shape[0], c, h * p, w * p)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x = self.x_embedder(x) + self.pos_embed
+        # bf16/fp16 weights (dit_duca.precision): the input is cast in and the output back (no-ops in fp32)
+        in_dtype = x.dtype
+        x = self.x_embedder(x.to(self.pos_embed.dtype)) + self.pos_embed
         t = self.t_embedder(t)
         y = self.y_embedder(y, self.training)
         c = t + y
@@ -259,7 +290,7 @@ class DiT(nn.Module):
         if step is not None:
             x = step.trunk(x)                               # aggressive steps swap in the cached trunk
         x = self.final_layer(x, c)
-        return self.unpatchify(x)
+        return self.unpatchify(x).to(in_dtype)
 
     def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: float) -> torch.Tensor:
         """Classifier-free guidance on the batch ``[cond, uncond]`` (models.md A.4).

@@ -24,6 +24,7 @@ import torch
 from dit_duca.diffusion import create_diffusion
 from dit_duca.loading import (CheckpointNotFoundError, build_dit, decode_latents, load_checkpoint, load_into,
                               load_vae, resolve_checkpoint, resolve_vae_folder)
+from dit_duca.precision import DTYPE_CHOICES, DTYPE_HELP, dtype_name, resolve_dtype
 from dit_duca.options import (DEFAULT_IMAGE_SIZE, DEFAULT_MODEL, add_cache_args, add_model_args,
                               apply_stored_architecture, cache_config_from_args, fill_default_architecture,
                               latent_geometry, validate_common)
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--flops-only", action="store_true",
                         help="count the FLOPs of the whole run on the meta device (no weights, no images)")
     parser.add_argument("--device", type=str, default="auto", help="auto (cuda if available, else cpu), cpu, cuda:N")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=DTYPE_HELP)
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -195,6 +197,7 @@ def run(args: argparse.Namespace) -> dict:
 
     device = pick_device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True          # as the reference
+    dtype = resolve_dtype(args.dtype, device)
     # Everything that can fail does so before sampling.
     use_embedded_model_if_no_checkpoint(args)
     if args.vae != "none":
@@ -210,7 +213,7 @@ def run(args: argparse.Namespace) -> dict:
     n = len(labels)
     vae = load_vae(args.vae, device)
     report = {"args": vars(args), "cache": cache_desc, "cache_config": asdict(cache_cfg), "num_images": n}
-    model = model.to(device).eval()
+    model = model.to(device, dtype).eval()
     model.configure_cache(cache_cfg)
     diffusion = create_diffusion(str(args.num_sampling_steps))
 
@@ -250,7 +253,8 @@ def run(args: argparse.Namespace) -> dict:
             save_image(grid_images, tmp, nrow=4, normalize=True, value_range=(-1, 1))
         print(f"saved {args.out}")
 
-    report.update({"checkpoint": str(ckpt_path), "device": str(device), "latency_s": latency,
+    report.update({"checkpoint": str(ckpt_path), "device": str(device), "dtype": dtype_name(dtype),
+                   "latency_s": latency,
                    "reference_flops": ref, "reference_tflops_per_image": ref / n / 1e12,
                    "uncached_reference_flops": full, "reference_speedup": full / ref if ref else float("inf"),
                    "cache_peak_bytes": model.feature_cache.last_peak_bytes,

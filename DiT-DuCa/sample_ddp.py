@@ -37,6 +37,7 @@ import torch.distributed as dist
 from dit_duca.diffusion import create_diffusion
 from dit_duca.loading import (build_dit, decode_latents, load_checkpoint, load_into, load_vae, resolve_checkpoint,
                               resolve_vae_folder, to_uint8_images)
+from dit_duca.precision import DTYPE_CHOICES, DTYPE_HELP, dtype_name, resolve_dtype
 from dit_duca.options import (DEFAULT_IMAGE_SIZE, DEFAULT_MODEL, add_cache_args, add_model_args,
                               apply_stored_architecture, cache_config_from_args, latent_geometry, validate_common)
 from duca_common.errors import UsageError, print_error
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--per-proc-batch-size", type=int, default=32)
     parser.add_argument("--num-fid-samples", type=int, default=50_000)
     parser.add_argument("--global-seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=DTYPE_HELP)
     parser.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
                         help="TF32 matmuls on Ampere+ GPUs (upstream default)")
     parser.add_argument("--no-npz", action="store_true", help="do not write the .npz at the end")
@@ -137,7 +139,8 @@ def run_settings(args: argparse.Namespace, ckpt_path: Path, stored: dict | None,
             "in_channels": args.in_channels, "cfg_scale": args.cfg_scale,
             "num_sampling_steps": args.num_sampling_steps, "ddim_sample": args.ddim_sample,
             "global_seed": args.global_seed, "noise": "per sample: duca_common.seeding.sample_seed(seed, index)",
-            "cache": asdict(cache_cfg), "per_proc_batch_size": args.per_proc_batch_size}
+            "cache": asdict(cache_cfg), "per_proc_batch_size": args.per_proc_batch_size,
+            "dtype": dtype_name(resolve_dtype(args.dtype, "cuda"))}
 
 
 def prepare(args: argparse.Namespace, rank: int, device: torch.device):
@@ -145,6 +148,7 @@ def prepare(args: argparse.Namespace, rank: int, device: torch.device):
     validate_common(args)
     check_numbers([("--global-seed", args.global_seed, SEED), ("--per-proc-batch-size", args.per_proc_batch_size, COUNT),
                    ("--num-fid-samples", args.num_fid_samples, COUNT)])
+    resolve_dtype(args.dtype, device)                    # fp16 on CPU fails here, before any work
     cache_cfg, cache_desc = cache_config_from_args(args)
     latent_geometry(args)
     check_output_dir(args.out if args.out else args.sample_dir, "--out" if args.out else "--sample-dir")
@@ -193,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     if distributed:
         dist.barrier()                                   # rank 0 has created the folder and manifest
-    model = model.to(device).eval()
+    model = model.to(device, resolve_dtype(args.dtype, device)).eval()
     model.configure_cache(cache_cfg)
     diffusion = create_diffusion(str(args.num_sampling_steps))
     using_cfg = args.cfg_scale > 1.0

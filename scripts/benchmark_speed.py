@@ -117,13 +117,14 @@ class MethodResult:
         return sum(self.engine_seconds.values()) / self.profiled_seconds
 
 
-def _compile_blocks(model: torch.nn.Module) -> None:
-    """torch.compile the heavy modules of each block; the engine's Python logic stays eager (no graph breaks
-    through it). ``dynamic=True`` because partial steps change the token count."""
+def compile_blocks(model: torch.nn.Module, backend: str = "inductor") -> None:
+    """torch.compile the heavy modules of each block (attention, MLP, cross-attention); the engine's Python
+    logic stays eager, so nothing it does breaks a graph (``tests/test_compile.py`` counts zero graph breaks
+    under every method). ``dynamic=True`` because partial steps change the token count."""
     for block in model.blocks:
         for name in ("attn", "mlp", "cross_attn"):
             if hasattr(block, name):
-                setattr(block, name, torch.compile(getattr(block, name), dynamic=True))
+                setattr(block, name, torch.compile(getattr(block, name), dynamic=True, backend=backend))
 
 
 def _add_timers(r: MethodResult, cache, seconds: float) -> None:
@@ -167,7 +168,7 @@ def run_benchmark(opts: BenchOptions) -> dict:
     target = build_target(opts.model, device=device, ckpt=None if opts.flops_only else opts.ckpt,
                           cfg_scale=opts.cfg_scale)
     if opts.compile:
-        _compile_blocks(target.model)
+        compile_blocks(target.model)
     profile_mode = opts.profile if opts.profile != "auto" else ("separate" if device.type == "cuda" else "same")
     results = {s.label: MethodResult(s.label, s.family, s.setting, s.paper_row) for s in specs}
 

@@ -1,0 +1,202 @@
+"""Where a cached run loses time against the FLOPs model: CPU time per step kind, and an op profile.
+
+    python -m duca_scripts.profile_steps --model DiT-XL/2 --steps 20 --method dit-duca-n3-r95 --threads 1
+
+Runs one sampling run of ``--method`` (and, with ``--baseline-steps``, a few uncached forwards) with the
+real DDIM loop, records the CPU time of every model evaluation and its reference-formula FLOPs
+(``duca_common.cache.reference_flops`` on that step alone), and groups the steps by kind: full (every
+module computed), conservative (some modules reused or partially recomputed), aggressive (every block
+skipped). For each kind: the mean CPU seconds, the mean FLOPs, and the time per FLOP relative to the
+full step (1.00 = as fast per FLOP as a full step; above 1 = time the FLOPs model does not see). With
+``--profile-ops`` one step of each kind is profiled with ``torch.profiler`` and the top operators are
+listed. A full forward of DiT-XL/2 takes ~4-8 s on the project's CPU, so profile a few steps, not runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from duca_common.cache import reference_flops
+from duca_common.cache.plan import Action
+from duca_common.cache.trace import NOT_RUN
+
+from .methods import parse_methods
+from .report import environment, markdown_table, write_json
+from .targets import TARGET_HELP, build_target
+
+KINDS = ("full", "conservative", "aggressive")
+
+
+def step_kind(trace, p: int) -> str:
+    acts = trace.actions[p]
+    ran = acts[acts != NOT_RUN]
+    if trace.trunk_reused[p] and all(a == int(Action.SKIP) for a in ran):
+        return "aggressive"
+    if len(ran) and all(a == int(Action.FULL) for a in ran):
+        return "full"
+    return "conservative"
+
+
+def step_flops(trace, p: int, dims) -> int:
+    one = copy.deepcopy(trace)
+    mask = np.arange(one.num_steps) != p
+    one.actions[mask] = NOT_RUN
+    one.tokens[mask] = 0
+    return reference_flops(one, dims)
+
+
+def timed_forwards(model: torch.nn.Module) -> list[float]:
+    """Wrap ``model.forward`` so each call's CPU seconds are appended to the returned list."""
+    times: list[float] = []
+    plain = model.forward
+
+    def forward(*args, **kwargs):
+        c0 = time.process_time()
+        out = plain(*args, **kwargs)
+        times.append(time.process_time() - c0)
+        return out
+
+    model.forward = forward
+    return times
+
+
+def run(opts: argparse.Namespace) -> dict:
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    target = build_target(opts.model, device="cpu")
+    spec = [s for s in parse_methods([opts.method]) if not s.is_baseline][0]
+    model = target.model
+    noise, labels = target.noise(1, 0), target.labels(1)
+    dims = target.dims(1)
+    with torch.inference_mode():
+        target.configure(parse_methods([])[0].config)
+        target.sample(noise, labels, 1)                               # warm-up forward (untimed)
+        times = timed_forwards(model)
+        base_times = []
+        if opts.baseline_steps:
+            target.sample(noise, labels, opts.baseline_steps)
+            base_times = list(times)
+            times.clear()
+        target.configure(spec.config)
+        target.sample(noise, labels, opts.steps)
+        trace = model.feature_cache.last_trace
+        del model.forward
+    kinds: dict[str, list[int]] = defaultdict(list)
+    for p in range(trace.num_steps):
+        kinds[step_kind(trace, p)].append(p)
+    flops = [step_flops(trace, p, dims) for p in range(trace.num_steps)]
+    full_time = statistics.mean([times[p] for p in kinds["full"]]) if kinds["full"] else None
+    full_flops = statistics.mean([flops[p] for p in kinds["full"]]) if kinds["full"] else None
+    rows = []
+    for kind in KINDS:
+        ps = kinds.get(kind, [])
+        if not ps:
+            continue
+        t, f = statistics.mean(times[p] for p in ps), statistics.mean(flops[p] for p in ps)
+        rows.append({"kind": kind, "steps": len(ps), "cpu_seconds_mean": t, "tflops_mean": f / 1e12,
+                     "time_fraction_of_full": t / full_time if full_time else None,
+                     "flops_fraction_of_full": f / full_flops if full_flops else None,
+                     "time_per_flop_vs_full": (t / f) / (full_time / full_flops) if f and full_time else None,
+                     # seconds per step the FLOPs model does not explain (the full step's rate applied to f)
+                     "excess_cpu_seconds": t - f * full_time / full_flops if full_time else None})
+    total_t, total_f = sum(times), sum(flops)
+    base_step = statistics.mean(base_times) if base_times else full_time
+    data = {"environment": environment(torch.device("cpu")), "model": opts.model, "method": spec.label,
+            "steps": opts.steps, "per_step_cpu_seconds": times, "per_step_tflops": [f / 1e12 for f in flops],
+            "uncached_step_cpu_seconds": base_times, "rows": rows, "trace": trace.table(),
+            "run_cpu_seconds": total_t, "run_tflops": total_f / 1e12,
+            "cpu_speedup_estimate": base_step * opts.steps / total_t,
+            "flops_speedup": (full_flops * opts.steps / total_f) if full_flops else None}
+    data["cpu_over_flops"] = data["cpu_speedup_estimate"] / data["flops_speedup"] if data["flops_speedup"] else None
+    if opts.profile_ops:
+        data["ops"] = profile_ops(target, spec, noise, labels, trace, kinds, opts)
+    return data
+
+
+def profile_ops(target, spec, noise, labels, trace, kinds, opts) -> dict[str, list[dict]]:
+    """torch.profiler op table of the first step of each kind (the run is replayed up to that step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = target.model
+    out: dict[str, list[dict]] = {}
+    wanted = {kinds[k][0]: k for k in KINDS if kinds.get(k)}
+    calls = [0]
+    plain = model.forward
+
+    def forward(*args, **kwargs):
+        p = calls[0]
+        calls[0] += 1
+        if p not in wanted:
+            return plain(*args, **kwargs)
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            result = plain(*args, **kwargs)
+        ops = []
+        for e in sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)[:opts.top]:
+            ops.append({"op": e.key, "shapes": str(e.input_shapes)[:80], "calls": e.count,
+                        "self_cpu_ms": e.self_cpu_time_total / 1000})
+        out[wanted[p]] = ops
+        return result
+
+    model.forward = forward
+    try:
+        with torch.inference_mode():
+            target.configure(spec.config)
+            target.sample(noise, labels, opts.steps)
+    finally:
+        del model.forward
+    return out
+
+
+def render(data: dict) -> str:
+    head = (f"**{data['model']}**, {data['method']}, {data['steps']} steps, CPU seconds per model evaluation "
+            f"({data['environment']['threads']} threads)\n\n")
+    def f(v, spec):
+        return "-" if v is None else format(v, spec)
+
+    t = markdown_table(["step kind", "steps", "CPU s / step", "TFLOPs / step", "time vs full", "FLOPs vs full",
+                        "time per FLOP vs full", "CPU s / step beyond the FLOPs model"],
+                       [[r["kind"], str(r["steps"]), f(r["cpu_seconds_mean"], ".3f"), f(r["tflops_mean"], ".4f"),
+                         f(r["time_fraction_of_full"], ".3f"), f(r["flops_fraction_of_full"], ".3f"),
+                         f(r["time_per_flop_vs_full"], ".2f"), f(r["excess_cpu_seconds"], ".3f")]
+                        for r in data["rows"]])
+    tail = (f"\n\nrun: {data['run_cpu_seconds']:.1f} CPU s; FLOPs speed-up {data['flops_speedup']:.3f}x, CPU speed-up "
+            f"(vs {'measured uncached steps' if data['uncached_step_cpu_seconds'] else 'the full steps'}) "
+            f"{data['cpu_speedup_estimate']:.3f}x = {data['cpu_over_flops']:.3f} of the FLOPs speed-up\n")
+    for kind, ops in data.get("ops", {}).items():
+        tail += f"\nTop operators, first {kind} step (self CPU ms):\n\n" + markdown_table(
+            ["op", "input shapes", "calls", "self CPU ms"],
+            [[o["op"], o["shapes"].replace("|", "/"), str(o["calls"]), f"{o['self_cpu_ms']:.1f}"] for o in ops]) + "\n"
+    return head + t + tail
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="DiT-XL/2", help=TARGET_HELP)
+    p.add_argument("--method", default="dit-duca-n3-r95")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--baseline-steps", type=int, default=0, help="uncached forwards timed first (0: none)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--profile-ops", action="store_true")
+    p.add_argument("--top", type=int, default=15)
+    p.add_argument("--out", type=Path, default=None, help="folder for profile.json / profile.md")
+    opts = p.parse_args(argv)
+    data = run(opts)
+    md = render(data)
+    print(md)
+    if opts.out is not None:
+        opts.out.mkdir(parents=True, exist_ok=True)
+        write_json(opts.out / "profile.json", data)
+        (opts.out / "profile.md").write_text(md)
+    return data
+
+
+if __name__ == "__main__":
+    main()
