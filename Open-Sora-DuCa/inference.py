@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--verbose", type=int, help="0: quiet, 1: progress bar (default), 2: one line per video")
     o.add_argument("--shard", help="I/N: sample only the I-th of N contiguous blocks of prompts (0-based); "
                                    "the VBench launcher runs one process per GPU this way")
+    o.add_argument("--check-only", action="store_true",
+                   help="check flags, prompts, weights paths and the output folder, write run.json, and exit "
+                        "(no model is built)")
     o.add_argument("--flops-only", action="store_true", help="count FLOPs on the meta device and exit (no weights)")
     o.add_argument("--flops-text-tokens", type=int, default=None,
                    help="valid T5 tokens assumed by --flops-only (default: the model's maximum, 300)")
@@ -569,6 +572,8 @@ def run_sampling(args: argparse.Namespace, s: Settings) -> int:
     if lead:
         where = f"shard {s.shard[0]}/{s.shard[1]}" if s.shard else f"rank 0 of {world} process(es)"
         print(f"{len(s.prompts)} prompts, {len(s.jobs)} videos; {where} has {len(todo)} of its {len(mine)} to do")
+    if args.check_only:
+        return 0
     seconds, records, plan = 0.0, [], None
     if todo:
         model, vae, text = load_components(args, s.cache, device, dtype)

@@ -72,3 +72,169 @@ def test_incomplete_or_bad_score_folders_are_named(tmp_path, capsys):
     assert "lists no videos" in capsys.readouterr().err
     assert vbench_table.main(["--run", "nofolder"]) == 2
     assert "NAME=SCORE_DIR" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------
+# Launcher: shards, no-GPU refusal, a tiny end-to-end run on the CPU, resume; scorer: its up-front checks
+# ---------------------------------------------------------------------------------------------------
+import os
+import subprocess
+import sys
+
+from opensora_duca import inference, vbench_launch
+from test_opensora_inference import PROMPTS, read_frames, weights  # noqa: E402,F401  (fixture)
+
+PACKAGE = Path(__file__).resolve().parents[1] / "Open-Sora-DuCa"
+VBENCH_DIR = PACKAGE / "eval" / "vbench"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def test_shards_cover_every_prompt_exactly_once_for_any_count():
+    for count in (0, 1, 2, 7, 946):
+        for shards in range(1, 41):
+            blocks = [inference.shard_bounds(count, i, shards) for i in range(shards)]
+            covered = [p for lo, hi in blocks for p in range(lo, hi)]
+            assert covered == list(range(count)), (count, shards)
+            sizes = [hi - lo for lo, hi in blocks]
+            assert max(sizes) - min(sizes) <= 1
+    prompts = inference.read_prompt_list(str(inference.vbench_info_path()))
+    jobs = inference.make_jobs(prompts, 5, True)
+    assert len(prompts) == 946 and len(jobs) == 4720          # 2 prompts are listed twice and share files
+    for shards in (1, 3, 8, 13):
+        names = [j.name for i in range(shards) for j in inference.shard_jobs(jobs, i, shards)]
+        assert sorted(names) == sorted(j.name for j in jobs) and len(set(names)) == len(names)
+        # all 5 videos of a prompt are in one shard
+        for i in range(shards):
+            mine = inference.shard_jobs(jobs, i, shards)
+            assert {j.prompt_index for j in mine} == {j.prompt_index for j in jobs if j.prompt_index in
+                                                      {m.prompt_index for m in mine}}
+
+
+def test_shipped_vbench_prompt_list_is_vbenchs():
+    shipped = json.loads((VBENCH_DIR / "VBench_full_info.json").read_text())
+    assert len(shipped) == 946 and {"prompt_en", "dimension"} <= set(shipped[0])
+    reference = SHARED_DATA / "VBench_full_info.json"
+    if reference.is_file():     # the copy in the reference repository (shared/data/README.md)
+        assert shipped == json.loads(reference.read_text())
+
+
+def test_launcher_without_gpu_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.delenv(vbench_launch.ALLOW_CPU_ENV, raising=False)
+    rc = vbench_launch.main(["ckpt", "51", "duca", "480p", "9:16", "--out-root", str(tmp_path / "s")])
+    assert rc == 2 and "no GPU is visible" in capsys.readouterr().err and "--allow-cpu" in capsys.readouterr().err + \
+        "--allow-cpu"
+    assert not (tmp_path / "s").exists()
+
+
+def test_launch_sh_starts_one_process_per_gpu(tmp_path):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "3,5,6"}
+    res = subprocess.run(["bash", "eval/vbench/launch.sh", "hpcai-tech/OpenSora-STDiT-v3", "51", "duca", "480p", "9:16",
+                          "--dry-run", "--out-root", str(tmp_path)], cwd=PACKAGE, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 3
+    for i, (gpu, line) in enumerate(zip("356", lines)):
+        assert line.startswith(f"CUDA_VISIBLE_DEVICES={gpu} ") and line.endswith(f"--shard {i}/3")
+        assert "--vbench" in line and "--resolution 480p --aspect-ratio 9:16" in line
+        assert f"--save-dir {tmp_path}/samples_duca_OpenSora-STDiT-v3_vbench" in line
+    assert not list(tmp_path.iterdir())
+
+
+def fake_model_cache(root: Path) -> dict[str, str]:
+    """Environment variables pointing VBench's caches into ``root`` (HOME too: openai-clip's cache is ~/.cache/clip)."""
+    return {"HOME": str(root / "home"), "VBENCH_CACHE_DIR": str(root / "vbench"), "TORCH_HOME": str(root / "torch"),
+            "HF_HOME": str(root / "hf"), "HF_HUB_CACHE": str(root / "hf" / "hub")}
+
+
+def run_calc(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(VBENCH_DIR / "calc_vbench.py"), *args], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_scorer_reports_missing_model_files_before_reading_videos(tmp_path):
+    env = fake_model_cache(tmp_path / "cache")
+    res = run_calc(str(tmp_path / "no-videos-here"), "--offline", env=env)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    err = res.stderr
+    assert "14 VBench model file(s) missing and downloads are off" in err
+    assert f"dino_vitbase16_pretrain.pth (for subject_consistency) expected at {tmp_path}/cache/torch/hub/checkpoints/" in err
+    assert f"amt-s.pth (for motion_smoothness) expected at {tmp_path}/cache/vbench/amt_model/amt-s.pth" in err
+    assert f"ViT-B-32.pt (for background_consistency, appearance_style) expected at {tmp_path}/cache/home/.cache/clip/" in err
+    assert "no-videos-here" not in err                    # the videos were not looked at
+    # only the chosen dimensions' files are required: temporal_flickering (index 12) needs none
+    res = run_calc(str(tmp_path / "no-videos-here"), "--offline", "--start", "12", "--end", "13", env=env)
+    assert res.returncode == 2 and "video folder" in res.stderr and "does not exist" in res.stderr
+
+
+def test_tiny_vbench_run_end_to_end_on_cpu(weights, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """2 prompts x 5 videos through the launcher (2 CPU processes), a resume that writes only what is missing,
+    and the scorer's checks over the folder (the mp4 files VBench would read)."""
+    info = tmp_path / "info.json"
+    info.write_text(json.dumps([{"prompt_en": PROMPTS[0], "dimension": ["subject_consistency", "human_action"]},
+                                {"prompt_en": PROMPTS[1], "dimension": ["color", "scene"]}]))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    argv = [str(weights / "stdit"), "17", "tiny", "240p", "9:16", "--allow-cpu", "--cpu-processes", "2",
+            "--out-root", str(tmp_path / "samples"), "--vae-path", str(weights / "vae"), "--t5-path",
+            str(weights / "t5"), "--image-size", "16", "16", "--steps", "6", "--dtype", "fp32", "--prompts-file",
+            str(info), "--cache", "duca"]
+    assert vbench_launch.main(argv) == 0, capsys.readouterr().err
+    out = tmp_path / "samples" / "samples_tiny_stdit_vbench"
+    names = sorted(f"{p}-{k}.mp4" for p in PROMPTS for k in range(5))
+    assert sorted(p.name for p in out.glob("*.mp4")) == names and (out / "run.json").is_file()
+    logs = tmp_path / "samples" / "samples_tiny_stdit_vbench_logs"
+    assert (logs / "shard0-of-2.log").is_file() and (logs / "shard1-of-2.log").is_file()
+    assert json.loads((logs / "flops.json").read_text())["flops"]["speedup"] > 1.0
+    assert read_frames(out / names[0]).shape == (17, 16, 16, 3)
+    # resume: remove two videos; a rerun writes exactly those
+    stamps = {n: (out / n).stat().st_mtime_ns for n in names}
+    for n in names[:2]:
+        (out / n).unlink()
+    rerun = [a if a != "2" or argv[i - 1] != "--cpu-processes" else "1" for i, a in enumerate(argv)]
+    assert vbench_launch.main([*rerun, "--no-flops"]) == 0                # one process now: same folder, same run
+    assert sorted(p.name for p in out.glob("*.mp4")) == names
+    assert all((out / n).stat().st_mtime_ns == stamps[n] for n in names[2:])
+    # the scorer's checks: model files present (empty stand-ins), every expected video found, a videos-only view
+    cache = tmp_path / "cache"
+    env = fake_model_cache(cache)
+    roots = {"vbench": cache / "vbench", "torch": cache / "torch", "clip": cache / "home" / ".cache" / "clip",
+             "hf": cache / "hf" / "hub"}
+    for _, root, rel, _, _ in _model_files():
+        target = roots[root] / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.touch()
+    scores = tmp_path / "scores"
+    res = run_calc(str(out), str(scores), "--offline", "--full-info", str(info), "--check-only", env=env)
+    assert res.returncode == 0, res.stderr
+    assert "10 videos, 16 of 16 dimensions to score" in res.stdout
+    assert sorted(p.name for p in (scores / "videos").iterdir()) == names        # no run.json in VBench's view
+    (out / names[3]).unlink()
+    res = run_calc(str(out), str(scores), "--offline", "--full-info", str(info), "--check-only", env=env)
+    assert res.returncode == 2 and f"1 of 10 videos are missing in {out} (first: {names[3]!r})" in res.stderr
+
+
+def _model_files():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("calc_vbench", VBENCH_DIR / "calc_vbench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.MODEL_FILES
+
+
+def test_setup_env_script_dry_run(tmp_path):
+    script = VBENCH_DIR / "setup_env.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    env_dir = tmp_path / "venv"
+    res = subprocess.run(["bash", str(script), str(env_dir), "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert f"+ python3 -m venv {env_dir}" in res.stdout
+    assert "install vbench==0.1.5 pyiqa==0.1.10 lvis==0.5.3" in res.stdout
+    assert "detectron2.git@ff53992" in res.stdout and "transformers.__version__\\ ==\\ \\'4.33.2\\'" in res.stdout
+    assert not env_dir.exists()
+    bad = subprocess.run(["bash", str(script), "--bogus"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown option --bogus" in bad.stderr
+    calc = subprocess.run(["bash", str(VBENCH_DIR / "calc.sh"), "x"], env={**os.environ, "VBENCH_ENV": str(env_dir)},
+                          capture_output=True, text=True)
+    assert calc.returncode == 2 and f"no VBench environment at {env_dir}" in calc.stderr
