@@ -17,6 +17,8 @@ A method is written one of three ways on the command line:
 
       cachedit-dbcache:fn=1,bn=0,rdt=0.08,warmup=2
       cachedit-taylorseer:fn=1,bn=0,rdt=0.24,o=1
+      cachedit-foca:rdt=0.16          # cache-dit's FoCa calibrator (BDF2 predictor + Heun corrector)
+      cachedit-dmd:rdt=0.16           # cache-dit's DMD (exponential-basis) calibrator
 
 Every spec parses into a :class:`MethodSpec` before any model is built, so a typo fails in
 milliseconds with the list of what is allowed.
@@ -31,7 +33,7 @@ from duca_common.cache.config import SELECTORS
 from duca_common.cache.flags import method_choices, reference_token_config
 
 ENGINE_METHODS = method_choices()          # the engine's registry (duca_common.cache.flags.method_choices)
-PEER_METHODS = ("cachedit-dbcache", "cachedit-taylorseer")
+PEER_METHODS = ("cachedit-dbcache", "cachedit-taylorseer", "cachedit-foca", "cachedit-dmd")
 
 # Selector each token-wise method uses by default: ToCa's DiT table uses the attention received
 # ("attention" cache type), DuCa's Table 3 uses V-norm ("kv-norm"); paper.md section 2.
@@ -63,7 +65,7 @@ class MethodSpecError(ValueError):
 class PeerSettings:
     """cache-dit settings (DBCache: Fn compute blocks, Bn compute blocks at the end, residual diff threshold)."""
 
-    kind: str                       # "dbcache" or "taylorseer"
+    kind: str                       # "dbcache", or the calibrator: "taylorseer", "foca", "dmd"
     fn: int = 1                     # Fn_compute_blocks
     bn: int = 0                     # Bn_compute_blocks
     rdt: float = 0.08               # residual_diff_threshold
@@ -152,7 +154,8 @@ def _peer_spec(label: str, family: str, kv: dict[str, str]) -> MethodSpec:
                         max_cached=int(_number(label, "max", kv.get("max", "-1"), int)))
     if peer.fn < 1 or peer.bn < 0 or peer.rdt < 0 or peer.warmup < 0 or peer.order < 1:
         raise MethodSpecError(f"method {label!r}: need fn >= 1, bn >= 0, rdt >= 0, warmup >= 0, o >= 1; got {peer}")
-    setting = f"F{peer.fn}B{peer.bn}, rdt={peer.rdt:g}" + (f", O={peer.order}" if kind == "taylorseer" else "")
+    setting = (f"F{peer.fn}B{peer.bn}, rdt={peer.rdt:g}" + (f", O={peer.order}" if kind == "taylorseer" else "")
+               + (f", {kind.upper() if kind == 'dmd' else 'FoCa'} calibrator" if kind in ("foca", "dmd") else ""))
     return MethodSpec(label, family, setting, CacheConfig(method="none"), peer=peer)
 
 

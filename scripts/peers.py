@@ -1,4 +1,4 @@
-"""Peer baselines on our DiT: cache-dit's DBCache and its TaylorSeer calibrator (optional extra ``peers``).
+"""Peer baselines on our DiT: cache-dit's DBCache and its TaylorSeer, FoCa and DMD calibrators (extra ``peers``).
 
 cache-dit (``pip install -e ".[peers]"``, ``cache-dit==1.5.3``) wraps a custom transformer through a
 ``BlockAdapter``: it swaps ``model.blocks`` for one module that runs the first ``Fn`` blocks, compares
@@ -91,6 +91,20 @@ def cache_config(peer: PeerSettings, steps: int):
                                    enable_separate_cfg=False)
 
 
+def calibrator_config(peer: PeerSettings):
+    """cache-dit's calibrator for ``peer.kind`` (None for plain DBCache): TaylorSeer (order ``peer.order``),
+    FoCa (its BDF2 predictor + Heun corrector; no settings) or DMD (an exponential-basis forecast from the
+    last compute steps; cache-dit's defaults), all as cache-dit 1.5.3 ships them."""
+    cache_dit = _import_cache_dit()
+    if peer.kind == "taylorseer":
+        return cache_dit.TaylorSeerCalibratorConfig(taylorseer_order=peer.order)
+    if peer.kind == "foca":
+        return cache_dit.FoCaCalibratorConfig()
+    if peer.kind == "dmd":
+        return cache_dit.DMDCalibratorConfig()
+    return None
+
+
 @contextlib.contextmanager
 def attach_peer(target, peer: PeerSettings, steps: int) -> Iterator[PeerRun]:
     """Wrap ``target.model`` with cache-dit for the duration of the block; records the blocks that ran.
@@ -112,8 +126,7 @@ def attach_peer(target, peer: PeerSettings, steps: int) -> Iterator[PeerRun]:
 
     hooks = [block.register_forward_pre_hook(lambda mod, args, i=i: on_block(i))
              for i, block in enumerate(model.blocks)]
-    calibrator = (cache_dit.TaylorSeerCalibratorConfig(taylorseer_order=peer.order)
-                  if peer.kind == "taylorseer" else None)
+    calibrator = calibrator_config(peer)
     adapter = cache_dit.BlockAdapter(transformer=model, blocks=model.blocks,
                                      forward_pattern=cache_dit.ForwardPattern.Pattern_3,
                                      check_forward_pattern=False)

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-Method = Literal["none", "fora", "toca", "duca", "taylorseer"]
-METHODS: tuple[str, ...] = ("none", "fora", "toca", "duca", "taylorseer")
+Method = Literal["none", "fora", "toca", "duca", "taylorseer", "foca", "hicache", "dualca"]
+# foca, hicache, dualca: issue 16's forecasting methods (common/cache/{foca,hicache,dualca}.py).
+METHODS: tuple[str, ...] = ("none", "fora", "toca", "duca", "taylorseer", "foca", "hicache", "dualca")
 
 # How the cycle length evolves over the steps.
 #   fixed          a step is full when its (reference) index is a multiple of N, or it is the first step

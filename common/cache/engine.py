@@ -37,6 +37,10 @@ from . import selectors as sel
 from .accounting import tensor_bytes
 from .config import CacheConfig
 from .plan import Action, BlockLayout, Plan, build_plan
+from .dualca import FORECASTER as DUALCA_FORECASTER
+from .dualca import TrunkForecast
+from .foca import CalibratedTerms
+from .hicache import HermiteTerms
 from .taylor import TaylorTerms
 from .trace import Trace
 
@@ -44,6 +48,11 @@ ModuleFn = Callable[[torch.Tensor, "str | None"], "torch.Tensor | tuple[torch.Te
 
 STAT_FROM_SELF_ATTN = ("value_norm", "attention_received")
 STAT_FROM_CROSS_ATTN = ("cross_entropy",)
+# The forecaster each forecasting method keeps per module (refreshed at full steps).
+FORECASTERS: dict[str, type[TaylorTerms]] = {"taylorseer": TaylorTerms, "foca": CalibratedTerms,
+                                             "hicache": HermiteTerms, "dualca": DUALCA_FORECASTER}
+# Methods whose non-full steps only forecast, so the last output itself need not be kept.
+FORECAST_ONLY = frozenset({"taylorseer", "foca", "hicache"})
 
 
 def residual(cache: "BlockView | None", module: str, x: torch.Tensor, fn: ModuleFn,
@@ -145,6 +154,7 @@ class CacheRun:
         self.modules: list[dict[str, ModuleState]] = [{m: ModuleState() for m in modules} for _ in range(depth)]
         self.stats: list[torch.Tensor | None] = [None] * depth
         self.trunk_out: torch.Tensor | None = None
+        self.trunk_forecast: TrunkForecast | None = TrunkForecast() if self.config.method == "dualca" else None
         self.shape: tuple[int, int] | None = None
         self.generator: torch.Generator | None = None
         self.trace = Trace.empty(plan)
@@ -168,11 +178,13 @@ class CacheRun:
         self.modules = []
         self.stats = []
         self.trunk_out = None
+        self.trunk_forecast = None
         self.current = None
 
     def nbytes(self) -> int:
+        trunk = self.trunk_forecast.tensors() if self.trunk_forecast is not None else []
         return (sum(s.nbytes() for block in self.modules for s in block.values())
-                + tensor_bytes(*self.stats, self.trunk_out))
+                + tensor_bytes(*self.stats, self.trunk_out, *trunk))
 
     # -- helpers -----------------------------------------------------------------------------------
     def _check_shape(self, x: torch.Tensor) -> None:
@@ -219,6 +231,14 @@ class StepView:
         """Call after the last block: returns the cached trunk output in aggressive steps, else stores x."""
         run = self.run
         run.trace.trunk_reused[self.p] = self.trunk_reused
+        if run.trunk_forecast is not None:          # dualca: forecast the trunk in aggressive steps
+            if self.trunk_reused:
+                if not run.trunk_forecast.terms.terms:
+                    raise RuntimeError(f"step {self.p} forecasts the trunk output but none was computed before; "
+                                       f"the plan must start with a full step")
+                return run.trunk_forecast.forecast(self.p)
+            run.trunk_forecast.observe(x, self.p, run.config.taylor_order)
+            return x
         if self.trunk_reused:
             if run.trunk_out is None:
                 raise RuntimeError(f"step {self.p} reuses the trunk output but none was computed before; "
@@ -269,6 +289,8 @@ class BlockView:
                 action = Action.REUSE
             elif k >= x.shape[1]:
                 action = Action.FULL
+        if action == Action.REUSE and run.config.method == "dualca":
+            action = Action.FORECAST               # dualca forecasts what DuCa would reuse
         run.trace.record(p, b, m_idx, action, x.shape[1] if action == Action.FULL else 0)
 
         if action == Action.SKIP:
@@ -283,6 +305,8 @@ class BlockView:
             if state.taylor is None:
                 raise RuntimeError(f"block {b} module {module!r} is forecast at step {p} before it was computed")
             return state.taylor.forecast(p)
+        if run.config.method == "dualca" and state.taylor is not None:
+            state.out = state.taylor.forecast(p).clone()   # unselected tokens: forecast, not the stale output
         return self._partial(module, state, x, fn, k)
 
     def _split(self, result: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -302,11 +326,12 @@ class BlockView:
                     raise RuntimeError(f"selector {kind!r} needs module {module!r} of block {self.index} to "
                                        f"return (output, statistic) when asked for one")
                 run.stats[self.index] = stat
-            if run.config.method == "taylorseer":
+            forecaster = FORECASTERS.get(run.config.method)
+            if forecaster is not None:
                 if state.taylor is None:
-                    state.taylor = TaylorTerms()
+                    state.taylor = forecaster()
                 state.taylor.update(out, self.p, run.config.taylor_order)
-            else:
+            if run.config.method not in FORECAST_ONLY:
                 state.out = out
             if run._selects and module in run.layout.tokenwise:
                 state.counter = torch.zeros(x.shape[0], x.shape[1], device=x.device, dtype=torch.int32)

@@ -134,9 +134,9 @@ DIT_FORCED_INTERVAL = 2
 
 def _non_full_type(method: str, r: int) -> str:
     """Type of a step ``r`` steps into a cycle (r >= 1) for each method."""
-    if method == "duca":
+    if method in ("duca", "dualca"):
         return "T" if r % 2 == 1 else "A"   # the reference: (step % I) odd -> ToCa, even -> aggressive
-    return {"toca": "T", "fora": "R", "taylorseer": "P"}[method]
+    return {"toca": "T", "fora": "R", "taylorseer": "P", "foca": "P", "hicache": "P"}[method]
 
 
 def _block_type_letters(cfg: CacheConfig, layout: BlockLayout, num_steps: int) -> list[list[str]]:

@@ -1,0 +1,357 @@
+"""The quality-per-FLOP frontier on an embedded model: every method and peer, same seeds, one table and plot.
+
+    python -m duca_scripts.pareto --model digits --out docs/results/pareto_digits16
+    python -m duca_scripts.pareto --model digits --ckpt DiT-DuCa/weights/digits32_dit.safetensors \\
+        --out docs/results/pareto_digits32
+
+Every row samples the same ``--images`` (noise and labels seeded by ``--seed``) with DDIM ``--steps``;
+each engine method runs at cycle lengths ``--intervals`` and each cache-dit peer at residual thresholds
+``--thresholds``, so the rows span about 1.5x to 6x FLOPs speed-up. Ranking the methods needs scores
+against the uncached run of the same seeds (``dit_duca.digits_metrics.fidelity_scores``): PSNR, the
+paired feature distance in the digits classifier's penultimate space, and the Frechet distance between
+the cached set and the uncached set in that space; the class accuracy is reported next to them.
+
+Speed-ups: the FLOPs speed-up of the reference formula (the x axis of the frontier, deterministic) and
+the CPU-time speed-up, measured interleaved: the uncached run is timed again after every
+``--baseline-every`` rows, and each row is divided by the mean of the uncached timings just before and
+just after it, so a change of machine load tilts only the rows near it.
+
+The frontier table interpolates each family's scores linearly in the FLOPs speed-up at 1.5x, 2x, ..., 6x
+(no extrapolation: '-' outside a family's measured range), and names, at the goal speed-ups, the best
+project method, the best peer and the margin. Outputs in ``--out``: ``rows.csv`` (every run),
+``frontier.md`` / ``frontier.csv`` (the interpolated table), ``pareto.png`` and ``pareto.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from duca_common.cache import speedup
+
+from .measure import timed_run
+from .methods import MethodSpec, MethodSpecError, parse_methods
+from .report import environment, fmt, markdown_table, write_csv, write_json
+from .reproduce_table import Row, TableOptions, _meta_flops, _sample_all
+from .targets import TargetError, build_target
+
+# The paper's DiT grid spans N = 2..7; N = 8 reaches about 6x FLOPs speed-up for the reuse methods.
+DEFAULT_INTERVALS = (2, 3, 4, 5, 6, 8)
+# cache-dit residual-diff thresholds: 0.04 gives ~1.8x on the digits model, 1.0 caches almost every
+# step after the warm-up (the largest speed-up DBCache reaches with Fn=1).
+DEFAULT_THRESHOLDS = (0.04, 0.08, 0.16, 0.32, 0.64, 1.0)
+# Samples per row: enough for a stable mean PSNR and a 64-dim feature Frechet distance at equal sample
+# counts, small enough for ~70 rows on a shared 2-core machine in ~15 minutes (docs/results.md).
+DEFAULT_IMAGES = 32
+# The frontier's columns (FLOPs speed-ups) and the goal speed-ups of issue 16.
+FRONTIER_SPEEDUPS = (1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0)
+GOAL_SPEEDUPS = (3.0, 4.0, 5.0)
+DEFAULT_BASELINE_EVERY = 6
+
+# Engine method families in the grid: (family, method string with {n}). The paper's methods at the
+# published settings (ToCa R=93%, DuCa R=95%, TaylorSeer O=3), TaylorSeer also at O=1 (the best order on
+# the digits models), then the methods of issue 16 when the engine has them.
+PAPER_FAMILIES = (("fora", "fora:n={n}"), ("toca", "toca:n={n},r=0.93"), ("duca", "duca:n={n},r=0.95"),
+                  ("taylorseer", "taylorseer:n={n},o=3"), ("taylorseer-o1", "taylorseer:n={n},o=1"))
+NEW_FAMILIES = (("foca", "foca:n={n}"), ("hicache", "hicache:n={n}"), ("dualca", "dualca:n={n},r=0.95"))
+PEER_FAMILIES = (("cachedit-dbcache", "cachedit-dbcache:fn=1,bn=0,rdt={t:g}"),
+                 ("cachedit-taylorseer", "cachedit-taylorseer:fn=1,bn=0,rdt={t:g},o=1"),
+                 ("cachedit-foca", "cachedit-foca:fn=1,bn=0,rdt={t:g}"),
+                 ("cachedit-dmd", "cachedit-dmd:fn=1,bn=0,rdt={t:g}"))
+SCORES = ("psnr", "feature_distance", "frechet_to_uncached")
+# Higher is better for PSNR, lower for the two distances.
+HIGHER_IS_BETTER = {"psnr": True, "feature_distance": False, "frechet_to_uncached": False}
+
+
+class ParetoError(ValueError):
+    """A bad option, reported before any sampling."""
+
+
+def engine_methods() -> tuple[str, ...]:
+    """The engine's method names (the registry's when it exists)."""
+    from duca_common import cache
+
+    if hasattr(cache, "available_methods"):
+        return tuple(cache.available_methods())
+    from duca_common.cache.config import METHODS
+    return METHODS
+
+
+def grid(intervals: tuple[int, ...], thresholds: tuple[float, ...], peers: bool) -> list[tuple[str, str]]:
+    """(family, method string) of every row; the new methods only when the engine provides them."""
+    have = set(engine_methods())
+    families = list(PAPER_FAMILIES) + [f for f in NEW_FAMILIES if f[1].split(":")[0] in have]
+    rows = [("none", "none")] + [(fam, text.format(n=n)) for fam, text in families for n in intervals]
+    if peers:
+        rows += [(fam, text.format(t=t)) for fam, text in PEER_FAMILIES for t in thresholds]
+    return rows
+
+
+@dataclass
+class ParetoOptions:
+    model: str = "digits"
+    ckpt: str | None = None
+    images: int = DEFAULT_IMAGES
+    steps: int = 50
+    seed: int = 0
+    intervals: tuple[int, ...] = DEFAULT_INTERVALS
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    peers: bool = True
+    baseline_every: int = DEFAULT_BASELINE_EVERY
+    threads: int | None = 1
+    out: Path = Path("results/pareto")
+
+    def validate(self) -> None:
+        if self.model != "digits":
+            raise ParetoError(f"--model {self.model!r}: the frontier needs the digits classifier; use --model digits "
+                              f"(with --ckpt for the 256-token model)")
+        for name in ("images", "steps", "baseline_every"):
+            if getattr(self, name) < 1:
+                raise ParetoError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.images < 2:
+            raise ParetoError("--images must be >= 2 (the Frechet distance needs a covariance)")
+        if not self.intervals or min(self.intervals) < 1:
+            raise ParetoError(f"--intervals must be integers >= 1, got {self.intervals}")
+        if self.peers and (not self.thresholds or min(self.thresholds) <= 0):
+            raise ParetoError(f"--thresholds must be > 0, got {self.thresholds}")
+        if self.ckpt is not None and not Path(self.ckpt).is_file():
+            raise ParetoError(f"--ckpt {self.ckpt} does not exist")
+
+
+def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
+    """Linear interpolation of (speed-up, score) points at ``x``; None outside their range. Points at equal
+    speed-ups are averaged first."""
+    pts = [(s, v) for s, v in points if s is not None and v is not None and math.isfinite(v)]
+    if not pts:
+        return None
+    xs = sorted({s for s, _ in pts})
+    ys = [float(np.mean([v for s, v in pts if s == u])) for u in xs]
+    if not xs[0] - 1e-9 <= x <= xs[-1] + 1e-9:
+        return None
+    return float(np.interp(x, xs, ys))
+
+
+def frontier(rows: list[dict], score: str = "psnr") -> dict[str, dict[float, float | None]]:
+    """Per family: the score interpolated at every FRONTIER_SPEEDUPS value."""
+    out: dict[str, dict[float, float | None]] = {}
+    for fam in dict.fromkeys(r["family"] for r in rows if r["family"] != "none"):
+        pts = [(r["flops_speedup"], r[score]) for r in rows if r["family"] == fam]
+        out[fam] = {x: interpolate(pts, x) for x in FRONTIER_SPEEDUPS}
+    return out
+
+
+def goal_verdicts(front: dict[str, dict[float, float | None]], score: str = "psnr") -> list[dict]:
+    """At each goal speed-up: the best project method, the best peer, and whether the first is strictly better."""
+    sign = 1.0 if HIGHER_IS_BETTER[score] else -1.0
+    verdicts = []
+    for x in GOAL_SPEEDUPS:
+        ours = {f: v[x] for f, v in front.items() if not f.startswith("cachedit") and v[x] is not None}
+        peers = {f: v[x] for f, v in front.items() if f.startswith("cachedit") and v[x] is not None}
+        best_ours = max(ours, key=lambda f: sign * ours[f]) if ours else None
+        best_peer = max(peers, key=lambda f: sign * peers[f]) if peers else None
+        met = (best_ours is not None and (best_peer is None or sign * ours[best_ours] > sign * peers[best_peer]))
+        verdicts.append({"speedup": x, "best_project": best_ours, "project_score": ours.get(best_ours),
+                         "best_peer": best_peer, "peer_score": peers.get(best_peer), "met": met,
+                         "peer_measured": best_peer is not None})
+    return verdicts
+
+
+def run_pareto(opts: ParetoOptions) -> dict:
+    from dit_duca.digits_metrics import classify, fidelity_scores, load_default_classifier
+
+    opts.validate()
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
+    plan = grid(opts.intervals, opts.thresholds, opts.peers)
+    specs = parse_methods([text for _, text in plan], model_family="dit")
+    family = {text: fam for fam, text in plan}
+    if any(s.is_peer for s in specs):
+        from .peers import check_peer_support
+        check_peer_support(opts.model)
+    target = build_target(opts.model, ckpt=opts.ckpt)
+    classifier = load_default_classifier()
+    opts.out.mkdir(parents=True, exist_ok=True)
+    table = TableOptions(model=opts.model, images=opts.images, batch_size=opts.images, steps=opts.steps,
+                         seed=opts.seed, threads=opts.threads)
+    noise, labels = target.noise(opts.images, opts.seed), target.labels(opts.images)
+
+    rows: dict[str, Row] = {}
+    for spec in tqdm(specs, desc="FLOPs (meta device)", leave=False):
+        r = rows[spec.label] = Row(spec.label, family[spec.label], spec.setting)
+        if not spec.is_peer:
+            r.reference_flops_per_image, r.measured_flops_per_image, trace = _meta_flops(target, spec, opts.steps)
+            r.schedule = trace.table()
+
+    baselines: list[tuple[int, float, float]] = []      # (row position, wall s, CPU s) of each uncached timing
+    base_spec = specs[0]
+
+    def time_baseline(position: int) -> Row:
+        again = Row(base_spec.label, "none", "-")
+        _sample_all(target, base_spec, table, noise, labels, again)
+        baselines.append((position, again.seconds, again.cpu_seconds))
+        return again
+
+    with torch.inference_mode():
+        base = rows[base_spec.label]
+        first = time_baseline(0)
+        base.samples = first.samples
+        for i, spec in enumerate(tqdm(specs[1:], desc=f"{opts.images} images per row"), start=1):
+            _sample_all(target, spec, table, noise, labels, rows[spec.label])
+            if i % opts.baseline_every == 0 or i == len(specs) - 1:
+                time_baseline(i)
+    ref = base.samples.clamp(-1, 1)
+    _, ref_feats = classify(classifier, ref)
+    from dit_duca.digits_metrics import class_accuracy
+
+    out_rows = []
+    for i, spec in enumerate(specs):
+        r = rows[spec.label]
+        before = [b for b in baselines if b[0] < i] or baselines[:1]
+        after = [b for b in baselines if b[0] >= i] or baselines[-1:]
+        bw = (before[-1][1] + after[0][1]) / 2
+        bc = (before[-1][2] + after[0][2]) / 2
+        if spec.is_baseline:
+            r.seconds, r.cpu_seconds = float(np.mean([b[1] for b in baselines])), float(np.mean([b[2] for b in baselines]))
+            bw, bc = r.seconds, r.cpu_seconds
+        samples = r.samples.clamp(-1, 1)
+        fid = fidelity_scores(classifier, samples, ref, ref_feats)
+        out_rows.append({
+            "method": r.label, "family": r.family, "setting": r.setting,
+            "gflops_per_image": r.reference_flops_per_image / 1e9,
+            "flops_speedup": speedup(base.reference_flops_per_image, r.reference_flops_per_image),
+            "cpu_seconds": r.cpu_seconds, "cpu_speedup": speedup(bc, r.cpu_seconds),
+            "wall_seconds": r.seconds, "wall_speedup": speedup(bw, r.seconds),
+            "accuracy": class_accuracy(classifier, samples, labels),
+            "psnr": None if spec.is_baseline else fid.psnr,
+            "feature_distance": fid.feature_distance, "frechet_to_uncached": fid.frechet_to_uncached,
+            "schedule": r.schedule,
+        })
+    fronts = {s: frontier(out_rows, s) for s in SCORES}
+    spec_info = target.model
+    data = {"options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
+            "environment": environment(target.device),
+            "model": f"{opts.model} ({spec_info.input_size}x{spec_info.input_size} px, "
+                     f"{spec_info.grid_size[0] * spec_info.grid_size[1]} tokens, {len(spec_info.blocks)} blocks x "
+                     f"{spec_info.hidden_size})",
+            "rows": out_rows, "baseline_timings": baselines,
+            "frontier": {s: {f: {str(x): v for x, v in vals.items()} for f, vals in fr.items()} for s, fr in fronts.items()},
+            "goals": {s: goal_verdicts(fronts[s], s) for s in SCORES}}
+    return data
+
+
+def render(data: dict) -> str:
+    o = data["options"]
+    head = (f"**{data['model']}**, DDIM-{o['steps']}, {o['images']} images per row (seed {o['seed']}); "
+            f"scores against the uncached samples of the same seeds, interpolated at equal FLOPs speed-up "
+            f"('-': outside the family's measured range)\n\n")
+    parts = [head]
+    names = {"psnr": "PSNR vs uncached (dB, higher is better)",
+             "feature_distance": "paired feature distance (relative, lower is better)",
+             "frechet_to_uncached": "Frechet distance to the uncached set (lower is better)"}
+    for score in SCORES:
+        front = data["frontier"][score]
+        digits = 2 if score != "feature_distance" else 4
+        cells = [[fam] + [fmt(front[fam][str(x)], digits) for x in FRONTIER_SPEEDUPS] for fam in front]
+        parts.append(f"{names[score]}:\n\n" + markdown_table(["method"] + [f"{x:g}x" for x in FRONTIER_SPEEDUPS], cells))
+        goals = data["goals"][score]
+        lines = [f"- {g['speedup']:g}x: best project method {g['best_project']} ({fmt(g['project_score'], digits)}), "
+                 f"best peer {g['best_peer'] or 'none measured'} ({fmt(g['peer_score'], digits)}): "
+                 + ("not measured (no project method reaches it)" if g["best_project"] is None
+                    else "**met**" if g["met"] and g["peer_measured"] else "met (no peer reaches it)" if g["met"]
+                    else "**missed**") for g in goals]
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
+ROW_KEYS = ["method", "family", "setting", "gflops_per_image", "flops_speedup", "cpu_seconds", "cpu_speedup",
+            "wall_seconds", "wall_speedup", "accuracy", "psnr", "feature_distance", "frechet_to_uncached"]
+
+
+def pareto_plot(data: dict, path: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = data["rows"]
+    panels = [("flops_speedup", "psnr", "PSNR vs uncached (dB)"),
+              ("flops_speedup", "feature_distance", "paired feature distance (lower better)"),
+              ("cpu_speedup", "psnr", "PSNR vs uncached (dB)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.8))
+    families = list(dict.fromkeys(r["family"] for r in rows if r["family"] != "none"))
+    for ax, (xkey, ykey, ylabel) in zip(axes, panels):
+        for fam in families:
+            pts = sorted((r[xkey], r[ykey]) for r in rows if r["family"] == fam and r[ykey] is not None
+                         and r[xkey] is not None and math.isfinite(r[ykey]))
+            style = "--" if fam.startswith("cachedit") else "-"
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", markersize=3, label=fam)
+        ax.set_xlabel("FLOPs speed-up (reference formula)" if xkey == "flops_speedup"
+                      else "CPU-time speed-up (interleaved uncached timings)")
+        ax.set_ylabel(ylabel)
+        ax.set_xlim(1.3, 7.0)
+        for g in GOAL_SPEEDUPS:
+            ax.axvline(g, color="grey", alpha=0.25)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{data['model']}: fidelity to the uncached run against speed-up "
+                 f"({data['options']['images']} images, DDIM-{data['options']['steps']}); dashed: cache-dit", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n", 2)[2])
+    d = ParetoOptions()
+    p.add_argument("--model", default=d.model, help="digits (the embedded model; --ckpt for another export)")
+    p.add_argument("--ckpt", default=None, help="embedded DiT safetensors (default: the shipped 64-token model)")
+    p.add_argument("--images", type=int, default=d.images)
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--intervals", type=int, nargs="+", default=list(d.intervals))
+    p.add_argument("--thresholds", type=float, nargs="+", default=list(d.thresholds))
+    p.add_argument("--no-peers", action="store_true", help="engine methods only (no cache-dit)")
+    p.add_argument("--baseline-every", type=int, default=d.baseline_every)
+    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--out", type=Path, default=d.out)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    opts = ParetoOptions(model=args.model, ckpt=args.ckpt, images=args.images, steps=args.steps, seed=args.seed,
+                         intervals=tuple(args.intervals), thresholds=tuple(args.thresholds), peers=not args.no_peers,
+                         baseline_every=args.baseline_every, threads=args.threads, out=args.out)
+    t0 = time.perf_counter()
+    try:
+        data = run_pareto(opts)
+    except (ParetoError, MethodSpecError, TargetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    data["total_seconds"] = time.perf_counter() - t0
+    write_json(opts.out / "pareto.json", data)
+    write_csv(opts.out / "rows.csv", ROW_KEYS, [[r.get(k) for k in ROW_KEYS] for r in data["rows"]])
+    fr = data["frontier"]["psnr"]
+    write_csv(opts.out / "frontier.csv", ["family"] + [f"psnr_at_{x:g}x" for x in FRONTIER_SPEEDUPS],
+              [[fam] + [fr[fam][str(x)] for x in FRONTIER_SPEEDUPS] for fam in fr])
+    md = render(data)
+    (opts.out / "frontier.md").write_text(md)
+    pareto_plot(data, opts.out / "pareto.png")
+    print(md)
+    print(f"wrote {opts.out}/frontier.md, frontier.csv, rows.csv, pareto.json, pareto.png "
+          f"({data['total_seconds'] / 60:.1f} min)")
+    return data
+
+
+if __name__ == "__main__":
+    main()
