@@ -54,7 +54,12 @@ _ALLOWED_KEYS = {
     "toca": {"n", "r", "sel"},
     "duca": {"n", "r", "sel"},
     "taylorseer": {"n", "o"},
+    "foca": {"n", "o"},
+    "hicache": {"n", "o"},
+    "dualca": {"n", "r", "sel", "o"},
 }
+# Expansion order of issue 16's forecasting methods when ':o=' is not given (their presets' orders).
+FORECAST_DEFAULT_ORDER = {"foca": 2, "hicache": 2, "dualca": 1}
 
 
 class MethodSpecError(ValueError):
@@ -125,10 +130,18 @@ def _engine_spec(label: str, method: str, kv: dict[str, str]) -> MethodSpec:
             return MethodSpec(label, "none", "-", CacheConfig(method="none"))
         if method == "fora":
             return MethodSpec(label, "fora", f"N={n}", CacheConfig(method="fora", interval=n))
-        if method == "taylorseer":
-            order = int(_number(label, "o", kv["o"], int)) if "o" in kv else DEFAULT_TAYLOR_ORDER
-            return MethodSpec(label, "taylorseer", f"N={n}, O={order}",
-                              CacheConfig(method="taylorseer", interval=n, taylor_order=order))
+        if method in ("taylorseer", "foca", "hicache"):
+            default = DEFAULT_TAYLOR_ORDER if method == "taylorseer" else FORECAST_DEFAULT_ORDER[method]
+            order = int(_number(label, "o", kv["o"], int)) if "o" in kv else default
+            return MethodSpec(label, method, f"N={n}, O={order}",
+                              CacheConfig(method=method, interval=n, taylor_order=order))
+        if method == "dualca":       # DuCa's rules and selector, TaylorSeer's forecasts
+            order = int(_number(label, "o", kv["o"], int)) if "o" in kv else FORECAST_DEFAULT_ORDER[method]
+            inner = _engine_spec(label, "duca", {k: v for k, v in kv.items() if k != "o"})
+            return MethodSpec(label, method, f"{inner.setting}, O={order}",
+                              inner.config.replace(method="dualca", taylor_order=order))
+        if method not in DEFAULT_CACHE_RATIO:       # a method registered outside the package
+            return MethodSpec(label, method, f"N={n}", CacheConfig(method=method, interval=n))
         r = float(_number(label, "r", kv["r"], float)) if "r" in kv else DEFAULT_CACHE_RATIO[method]
         if not 0.0 <= r <= 1.0:
             raise MethodSpecError(f"method {label!r}: r={r} is the cache ratio R and must be in [0, 1] (R=0.95 means 95%)")

@@ -37,10 +37,11 @@ from tqdm.auto import tqdm
 
 from duca_common.cache import speedup
 
-from .measure import timed_run
+from duca_common.measure import Case, interleaved
+
 from .methods import MethodSpec, MethodSpecError, parse_methods
 from .report import environment, fmt, markdown_table, write_csv, write_json
-from .reproduce_table import Row, TableOptions, _meta_flops, _sample_all
+from .reproduce_table import WARMUP_STEPS, Row, TableOptions, _meta_flops, _sample_all
 from .targets import TargetError, build_target
 
 # The paper's DiT grid spans N = 2..7; N = 8 reaches about 6x FLOPs speed-up for the reuse methods.
@@ -66,6 +67,8 @@ PEER_FAMILIES = (("cachedit-dbcache", "cachedit-dbcache:fn=1,bn=0,rdt={t:g}"),
                  ("cachedit-taylorseer", "cachedit-taylorseer:fn=1,bn=0,rdt={t:g},o=1"),
                  ("cachedit-foca", "cachedit-foca:fn=1,bn=0,rdt={t:g}"),
                  ("cachedit-dmd", "cachedit-dmd:fn=1,bn=0,rdt={t:g}"))
+# Case labels of the repeated uncached timings (a method label never starts with '#').
+BASELINE_CASE = "#uncached-"
 SCORES = ("psnr", "feature_distance", "frechet_to_uncached")
 # Higher is better for PSNR, lower for the two distances.
 HIGHER_IS_BETTER = {"psnr": True, "feature_distance": False, "frechet_to_uncached": False}
@@ -181,6 +184,7 @@ def run_pareto(opts: ParetoOptions) -> dict:
     opts.out.mkdir(parents=True, exist_ok=True)
     table = TableOptions(model=opts.model, images=opts.images, batch_size=opts.images, steps=opts.steps,
                          seed=opts.seed, threads=opts.threads)
+    base_spec = specs[0]
     noise, labels = target.noise(opts.images, opts.seed), target.labels(opts.images)
 
     rows: dict[str, Row] = {}
@@ -190,45 +194,59 @@ def run_pareto(opts: ParetoOptions) -> dict:
             r.reference_flops_per_image, r.measured_flops_per_image, trace = _meta_flops(target, spec, opts.steps)
             r.schedule = trace.table()
 
-    baselines: list[tuple[int, float, float]] = []      # (row position, wall s, CPU s) of each uncached timing
-    base_spec = specs[0]
+    # One interleaved pass (duca_common.measure.interleaved): the uncached run is a case again after every
+    # --baseline-every rows, so each row has an uncached timing just before and just after it.
+    order: list[tuple[str, MethodSpec, int]] = []          # (case label, spec, baseline index or -1)
+    n_base = 0
+    for i, spec in enumerate(specs):
+        if i == 0 or (i - 1) % opts.baseline_every == 0 and i > 1:
+            order.append((f"{BASELINE_CASE}{n_base}", specs[0], n_base))
+            n_base += 1
+        if i > 0:
+            order.append((spec.label, spec, -1))
+    if len(specs) > 1 and order[-1][2] < 0:
+        order.append((f"{BASELINE_CASE}{n_base}", specs[0], n_base))
 
-    def time_baseline(position: int) -> Row:
-        again = Row(base_spec.label, "none", "-")
-        _sample_all(target, base_spec, table, noise, labels, again)
-        baselines.append((position, again.seconds, again.cpu_seconds))
-        return again
+    def case(label: str, spec: MethodSpec) -> Case:
+        setup = None if spec.is_peer else (lambda: target.configure(spec.config))
+        return Case(label, lambda: _sample_all(target, spec, table, noise, labels, rows[spec.label]), setup=setup)
 
-    with torch.inference_mode():
-        base = rows[base_spec.label]
-        first = time_baseline(0)
-        base.samples = first.samples
-        for i, spec in enumerate(tqdm(specs[1:], desc=f"{opts.images} images per row"), start=1):
-            _sample_all(target, spec, table, noise, labels, rows[spec.label])
-            if i % opts.baseline_every == 0 or i == len(specs) - 1:
-                time_baseline(i)
+    with torch.inference_mode(), tqdm(total=len(order), desc=f"{opts.images} images per row") as bar:
+        target.configure(specs[0].config)                   # untimed warm-up: first-call allocations
+        target.sample(noise[:1], labels[:1], min(WARMUP_STEPS, opts.steps))
+        series = interleaved([case(label, spec) for label, spec, _ in order], repeats=1, device=target.device,
+                             progress=bar.update)
+    baselines = [(pos, series[label].walls[0], series[label].cpus[0] if series[label].cpus else math.nan)
+                 for pos, (label, _, b) in enumerate(order) if b >= 0]
+    position = {label: pos for pos, (label, _, b) in enumerate(order) if b < 0}
+    base = rows[base_spec.label]
+    base.samples = series[f"{BASELINE_CASE}0"].result
+    timings: dict[str, tuple[float, float, float, float]] = {}     # label -> (wall, CPU, base wall, base CPU)
+    for spec in specs[1:]:
+        s, pos = series[spec.label], position[spec.label]
+        rows[spec.label].samples = s.result
+        before = [b for b in baselines if b[0] < pos][-1]
+        after = ([b for b in baselines if b[0] > pos] or [before])[0]
+        timings[spec.label] = (s.walls[0], s.cpus[0] if s.cpus else math.nan,
+                               (before[1] + after[1]) / 2, (before[2] + after[2]) / 2)
+    bw, bc = float(np.mean([b[1] for b in baselines])), float(np.mean([b[2] for b in baselines]))
+    timings[base_spec.label] = (bw, bc, bw, bc)
     ref = base.samples.clamp(-1, 1)
     _, ref_feats = classify(classifier, ref)
     from dit_duca.digits_metrics import class_accuracy
 
     out_rows = []
-    for i, spec in enumerate(specs):
+    for spec in specs:
         r = rows[spec.label]
-        before = [b for b in baselines if b[0] < i] or baselines[:1]
-        after = [b for b in baselines if b[0] >= i] or baselines[-1:]
-        bw = (before[-1][1] + after[0][1]) / 2
-        bc = (before[-1][2] + after[0][2]) / 2
-        if spec.is_baseline:
-            r.seconds, r.cpu_seconds = float(np.mean([b[1] for b in baselines])), float(np.mean([b[2] for b in baselines]))
-            bw, bc = r.seconds, r.cpu_seconds
+        wall, cpu, bw, bc = timings[spec.label]
         samples = r.samples.clamp(-1, 1)
         fid = fidelity_scores(classifier, samples, ref, ref_feats)
         out_rows.append({
             "method": r.label, "family": r.family, "setting": r.setting,
             "gflops_per_image": r.reference_flops_per_image / 1e9,
             "flops_speedup": speedup(base.reference_flops_per_image, r.reference_flops_per_image),
-            "cpu_seconds": r.cpu_seconds, "cpu_speedup": speedup(bc, r.cpu_seconds),
-            "wall_seconds": r.seconds, "wall_speedup": speedup(bw, r.seconds),
+            "cpu_seconds": cpu, "cpu_speedup": speedup(bc, cpu),
+            "wall_seconds": wall, "wall_speedup": speedup(bw, wall),
             "accuracy": class_accuracy(classifier, samples, labels),
             "psnr": None if spec.is_baseline else fid.psnr,
             "feature_distance": fid.feature_distance, "frechet_to_uncached": fid.frechet_to_uncached,

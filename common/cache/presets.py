@@ -55,6 +55,14 @@ _PRESETS = [
            "DiT-XL/2 DDIM-50, TaylorSeer (N=3, O=3): 2.77x, FID 2.34"),
     Preset("dit-taylorseer-n5-o3", "dit", CacheConfig(method="taylorseer", interval=5, taylor_order=3),
            "DiT-XL/2 DDIM-50, TaylorSeer (N=5, O=3): 4.53x, FID 2.65"),
+    # Issue 16's forecasting methods on DiT (not paper rows: operating points of this project, at N=5 where
+    # TaylorSeer's published row is 4.53x; docs/results.md has their numbers on the embedded models).
+    Preset("dit-foca-n5-o2", "dit", CacheConfig(method="foca", interval=5, taylor_order=2),
+           "forecast-then-calibrate after FoCa (arXiv 2508.16211), N=5, O=2: 4.53x FLOPs on DiT-XL/2 (no FID measured)"),
+    Preset("dit-hicache-n5-o2", "dit", CacheConfig(method="hicache", interval=5, taylor_order=2),
+           "Hermite-basis forecast after HiCache (arXiv 2508.16984), N=5, O=2: 4.53x FLOPs on DiT-XL/2 (no FID measured)"),
+    Preset("dit-dualca-n5-r95", "dit", _dit_token("duca", 5, 0.05, "value_norm").replace(method="dualca", taylor_order=1),
+           "DuCa N=5 R=95% with forecasts in place of reuse (ours, issue 16): DuCa's 3.76x FLOPs (no FID measured)"),
     Preset("pixart-none", "pixart", CacheConfig(method="none"), "PixArt-alpha 256, DPM-Solver 20 (no cache): FID-30k 28.09"),
     Preset("pixart-duca-r70-script", "pixart", _pixart_token("duca", 0.30),
            "DuCa PixArt scripts/inference.py default (fresh ratio 0.30, N=3)"),

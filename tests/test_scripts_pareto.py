@@ -1,0 +1,72 @@
+"""The frontier script (duca_scripts.pareto): interpolation, goal verdicts, a small run on the embedded model."""
+
+import csv
+
+import pytest
+
+from duca_scripts import pareto
+from duca_scripts.report import parse_markdown_table
+
+try:
+    import cache_dit  # noqa: F401  (optional extra "peers")
+    HAVE_CACHE_DIT = True
+except ImportError:
+    HAVE_CACHE_DIT = False
+
+
+def test_interpolate_inside_the_range_only():
+    pts = [(2.0, 40.0), (4.0, 30.0), (4.0, 32.0), (6.0, 20.0)]
+    assert pareto.interpolate(pts, 3.0) == pytest.approx(35.5)      # 40 -> mean(30, 32) = 31
+    assert pareto.interpolate(pts, 6.0) == pytest.approx(20.0)
+    assert pareto.interpolate(pts, 1.5) is None and pareto.interpolate(pts, 6.5) is None
+    assert pareto.interpolate([(2.0, float("inf"))], 2.0) is None
+
+
+def test_goal_verdicts_compare_best_project_method_with_best_peer():
+    front = {"taylorseer": {x: 41.0 - x for x in pareto.FRONTIER_SPEEDUPS},
+             "fora": {x: 30.0 for x in pareto.FRONTIER_SPEEDUPS},
+             "cachedit-dmd": {x: (37.5 if x < 5 else None) for x in pareto.FRONTIER_SPEEDUPS}}
+    v = {g["speedup"]: g for g in pareto.goal_verdicts(front, "psnr")}
+    assert v[3.0]["best_project"] == "taylorseer" and v[3.0]["project_score"] == 38.0 and v[3.0]["met"]
+    assert v[4.0]["met"] is False and v[4.0]["best_peer"] == "cachedit-dmd"     # 37 < 37.5
+    assert v[5.0]["met"] and not v[5.0]["peer_measured"]                     # no peer reaches 5x
+    dist = pareto.goal_verdicts({"a": {x: 0.1 for x in pareto.FRONTIER_SPEEDUPS},
+                                 "cachedit-b": {x: 0.2 for x in pareto.FRONTIER_SPEEDUPS}}, "feature_distance")
+    assert all(g["met"] for g in dist)                                        # lower is better for distances
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--model", "tiny"], "digits classifier"),
+    (["--images", "1"], "images must be >= 2"),
+    (["--intervals", "0"], "intervals"),
+    (["--ckpt", "/nonexistent.safetensors"], "does not exist"),
+])
+def test_bad_options_exit_2_naming_the_problem(argv, words, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        pareto.main(argv + ["--out", str(tmp_path)])
+    assert exc.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_small_frontier_run_writes_every_family(tmp_path):
+    peers = [] if HAVE_CACHE_DIT else ["--no-peers"]
+    data = pareto.main(["--images", "3", "--steps", "6", "--intervals", "3", "--thresholds", "0.5",
+                        "--baseline-every", "4", "--out", str(tmp_path), *peers])
+    rows = data["rows"]
+    families = {r["family"] for r in rows}
+    expected = {f for f, _ in pareto.PAPER_FAMILIES + pareto.NEW_FAMILIES}
+    if HAVE_CACHE_DIT:
+        expected |= {f for f, _ in pareto.PEER_FAMILIES}
+    assert families == expected | {"none"}
+    base = rows[0]
+    assert base["method"] == "none" and base["flops_speedup"] == 1.0 and base["feature_distance"] == 0.0
+    # the uncached run was timed first, again after every 4th row, and last (interleaved)
+    assert len(data["baseline_timings"]) == 2 + (len(rows) - 2) // 4
+    for r in rows[1:]:
+        assert r["flops_speedup"] > 1.0 and r["cpu_speedup"] > 0 and 0.0 <= r["accuracy"] <= 1.0
+        assert r["psnr"] > 0 and r["feature_distance"] >= 0 and r["frechet_to_uncached"] >= 0
+    md = (tmp_path / "frontier.md").read_text()
+    tables = [parse_markdown_table(part) for part in md.split("\n\n") if part.startswith("| method")]
+    assert len(tables) == 3 and {t["method"] for t in tables[0]} == expected
+    with open(tmp_path / "frontier.csv", newline="") as f:
+        assert {r["family"] for r in csv.DictReader(f)} == expected
+    assert (tmp_path / "pareto.png").stat().st_size > 10_000 and (tmp_path / "rows.csv").is_file()
