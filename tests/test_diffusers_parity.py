@@ -125,6 +125,28 @@ def test_a_pipeline_saved_by_diffusers_loads(tmp_path):
         assert torch.equal(ours(x, t, y), model(x, t, y))
 
 
+def test_sharded_diffusers_weights_load(tmp_path):
+    """Large transformers are saved as shards listed in diffusion_pytorch_model.safetensors.index.json."""
+    from safetensors.torch import save_file
+
+    model = tiny_dit()
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(df.diffusers_config(model)))
+    state = df.to_diffusers(model.state_dict(), model.depth)
+    names = sorted(state)
+    shards = {"part-00001.safetensors": names[: len(names) // 2], "part-00002.safetensors": names[len(names) // 2:]}
+    for shard, keys in shards.items():
+        save_file({k: state[k].contiguous() for k in keys}, str(folder / shard))
+    index = {"weight_map": {k: shard for shard, keys in shards.items() for k in keys}}
+    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index))
+    ckpt = load_checkpoint(folder)
+    assert all(torch.equal(ckpt.state_dict[k], v) for k, v in model.state_dict().items())
+    (folder / "part-00002.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="lists the shard part-00002.safetensors, which is missing"):
+        load_checkpoint(folder)
+
+
 def test_sample_cli_takes_a_diffusers_folder(tmp_path):
     model = tiny_dit(in_channels=1, depth=2)
     df.save_diffusers(model, tmp_path / "dit")
