@@ -20,7 +20,7 @@ from diffusers_tiny import (
     tiny_dit,
 )
 from dit_duca.diffusion import create_diffusion
-from duca_common.cache import Action, CacheConfig, get_preset
+from duca_common.cache import Action, CacheConfig, get_preset, presets_for
 from duca_common.cache.adapters.diffusers import (
     HANDLE_ATTRIBUTE,
     apply_cache,
@@ -151,13 +151,9 @@ def test_bad_uses_fail_clearly():
 
 # ------------------------------------------------------------------------------------------------ (b) DiT
 
-DIT_CONFIGS = {
-    "dit-duca-n3-r95": get_preset("dit-duca-n3-r95").config,                  # value norm (SDPA kept)
-    "dit-toca-n3-r93": get_preset("dit-toca-n3-r93").config,                  # attention received (explicit map)
-    "dit-duca-n3-random": get_preset("dit-duca-n3-random").config,
-    "dit-fora-n3": get_preset("dit-fora-n3").config,
-    "dit-taylorseer-n3-o3": get_preset("dit-taylorseer-n3-o3").config,
-}
+# every DiT preset (new engine methods are covered as they are added); their selectors span value norm
+# (SDPA kept), attention received, random
+DIT_CONFIGS = {p.name: p.config for p in presets_for("dit")}
 
 
 def sample_ours_dit(model, z, y, steps):
@@ -202,19 +198,15 @@ def test_dit_same_latents_and_trace_as_our_dit(name):
     assert np.array_equal(ours_trace.tokens, their_trace.tokens)
     assert ours_trace.trunk_reused == their_trace.trunk_reused
     assert (ours - theirs).abs().max().item() <= LOOP_ATOL
-    if name != "dit-fora-n3" and name != "dit-taylorseer-n3-o3":
+    if config.method in ("toca", "duca"):
         assert (ours_trace.actions == int(Action.PARTIAL)).any()
 
 
 # ------------------------------------------------------------------------------------------------ (b) PixArt
 
-PIXART_CONFIGS = {
-    "pixart-duca-r25": get_preset("pixart-duca-r25").config,                  # cross-attention entropy
-    "pixart-toca-r70": get_preset("pixart-toca-r70").config,
-    "pixart-fora-n3": get_preset("pixart-fora-n3").config,
-    "pixart-duca-value-norm": get_preset("pixart-duca-r25").config.replace(selector="value_norm"),
-    "pixart-taylorseer": CacheConfig(method="taylorseer", interval=3, taylor_order=2),
-}
+PIXART_CONFIGS = {**{p.name: p.config for p in presets_for("pixart")},
+                  "pixart-duca-value-norm": get_preset("pixart-duca-r25").config.replace(selector="value_norm"),
+                  "pixart-taylorseer": CacheConfig(method="taylorseer", interval=3, taylor_order=2)}
 
 
 def pixart_inputs():
@@ -269,7 +261,7 @@ def test_pixart_same_latents_and_trace_as_our_pixart(name):
     assert np.array_equal(ours_trace.actions, their_trace.actions)
     assert np.array_equal(ours_trace.tokens, their_trace.tokens)
     assert (ours - theirs).abs().max().item() <= LOOP_ATOL
-    if name.startswith(("pixart-duca", "pixart-toca")):
+    if config.method in ("toca", "duca"):
         assert (ours_trace.actions == int(Action.PARTIAL)).any()
 
 
