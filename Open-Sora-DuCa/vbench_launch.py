@@ -38,9 +38,11 @@ SHIPPED_CONFIG = "configs/opensora-v1-2/inference/sample.py"
 
 
 def checkpoint_base(ckpt: str) -> str:
-    """The reference's CKPT_BASE: ``basename(dirname)_ema`` for a path containing "ema", else the base name."""
+    """The reference's CKPT_BASE: ``basename(dirname)_ema`` for an EMA file (e.g. ``run/ema.pt``), else the base
+    name. The reference tests the whole path for "ema"; only the file name is tested here, so a folder such as
+    ``/home/femaleuser`` does not turn every checkpoint into an EMA one."""
     path = Path(ckpt.rstrip("/"))
-    return f"{path.parent.name}_ema" if "ema" in ckpt else path.name
+    return f"{path.parent.name}_ema" if "ema" in path.name else path.name
 
 
 def visible_gpus() -> list[str]:

@@ -238,3 +238,11 @@ def test_setup_env_script_dry_run(tmp_path):
     calc = subprocess.run(["bash", str(VBENCH_DIR / "calc.sh"), "x"], env={**os.environ, "VBENCH_ENV": str(env_dir)},
                           capture_output=True, text=True)
     assert calc.returncode == 2 and f"no VBench environment at {env_dir}" in calc.stderr
+
+
+def test_output_folder_names_follow_the_reference():
+    assert vbench_launch.checkpoint_base("hpcai-tech/OpenSora-STDiT-v3") == "OpenSora-STDiT-v3"
+    assert vbench_launch.checkpoint_base("/ckpts/OpenSora-STDiT-v3/") == "OpenSora-STDiT-v3"
+    assert vbench_launch.checkpoint_base("outputs/042-STDiT3-XL-2/epoch1-global_step16200/ema.pt") == \
+        "epoch1-global_step16200_ema"
+    assert vbench_launch.checkpoint_base("/home/femaleuser/model.safetensors") == "model.safetensors"
