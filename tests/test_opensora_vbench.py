@@ -215,12 +215,7 @@ def test_tiny_vbench_run_end_to_end_on_cpu(weights, tmp_path, monkeypatch, capsy
 
 
 def _model_files():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("calc_vbench", VBENCH_DIR / "calc_vbench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.MODEL_FILES
+    return _calc_module().MODEL_FILES
 
 
 def test_setup_env_script_dry_run(tmp_path):
@@ -246,3 +241,71 @@ def test_output_folder_names_follow_the_reference():
     assert vbench_launch.checkpoint_base("outputs/042-STDiT3-XL-2/epoch1-global_step16200/ema.pt") == \
         "epoch1-global_step16200_ema"
     assert vbench_launch.checkpoint_base("/home/femaleuser/model.safetensors") == "model.safetensors"
+
+
+FAKE_VBENCH = '''
+import json, os
+class VBench:
+    def __init__(self, device, full_info_dir, output_path):
+        self.log = os.path.join(output_path, "calls.jsonl")
+        self.output_path = output_path
+        with open(self.log, "a") as f:
+            f.write(json.dumps({"init": [str(device), full_info_dir, output_path]}) + "\\n")
+    def evaluate(self, **kwargs):
+        with open(self.log, "a") as f:
+            f.write(json.dumps(kwargs) + "\\n")
+        name = kwargs["name"]
+        with open(os.path.join(self.output_path, name + "_eval_results.json"), "w") as f:
+            json.dump({name: [0.5, []]}, f)
+'''
+
+
+def test_scorer_calls_vbench_with_the_reference_settings_and_resumes(tmp_path):
+    """A stand-in ``vbench`` package records the calls: the reference's 16 dimensions in its order, one
+    ``evaluate`` per dimension with mode vbench_standard, local False, read_frame False and the 'longer' imaging
+    preprocessing, on the videos-only view; a rerun scores only the dimensions without a result file."""
+    (tmp_path / "fake" / "vbench").mkdir(parents=True)
+    (tmp_path / "fake" / "vbench" / "__init__.py").write_text(FAKE_VBENCH)
+    info = tmp_path / "info.json"
+    info.write_text(json.dumps([{"prompt_en": "a cat", "dimension": ["color"]}]))
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for k in range(5):
+        (videos / f"a cat-{k}.mp4").write_bytes(b"")
+    (videos / "run.json").write_text("{}")
+    cache = tmp_path / "cache"
+    env = {**fake_model_cache(cache), "PYTHONPATH": f"{tmp_path / 'fake'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    for _, root, rel, _, _ in _model_files():
+        target = {"vbench": cache / "vbench", "torch": cache / "torch", "clip": cache / "home" / ".cache" / "clip",
+                  "hf": cache / "hf" / "hub"}[root] / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.touch()
+    scores = tmp_path / "scores"
+    res = run_calc(str(videos), str(scores), "--full-info", str(info), "--device", "cpu", "--offline", env=env)
+    assert res.returncode == 0, res.stderr
+    calls = [json.loads(line) for line in (scores / "calls.jsonl").read_text().splitlines()]
+    assert calls[0]["init"] == ["cpu", str(info.resolve()), str(scores)]
+    dims = [c["name"] for c in calls[1:]]
+    assert dims == list(_calc_module().DIMENSIONS) and len(dims) == 16
+    assert set(dims) == set(vbench_table.DIMENSIONS)           # the table reads exactly what is scored
+    for c in calls[1:]:
+        assert c == {"videos_path": str(scores / "videos"), "name": c["name"], "local": False, "read_frame": False,
+                     "dimension_list": [c["name"]], "mode": "vbench_standard",
+                     "imaging_quality_preprocessing_mode": "longer"}
+    # resume: two result files removed -> only those two dimensions are scored again
+    (scores / "color_eval_results.json").unlink()
+    (scores / "scene_eval_results.json").unlink()
+    (scores / "calls.jsonl").unlink()
+    res = run_calc(str(videos), str(scores), "--full-info", str(info), "--device", "cpu", "--offline", env=env)
+    assert res.returncode == 0, res.stderr
+    calls = [json.loads(line) for line in (scores / "calls.jsonl").read_text().splitlines()]
+    assert [c["name"] for c in calls[1:]] == ["color", "scene"]
+
+
+def _calc_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("calc_vbench", VBENCH_DIR / "calc_vbench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
