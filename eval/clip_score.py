@@ -1,17 +1,29 @@
-"""CLIP score (Hessel et al. 2021, torchmetrics' definition): 100 * max(cos(E_img, E_txt), 0),
-averaged over (image, prompt) pairs, with transformers' CLIPModel / CLIPProcessor.
+"""CLIP score (Hessel et al. 2021) with transformers' CLIPModel / CLIPProcessor.
 
-The embeddings are computed explicitly (pooled vision / text outputs through the projection
-layers), which is what ``CLIPModel.get_image_features`` / ``get_text_features`` return in
-transformers 4; transformers 5 changed those methods' return type, which breaks torchmetrics'
-``CLIPScore``. Prompts longer than CLIP's context (77 tokens) are truncated, as torchmetrics does.
+Two definitions (``definition=``):
+
+* ``"torchmetrics"`` (default): torchmetrics' ``CLIPScore``, the tool behind the reference's numbers
+  (torchmetrics 1.9, ``functional/multimodal/clip_score.py``). Per pair ``100 * cos(E_img, E_txt)``
+  (not clamped), the mean over all pairs, then ``max(mean, 0)``. Prompts are tokenized without
+  truncation and the token ids and mask are then cut to the first 77 positions, so a prompt longer
+  than CLIP's context loses its end-of-text token; transformers' text pooling then reads the position
+  it finds for that token in the cut ids (the first end-of-text id, or the largest id for the legacy
+  OpenAI configs), as it does inside torchmetrics.
+* ``"clamped_pairs"``: the earlier definition of this project: the tokenizer truncates to 77 tokens
+  keeping the end-of-text token, each pair is clamped, ``100 * max(cos, 0)``, and the clamped scores
+  are averaged. It differs from torchmetrics on prompts longer than 77 tokens (a different pooled
+  token: up to tens of points per pair) and on any pair with a negative cosine.
+
+The embeddings are computed explicitly (pooled vision / text outputs through the projection layers),
+which is what ``CLIPModel.get_image_features`` / ``get_text_features`` return in transformers 4;
+transformers 5 changed those methods' return type, which breaks torchmetrics' ``CLIPScore`` itself.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -23,8 +35,19 @@ from .weights import network_reachable, offline_by_env
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 HF_HUB_URL = "https://huggingface.co"
 
-# torchmetrics CLIPScore: score = 100 * max(cos, 0).
+# torchmetrics CLIPScore: score = max(100 * mean(cos), 0).
 CLIP_SCORE_SCALE = 100.0
+
+ClipDefinition = Literal["torchmetrics", "clamped_pairs"]
+CLIP_DEFINITIONS: tuple[str, ...] = ("torchmetrics", "clamped_pairs")
+DEFAULT_CLIP_DEFINITION: ClipDefinition = "torchmetrics"
+
+
+def check_definition(definition: str) -> None:
+    if definition not in CLIP_DEFINITIONS:
+        raise InputError(f"CLIP score definition {definition!r} is not one of {CLIP_DEFINITIONS}: 'torchmetrics' "
+                         f"is torchmetrics' CLIPScore (the reference's tool), 'clamped_pairs' the mean of per-pair "
+                         f"clamped scores with end-of-text-preserving truncation")
 
 # Files a local CLIP folder must hold (written by save_pretrained of the model and the processor).
 REQUIRED_CLIP_FILES = ("config.json",)
@@ -68,11 +91,15 @@ def resolve_clip_model(spec: str | Path = DEFAULT_CLIP_MODEL) -> str:
 
 
 class ClipScorer:
-    """Per-pair CLIP scores of PIL images or uint8 HWC arrays against prompts."""
+    """Per-pair CLIP scores ``100 * cos`` of PIL images or uint8 HWC arrays against prompts; ``mean``
+    turns a set of them into the CLIP score of ``definition``."""
 
-    def __init__(self, model_dir: str | Path, device: str = "cpu"):
+    def __init__(self, model_dir: str | Path, device: str = "cpu",
+                 definition: ClipDefinition = DEFAULT_CLIP_DEFINITION):
         from transformers import CLIPModel, CLIPProcessor
 
+        check_definition(definition)
+        self.definition = definition
         self.device = torch.device(device)
         self.model_dir = str(model_dir)
         self.model = CLIPModel.from_pretrained(self.model_dir).to(self.device).eval()
@@ -85,11 +112,18 @@ class ClipScorer:
         pooled = self.model.vision_model(pixel_values=pixels).pooler_output
         return self.model.visual_projection(pooled)
 
+    def tokenize(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Token ids and mask as the definition's tool makes them (see the module docstring)."""
+        if self.definition == "torchmetrics":
+            tokens = self.processor(text=list(prompts), return_tensors="pt", padding=True)
+            return {k: tokens[k][..., : self.max_length] for k in ("input_ids", "attention_mask")}
+        tokens = self.processor(text=list(prompts), return_tensors="pt", padding=True, truncation=True,
+                                max_length=self.max_length)
+        return {k: tokens[k] for k in ("input_ids", "attention_mask")}
+
     @torch.no_grad()
     def text_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
-        tokens = self.processor(
-            text=list(prompts), return_tensors="pt", padding=True, truncation=True, max_length=self.max_length
-        )
+        tokens = self.tokenize(prompts)
         pooled = self.model.text_model(
             input_ids=tokens["input_ids"].to(self.device), attention_mask=tokens["attention_mask"].to(self.device)
         ).pooler_output
@@ -100,8 +134,23 @@ class ClipScorer:
             raise InputError(f"{len(images)} images but {len(prompts)} prompts")
         return clip_score_from_embeddings(self.image_embeddings(images), self.text_embeddings(prompts))
 
+    def mean(self, per_pair: np.ndarray) -> float:
+        return mean_clip_score(per_pair, self.definition)
+
 
 def clip_score_from_embeddings(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> np.ndarray:
-    """100 * max(cos, 0) per row pair."""
-    cos = torch.nn.functional.cosine_similarity(image_embeds.float(), text_embeds.float(), dim=-1)
-    return (CLIP_SCORE_SCALE * cos.clamp_min(0.0)).cpu().numpy()
+    """``100 * cos`` per row pair, not clamped (torchmetrics: unit-normalise each embedding, then the dot)."""
+    a = image_embeds.float() / image_embeds.float().norm(p=2, dim=-1, keepdim=True)
+    b = text_embeds.float() / text_embeds.float().norm(p=2, dim=-1, keepdim=True)
+    return (CLIP_SCORE_SCALE * (a * b).sum(dim=-1)).cpu().numpy()
+
+
+def mean_clip_score(per_pair: np.ndarray, definition: ClipDefinition = DEFAULT_CLIP_DEFINITION) -> float:
+    """The CLIP score of a set of pairs: ``max(mean, 0)`` (torchmetrics) or ``mean(max(pair, 0))``."""
+    check_definition(definition)
+    scores = np.asarray(per_pair, dtype=np.float64)
+    if scores.size == 0:
+        raise InputError("no (image, prompt) pairs to score")
+    if definition == "torchmetrics":
+        return max(float(scores.mean()), 0.0)
+    return float(np.maximum(scores, 0.0).mean())

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .clip_score import DEFAULT_CLIP_MODEL, ClipScorer, resolve_clip_model
+from .clip_score import (CLIP_DEFINITIONS, DEFAULT_CLIP_DEFINITION, DEFAULT_CLIP_MODEL, ClipScorer,
+                         check_definition, resolve_clip_model)
 from .errors import InputError
 from .fid import GaussianStats
 from .images import FolderImages, list_images, load_rgb
@@ -89,6 +90,7 @@ class CocoOptions:
     ref: Path | None = None
     prompts: Path | None = None
     clip_model: str = DEFAULT_CLIP_MODEL
+    clip_definition: str = DEFAULT_CLIP_DEFINITION
     inception_weights: Path | None = None
     ref_resize: int | None = None
     fid: bool = True
@@ -103,6 +105,7 @@ class CocoOptions:
 def evaluate_coco(options: CocoOptions) -> EvalResult:
     if not options.fid and not options.clip:
         raise InputError("nothing to do: both FID and CLIP score are disabled.")
+    check_definition(options.clip_definition)
     # Inputs first, then weights, then work.
     sample_images = list_images(options.sample, "sample folder")
     pairs = pair_images_with_prompts(options.sample, options.prompts) if options.clip else []
@@ -136,14 +139,15 @@ def evaluate_coco(options: CocoOptions) -> EvalResult:
     if options.clip:
         from tqdm.auto import tqdm
 
-        scorer = ClipScorer(clip_dir, device)
+        scorer = ClipScorer(clip_dir, device, definition=options.clip_definition)
         scores = []
         for start in tqdm(range(0, len(pairs), options.batch_size), desc="clip", disable=not options.progress):
             chunk = pairs[start : start + options.batch_size]
             scores.append(scorer([load_rgb(p.path) for p in chunk], [p.prompt for p in chunk]))
-        metrics["clip_score"] = float(np.concatenate(scores).mean())
+        metrics["clip_score"] = scorer.mean(np.concatenate(scores))
         weights["clip"] = str(options.clip_model)
         weights["clip_dir"] = str(clip_dir)
+        weights["clip_definition"] = options.clip_definition
     return EvalResult(
         protocol=PROTOCOL,
         metrics=metrics,
@@ -164,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ref", default=None, help="COCO reference: statistics .npz or image folder")
     parser.add_argument("--prompts", default=None, help=f"prompts file (default: SAMPLE/{PROMPTS_FILE_NAME})")
     parser.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, help="CLIP folder or hub id")
+    parser.add_argument("--clip-definition", default=DEFAULT_CLIP_DEFINITION, choices=CLIP_DEFINITIONS,
+                        help="torchmetrics: CLIPScore's (the reference's tool, default); clamped_pairs: the mean of "
+                             "per-pair clamped scores (see duca_eval.clip_score)")
     parser.add_argument("--inception-weights", default=None, help="local torch-fidelity Inception weights (.pth)")
     parser.add_argument("--ref-resize", type=int, default=None,
                         help="centre-crop and resize reference folder images to this size (e.g. 256)")
@@ -183,6 +190,7 @@ def main(argv: list[str] | None = None) -> EvalResult:
         ref=None if args.ref is None else Path(args.ref),
         prompts=None if args.prompts is None else Path(args.prompts),
         clip_model=args.clip_model,
+        clip_definition=args.clip_definition,
         inception_weights=None if args.inception_weights is None else Path(args.inception_weights),
         ref_resize=args.ref_resize,
         fid=not args.no_fid,

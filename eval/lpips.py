@@ -10,17 +10,22 @@ bias). Inputs are scaled to [-1, 1] and then standardised with the LPIPS scaling
 Weights come from two files: the torchvision ImageNet backbone (``alexnet-owt-7be5be79.pth`` or
 ``vgg16-397923af.pth``) and the LPIPS v0.1 linear heads (``alex.pth`` / ``vgg.pth`` from the
 LPIPS release, keys ``lin{l}.model.1.weight`` of shape (1, C_l, 1, 1)).
+
+The heads are found offline when torchmetrics is installed: it ships the same release files in
+``torchmetrics/functional/image/lpips_models/{net}.pth``. Order: ``--lpips-heads``, that copy, the torch
+hub folder, a download; with none of them the error says where to get the file.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .errors import InputError
+from .errors import InputError, MissingWeightsError
 from .weights import WeightSource, resolve_weights
 
 # Input standardisation of LPIPS v0.1 ("ScalingLayer"), applied to images in [-1, 1].
@@ -67,6 +72,22 @@ def head_key(layer: int) -> str:
     return f"lin{layer}.model.1.weight"
 
 
+# Where torchmetrics keeps its copy of the LPIPS v0.1 heads, relative to its package folder (1.9).
+TORCHMETRICS_HEADS_DIR = ("functional", "image", "lpips_models")
+
+
+def torchmetrics_heads(net: str) -> Path | None:
+    """The LPIPS v0.1 heads file shipped inside the installed torchmetrics, or None (not installed / absent)."""
+    spec = importlib.util.find_spec("torchmetrics")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        path = Path(root).joinpath(*TORCHMETRICS_HEADS_DIR, f"{net}.pth")
+        if path.is_file():
+            return path
+    return None
+
+
 def head_source(net: str) -> WeightSource:
     return WeightSource(
         f"LPIPS v0.1 linear heads ({net})", f"lpips-v0.1-{net}.pth", LPIPS_HEADS_URL.format(net=net), "--lpips-heads"
@@ -85,7 +106,18 @@ def resolve_lpips_weights(net: str = DEFAULT_NET, backbone: str | Path | None = 
     """Local files for the backbone and the heads of ``net`` (see :func:`resolve_weights`)."""
     if net not in BACKBONES:
         raise InputError(f"unknown LPIPS network {net!r}; choose one of {sorted(BACKBONES)}")
-    return LPIPSWeights(net, resolve_weights(backbone, BACKBONES[net].weights), resolve_weights(heads, head_source(net)))
+    backbone_path = resolve_weights(backbone, BACKBONES[net].weights)
+    shipped = torchmetrics_heads(net) if heads is None else None
+    if shipped is not None:
+        return LPIPSWeights(net, backbone_path, shipped)
+    try:
+        heads_path = resolve_weights(heads, head_source(net))
+    except MissingWeightsError as exc:
+        if heads is not None:
+            raise
+        raise MissingWeightsError(f"{exc} Installing torchmetrics (pip install torchmetrics==1.9.0) also provides "
+                                  f"them offline: it ships the file as {'/'.join(TORCHMETRICS_HEADS_DIR)}/{net}.pth.") from exc
+    return LPIPSWeights(net, backbone_path, heads_path)
 
 
 class LPIPS(nn.Module):

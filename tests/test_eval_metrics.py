@@ -127,7 +127,7 @@ def test_precision_recall_matches_brute_force(k, shift):
     rng = np.random.default_rng(10 + k)
     ref = rng.standard_normal((23, 4))
     smp = rng.standard_normal((17, 4)) * 1.3 + shift
-    got = precision_recall(ref, smp, k=k, row_batch=5)  # small batches exercise the batching
+    got = precision_recall(ref, smp, k=k, row_batch=5, col_batch=7, distance="float32")  # small batches
     expected = _brute_force_precision_recall(ref, smp, k)
     assert (got.precision, got.recall) == pytest.approx(expected)
 
@@ -136,7 +136,7 @@ def test_precision_recall_hand_made_points():
     # 1-D: reference at 0,1,2,3 (k=1 radii: 1 each, squared 1); samples at 0.5 (inside), 10, 11 (outside).
     ref = np.array([[0.0], [1.0], [2.0], [3.0]])
     smp = np.array([[0.5], [10.0], [11.0]])
-    radii = manifold_radii(ref, k=1).numpy()
+    radii = manifold_radii(ref, k=1, distance="float32").numpy()
     np.testing.assert_allclose(radii, [1.0, 1.0, 1.0, 1.0])
     got = precision_recall(ref, smp, k=1)
     assert got.precision == pytest.approx(1 / 3)
