@@ -22,8 +22,17 @@ this script only, inside its own process):
   replaced by an exact softmax-attention over the same block-diagonal mask) and the package
   ``__init__`` files of ``diffusion`` / ``diffusion.model`` (they import every sampler, IDDPM training
   code and the T5 / LLaVA encoders, none of which the cached transformer and DPM-Solver need).
-* OpenSora: ``colossalai`` (sequence parallelism hooks; pins torch <= 2.5), ``mmengine`` (registry),
-  ``flash_attn`` / ``apex`` (CUDA kernels; the non-fused paths are used), ``xformers``.
+* OpenSora: ``mmengine`` (only its ``Registry`` decorator), ``colossalai`` (checkpoint I/O in
+  ``opensora.utils.ckpt_utils``; colossalai pins torch <= 2.5), ``xformers`` (as for PixArt) and the package
+  ``__init__`` files of ``opensora``, ``opensora.models``, ``opensora.models.stdit``, ``opensora.schedulers``
+  and ``opensora.schedulers.iddpm`` (they import every model, VAE and scheduler of the fork). flash-attn and
+  apex are imported lazily by the reference and not on its CPU path. Not stubbed: ``rotary_embedding_torch``
+  (the reference's RoPE; install ``rotary-embedding-torch==0.5.3 beartype`` for this run only), einops, timm,
+  transformers. Three rules are substituted after its ``cal_type`` call: 'none' (its own ``lists_full``),
+  'toca' (its own ``lists_ToCa``: aggressive entries become ToCa), DuCa is its default ``lists_ToCa_CN``.
+  The run uses RFlow's base grid without the timestep transform (which only reshapes the grid).
+
+Also needed for PixArt: einops (the reference imports it; the project's environment has it).
 """
 
 from __future__ import annotations
@@ -184,9 +193,9 @@ def _memory_efficient_attention(q, k, v, attn_bias=None, p=0.0, scale=None):
         for nq, nk in zip(attn_bias.q_seqlen, attn_bias.kv_seqlen):
             outs.append(sdpa(q[:, :, q0:q0 + nq], k[:, :, k0:k0 + nk], v[:, :, k0:k0 + nk], dropout_p=p))
             q0, k0 = q0 + nq, k0 + nk
-        return torch.cat(outs, dim=2).transpose(1, 2)
+        return torch.cat(outs, dim=2).transpose(1, 2).contiguous()      # xformers returns a contiguous tensor
     mask = None if attn_bias is None else attn_bias.reshape(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-    return sdpa(q, k, v, attn_mask=mask, dropout_p=p).transpose(1, 2)
+    return sdpa(q, k, v, attn_mask=mask, dropout_p=p).transpose(1, 2).contiguous()
 
 
 def _install_stub(name: str, **attrs) -> types.ModuleType:
@@ -196,20 +205,27 @@ def _install_stub(name: str, **attrs) -> types.ModuleType:
     return module
 
 
-def _stub_pixart_imports(folder: Path) -> None:
-    """mmcv, xformers and the heavy package __init__ files (see the module docstring)."""
-    class Registry:                                       # mmcv.Registry: only register_module is used
-        def __init__(self, name):
-            self.name = name
+class _Registry:
+    """mmcv / mmengine ``Registry``: the reference only decorates classes with ``register_module``."""
 
-        def register_module(self, *args, **kwargs):
-            return (lambda cls: cls) if not args or not isinstance(args[0], type) else args[0]
+    def __init__(self, name, *args, **kwargs):
+        self.name = name
 
-    _install_stub("mmcv", Registry=Registry)
+    def register_module(self, *args, **kwargs):
+        return (lambda cls: cls) if not args or not isinstance(args[0], type) else args[0]
+
+
+def _stub_xformers() -> None:
     fmha = _install_stub("xformers.ops.fmha", BlockDiagonalMask=_BlockDiagonalMask)
     _install_stub("xformers.ops.fmha.attn_bias", BlockDiagonalMask=_BlockDiagonalMask)
     ops = _install_stub("xformers.ops", memory_efficient_attention=_memory_efficient_attention, fmha=fmha)
     _install_stub("xformers", ops=ops)
+
+
+def _stub_pixart_imports(folder: Path) -> None:
+    """mmcv, xformers and the heavy package __init__ files (see the module docstring)."""
+    _install_stub("mmcv", Registry=_Registry)
+    _stub_xformers()
     for package in ("diffusion", "diffusion.model", "diffusion.model.nets"):
         _install_stub(package, __path__=[str(folder / package.replace(".", "/"))])
     # the training logger (mmcv.runner's distributed helpers); the model only calls it with a training config
@@ -321,9 +337,140 @@ def run_pixart(root: Path) -> None:
     rf.save_fixture("pixart", meta, arrays)
 
 
+# ------------------------------------------------------------------------------------------------ OpenSora
+
+def _stub_opensora_imports(folder: Path) -> None:
+    """mmengine (registry), colossalai (checkpoint I/O), xformers, and the package __init__ files that
+    import every model and scheduler of the fork (see the module docstring)."""
+    _install_stub("opensora.registry", MODELS=_Registry("model"), SCHEDULERS=_Registry("scheduler"))
+    _install_stub("opensora.utils", __path__=[])
+    _install_stub("opensora.utils.ckpt_utils", load_checkpoint=lambda *a, **k: None)
+    _stub_xformers()
+    root = folder / "opensora"
+    for package in ("opensora", "opensora.models", "opensora.models.stdit", "opensora.schedulers",
+                    "opensora.schedulers.iddpm"):
+        _install_stub(package, __path__=[str(root.parent / package.replace(".", "/"))])
+
+
+def run_opensora(root: Path) -> None:
+    import importlib
+
+    from opensora_duca.stdit3 import STDiT3, STDiT3Config
+
+    folder = root / "DuCa-Open-Sora"
+    if not (folder / "opensora" / "models" / "stdit" / "stdit3.py").is_file():
+        raise SystemExit(f"--reference {root}: no DuCa-Open-Sora/opensora/models/stdit/stdit3.py")
+    try:
+        import rotary_embedding_torch  # noqa: F401
+    except ImportError as exc:
+        raise SystemExit("the OpenSora reference needs rotary_embedding_torch: pip install "
+                         "rotary-embedding-torch==0.5.3 beartype (its pinned version)") from exc
+    _stub_opensora_imports(folder)
+    sys.path.insert(0, str(folder))
+    ref_stdit = importlib.import_module("opensora.models.stdit.stdit3")
+    ref_rf = importlib.import_module("opensora.schedulers.rf")
+
+    geo = rf.OpenSoraGeometry()
+    ours = STDiT3(STDiT3Config(hidden_size=geo.hidden_size, depth=geo.depth, num_heads=geo.num_heads,
+                               caption_channels=geo.caption_channels, model_max_length=geo.text_tokens,
+                               input_sq_size=geo.pixels))
+    state = rf.seeded_weights(ours, rf.OPENSORA_SEED, skip=("rope.freqs",))
+    ref = ref_stdit.STDiT3(ref_stdit.STDiT3Config(
+        depth=geo.depth, hidden_size=geo.hidden_size, patch_size=(1, 2, 2), num_heads=geo.num_heads,
+        caption_channels=geo.caption_channels, model_max_length=geo.text_tokens, input_sq_size=geo.pixels)).eval()
+    rope_diff = float((ref.rope.freqs - state["rope.freqs"]).abs().max())
+    ref.load_state_dict(state, strict=True)
+
+    original_cal_type, original_cutfresh = ref_stdit.cal_type, ref_stdit.cache_cutfresh
+    record: dict = {}
+
+    def cal_type(cache_dic, current):
+        types = original_cal_type(cache_dic, current)
+        if record["rule"] == "none":
+            types = {m: "full" for m in ("attn", "cross-attn", "mlp")}
+        elif record["rule"] == "toca":
+            types = {m: ("ToCa" if types[m] == "aggressive" else types[m]) for m in ("attn", "cross-attn", "mlp")}
+        types["all_aggressive"] = all(types[m] == "aggressive" for m in ("attn", "cross-attn", "mlp"))
+        record["types"][(current["step"], current["flag"], current["layer"])] = dict(types)
+        return types
+
+    def cache_cutfresh(cache_dic, tokens, current):
+        idx, fresh = original_cutfresh(cache_dic, tokens, current)
+        record["index"][(current["step"], current["flag"], current["layer"], current["module"])] = idx.cpu().numpy()
+        return idx, fresh
+
+    ref_stdit.cal_type, ref_stdit.cache_cutfresh = cal_type, cache_cutfresh
+    z, caption, mask = rf.opensora_inputs(geo)
+
+    class TextEncoder:                                 # T5 stand-in: the caption features and the null caption
+        def encode(self, prompts):
+            return {"y": caption[:, None], "mask": mask}
+
+        def null(self, n):
+            return ref.y_embedder.y_embedding[None].repeat(n, 1, 1)[:, None]
+
+    modules = ("attn", "cross-attn", "mlp")
+    n_tok = geo.latent[0] * (geo.latent[1] // 2) * (geo.latent[2] // 2)
+    arrays: dict[str, np.ndarray] = {}
+    cases = []
+    for case in rf.OPENSORA_CASES:
+        record.update(rule=case.rule, types={}, index={})
+        sampler = ref_rf.RFLOW(num_sampling_steps=rf.OPENSORA_STEPS, cfg_scale=rf.OPENSORA_CFG,
+                               use_timestep_transform=False)
+        extra = dict(fps=torch.tensor([geo.fps]), height=torch.tensor([float(geo.pixels)]),
+                     width=torch.tensor([float(geo.pixels)]), test_FLOPs=False, **rf.OPENSORA_CACHE)
+        with torch.no_grad():
+            out = sampler.sample(ref, TextEncoder(), z.clone(), ["prompt"], "cpu", additional_args=extra,
+                                 progress=False)
+        k_steps, blocks = rf.OPENSORA_STEPS, 2 * geo.depth
+        actions = np.zeros((k_steps, blocks, 3), dtype=np.int8)
+        tokens = np.zeros((k_steps, blocks, 3), dtype=np.int32)
+        trunk = np.zeros(k_steps, dtype=bool)
+        events = []
+        for p in range(k_steps):
+            for b in range(blocks):
+                flag, layer = (0 if b % 2 == 0 else -1), b // 2      # engine block 2i spatial, 2i+1 temporal
+                types = record["types"][(p, flag, layer)]
+                for m, name in enumerate(modules):
+                    kind = types[name]
+                    if kind == "full":
+                        actions[p, b, m], tokens[p, b, m] = rf.FULL, n_tok
+                    elif kind == "aggressive":
+                        actions[p, b, m] = rf.SKIP
+                    elif name != "mlp":
+                        actions[p, b, m] = rf.REUSE
+                    else:
+                        idx = record["index"][(p, flag, layer, name)]
+                        k = idx.shape[1]
+                        tokens[p, b, m] = k
+                        if k == n_tok:
+                            actions[p, b, m] = rf.FULL
+                        elif k:
+                            actions[p, b, m] = rf.PARTIAL
+                            events.append(idx)
+                        else:
+                            actions[p, b, m] = rf.REUSE
+            trunk[p] = record["types"][(p, -1, geo.depth - 1)]["all_aggressive"]
+        arrays[f"{case.name}/latents"] = out.numpy()
+        arrays[f"{case.name}/actions"] = actions
+        arrays[f"{case.name}/tokens"] = tokens
+        arrays[f"{case.name}/trunk_reused"] = trunk
+        arrays[f"{case.name}/indices"] = rf.pack_indices(events)
+        cases.append(dict(name=case.name, method=case.method, rule=case.rule, partial_events=len(events)))
+        print(f"opensora {case.name}: {len(events)} partial events, |latents| max {float(out.abs().max()):.4f}")
+    meta = dict(model="opensora", reference_commit=_reference_commit(root), geometry=rf.geometry_dict(geo),
+                weights_seed=rf.OPENSORA_SEED, weights_checksum=rf.checksum(state), noise_seed=rf.OPENSORA_NOISE_SEED,
+                cfg_scale=rf.OPENSORA_CFG, steps=rf.OPENSORA_STEPS, cache=rf.OPENSORA_CACHE,
+                sampler="RFlow Euler, base grid (no timestep transform)", rope_freqs_max_abs_diff=rope_diff,
+                cases=cases, torch=torch.__version__,
+                index_layout="per partial event in (step, engine block = 2 layer + temporal, module) order: rows "
+                             "0..2B-1 ([cond, null]), k sorted indices each (tokens in (t, s) order), int16")
+    rf.save_fixture("opensora", meta, arrays)
+
+
 # ------------------------------------------------------------------------------------------------ main
 
-RUNNERS = {"dit": run_dit, "pixart": run_pixart}
+RUNNERS = {"dit": run_dit, "pixart": run_pixart, "opensora": run_opensora}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -163,6 +163,62 @@ def pixart_inputs(geo: PixArtGeometry) -> tuple[torch.Tensor, torch.Tensor, torc
     return z, caption, mask
 
 
+# ------------------------------------------------------------------------------------------------ OpenSora
+
+@dataclass(frozen=True)
+class OpenSoraGeometry:
+    """STDiT3-XL/2-shaped (28 spatial + 28 temporal blocks, patch (1, 2, 2), qk-norm, RoPE), narrow; latent
+    (T, H, W) = (4, 8, 8): 4 frames x 16 patches = 64 tokens."""
+
+    hidden_size: int = 64
+    depth: int = 28
+    num_heads: int = 2
+    caption_channels: int = 16
+    text_tokens: int = 12
+    caption_length: int = 7
+    latent: tuple[int, int, int] = (4, 8, 8)
+    pixels: int = 64           # height = width in pixels (= input_sq_size: position-table scale 1)
+    fps: float = 24.0
+
+
+@dataclass(frozen=True)
+class OpenSoraCase:
+    """``rule``: 'reference' (its cal_type, the lists_ToCa_CN cycles: DuCa), 'toca' (its own lists_ToCa:
+    every 'aggressive' entry becomes 'ToCa') or 'none' (its lists_full: every module full)."""
+
+    name: str
+    method: str                # the project's method on top of the 'opensora-duca' preset's cycles
+    rule: str
+
+
+OPENSORA_SEED = 2468
+OPENSORA_NOISE_SEED = 5
+OPENSORA_CFG = 7.0             # C.10
+OPENSORA_STEPS = 12            # three warm-up steps, then one and a half cross-attention cycles of 6
+OPENSORA_CACHE = dict(cache_type="kv-norm", ratio_scheduler="ToCa", fresh_ratio=0.1, fresh_threshold=3,
+                      force_fresh="global", soft_fresh_weight=0.25)   # hard-coded in its scripts/inference.py
+OPENSORA_CASES = (
+    OpenSoraCase("none", "none", "none"),
+    OpenSoraCase("duca", "duca", "reference"),
+    OpenSoraCase("toca", "toca", "toca"),
+)
+
+
+def opensora_inputs(geo: OpenSoraGeometry) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(noise (1, 4, T, H, W), caption features (1, L, C), mask (1, L))."""
+    g = torch.Generator().manual_seed(OPENSORA_NOISE_SEED)
+    z = torch.randn(1, 4, *geo.latent, generator=g)
+    caption = torch.randn(1, geo.text_tokens, geo.caption_channels, generator=g)
+    mask = torch.zeros(1, geo.text_tokens, dtype=torch.long)
+    mask[:, :geo.caption_length] = 1
+    return z, caption, mask
+
+
+def opensora_timesteps(steps: int = OPENSORA_STEPS, num_timesteps: int = 1000) -> list[float]:
+    """RFlow's base grid (1 - i/K) * 1000 (no timestep transform: it only reshapes the grid)."""
+    return [(1.0 - i / steps) * num_timesteps for i in range(steps)]
+
+
 # ------------------------------------------------------------------------------------------------ files
 
 def pack_indices(per_event: list[np.ndarray]) -> np.ndarray:

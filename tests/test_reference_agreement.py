@@ -144,3 +144,54 @@ def test_depth_general_where_the_reference_is_28_only():
         assert plan.ratios[p][depth - 1][1] == pytest.approx(last)
         # the last block gets the reference's layer-27 factor, 0.8 + 0.4 * 27/27 = 1.2
         assert last == pytest.approx(cfg.fresh_ratio * 1.2 * (3 - 4 * s / 25) * 2.5)
+
+
+# ------------------------------------------------------------------------------------------------ OpenSora
+
+@pytest.fixture(scope="module")
+def opensora_fixture():
+    from opensora_duca.stdit3 import STDiT3, STDiT3Config
+
+    meta, arrays = rf.load_fixture("opensora")
+    geo = rf.OpenSoraGeometry(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["geometry"].items()})
+    model = STDiT3(STDiT3Config(hidden_size=geo.hidden_size, depth=geo.depth, num_heads=geo.num_heads,
+                                caption_channels=geo.caption_channels, model_max_length=geo.text_tokens,
+                                input_sq_size=geo.pixels)).eval()
+    state = rf.seeded_weights(model, meta["weights_seed"], skip=("rope.freqs",))
+    assert rf.checksum(state) == pytest.approx(meta["weights_checksum"], rel=1e-12), "seeded_weights drifted"
+    model.load_state_dict(state, strict=True)
+    return meta, arrays, geo, model
+
+
+def opensora_config(method: str):
+    from dataclasses import replace
+
+    from duca_common.cache import CacheConfig
+
+    duca = get_preset("opensora-duca").config
+    return CacheConfig(method="none") if method == "none" else replace(duca, method=method)
+
+
+def run_opensora(model, geo: rf.OpenSoraGeometry, meta: dict, method: str):
+    from opensora_duca.pipeline import cfg_caption
+    from opensora_duca.rflow import rflow_sample
+
+    model.feature_cache = FeatureCache(opensora_config(method), model.feature_cache.layout)
+    z, caption, mask = rf.opensora_inputs(geo)
+    cap = cfg_caption(model, caption, mask)
+    kwargs = dict(fps=torch.tensor([geo.fps] * 2), height=torch.tensor([float(geo.pixels)] * 2),
+                  width=torch.tensor([float(geo.pixels)] * 2))
+    with record_selections() as found:
+        out = rflow_sample(lambda zi, ti: model(zi, ti, cap, **kwargs), z, rf.opensora_timesteps(meta["steps"]),
+                           meta["cfg_scale"], feature_cache=model.feature_cache)
+    return out, model.feature_cache.last_trace, found
+
+
+@pytest.mark.parametrize("case", [c.name for c in rf.OPENSORA_CASES])
+def test_opensora_28_blocks_matches_reference(opensora_fixture, case):
+    meta, arrays, geo, model = opensora_fixture
+    method = next(c["method"] for c in meta["cases"] if c["name"] == case)
+    out, trace, found = run_opensora(model, geo, meta, method)
+    result = compare(case, arrays, out, trace, found, ("attn", "cross_attn", "mlp"))
+    assert result["problems"] == []
+    assert result["latents"] <= rf.LATENT_RTOL, result["latents"]
