@@ -23,7 +23,7 @@ from .images import open_image_set
 from .inception import DEFAULT_BATCH_SIZE, InceptionActivations, InceptionFeatures, compute_activations
 from .inception import resolve_inception_weights
 from .inception_score import ADM_IS_SPLIT_SIZE, inception_score
-from .precision_recall import ADM_PR_K, precision_recall
+from .precision_recall import ADM_PR_K, DEFAULT_DISTANCE, DISTANCES, precision_recall
 from .reference import ReferenceOptions, ReferenceStats, check_reference_path, default_cache_dir, load_reference
 from .report import EvalResult, add_common_args, finish, resolve_device, run_cli
 
@@ -45,6 +45,7 @@ class ImageNetOptions:
     save_ref_stats: Path | None = None
     is_split_size: int = ADM_IS_SPLIT_SIZE
     pr_k: int = ADM_PR_K
+    pr_distance: str = DEFAULT_DISTANCE
     progress: bool = True
 
 
@@ -63,7 +64,7 @@ class LazyExtractor:
 
 def metrics_from_activations(
     acts: InceptionActivations, ref: ReferenceStats, is_split_size: int = ADM_IS_SPLIT_SIZE, pr_k: int = ADM_PR_K,
-    device: str = "cpu",
+    device: str = "cpu", pr_distance: str = DEFAULT_DISTANCE,
 ) -> tuple[dict[str, float | None], list[str]]:
     """The five ImageNet metrics of sample activations against reference statistics."""
     notes: list[str] = []
@@ -76,7 +77,7 @@ def metrics_from_activations(
         notes.append(f"sFID not computed: reference {ref.source} has no 'mu_s'/'sigma_s'.")
     metrics["inception_score"] = inception_score(acts.logits, split_size=is_split_size)
     if ref.pool_features is not None:
-        pr = precision_recall(ref.pool_features, acts.pool, k=pr_k, device=device)
+        pr = precision_recall(ref.pool_features, acts.pool, k=pr_k, device=device, distance=pr_distance)
         metrics["precision"], metrics["recall"] = pr.precision, pr.recall
     else:
         metrics["precision"] = metrics["recall"] = None
@@ -103,14 +104,16 @@ def evaluate_imagenet(options: ImageNetOptions) -> EvalResult:
     if options.save_ref_stats is not None:
         ref.save(options.save_ref_stats)
     acts = compute_activations(samples, extractor(), options.batch_size, options.progress, label="samples")
-    metrics, notes = metrics_from_activations(acts, ref, options.is_split_size, options.pr_k, device)
+    metrics, notes = metrics_from_activations(acts, ref, options.is_split_size, options.pr_k, device,
+                                              options.pr_distance)
     if len(acts) != PAPER_NUM_SAMPLES:
         notes.append(f"{len(acts)} samples; the paper's FID-50k uses {PAPER_NUM_SAMPLES}.")
     return EvalResult(
         protocol=PROTOCOL,
         metrics=metrics,
         num_samples=len(acts),
-        inputs={"sample": str(options.sample), "ref": ref.source, "ref_num_images": ref.num_images},
+        inputs={"sample": str(options.sample), "ref": ref.source, "ref_num_images": ref.num_images,
+                "pr_distance": options.pr_distance},
         weights={"inception": str(weights_path)},
         notes=notes,
     )
@@ -127,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-cache", action="store_true", help="do not read or write cached statistics")
     parser.add_argument("--save-ref-stats", default=None, help="also write the reference statistics to this .npz")
     parser.add_argument("--is-split-size", type=int, default=ADM_IS_SPLIT_SIZE, help="Inception Score split size")
+    parser.add_argument("--pr-distance", default=DEFAULT_DISTANCE, choices=DISTANCES,
+                        help="precision/recall distances: float16 where finite, as the ADM evaluator (default), "
+                             "or exact float32")
     add_common_args(parser, DEFAULT_OUT)
     return parser
 
@@ -142,6 +148,7 @@ def main(argv: list[str] | None = None) -> EvalResult:
         cache_dir=None if args.no_cache else Path(args.cache_dir),
         save_ref_stats=None if args.save_ref_stats is None else Path(args.save_ref_stats),
         is_split_size=args.is_split_size,
+        pr_distance=args.pr_distance,
         progress=not args.quiet,
     )
     return finish(evaluate_imagenet(options), args.out)

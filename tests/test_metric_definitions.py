@@ -118,3 +118,20 @@ def test_overflowing_blocks_fall_back_to_float32_per_block():
 def test_unknown_distance_is_refused():
     with pytest.raises(InputError, match="float16"):
         precision_recall(np.zeros((5, 2)), np.ones((5, 2)), distance="float64")
+
+
+def test_imagenet_metrics_follow_the_chosen_distance():
+    from duca_eval.fid import GaussianStats
+    from duca_eval.imagenet import build_parser, metrics_from_activations
+    from duca_eval.inception import InceptionActivations
+    from duca_eval.reference import ReferenceStats
+
+    ref_pool, smp_pool = _features(3, 80, 64, 1.0, 25.0), _features(13, 80, 64, 1.1, 25.0)
+    logits = np.zeros((80, 10), dtype=np.float32)
+    acts = InceptionActivations(smp_pool, smp_pool[:, :8], logits)
+    ref = ReferenceStats(GaussianStats.from_features(ref_pool), None, ref_pool, 80, "test")
+    for distance, use16 in (("float16", True), ("float32", False)):
+        metrics, _ = metrics_from_activations(acts, ref, is_split_size=40, pr_distance=distance)
+        assert (metrics["precision"], metrics["recall"]) == adm_precision_recall(ref_pool, smp_pool, 3, 10000, 10000,
+                                                                                 use16)
+    assert build_parser().parse_args(["--sample", "s", "--ref", "r"]).pr_distance == "float16"
