@@ -22,8 +22,9 @@ transformers 5 changed those methods' return type, which breaks torchmetrics' ``
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch

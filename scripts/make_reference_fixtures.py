@@ -45,7 +45,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from duca_scripts import reference_fixtures as rf
 
 MODELS = ("dit", "pixart", "opensora")
@@ -236,9 +235,7 @@ def _stub_pixart_imports(folder: Path) -> None:
 def run_pixart(root: Path) -> None:
     import importlib
 
-    from duca_common.text import TextEmbedding
     from pixart_duca.model import PixArt, PixArtConfig
-    from pixart_duca.pipeline import cfg_caption  # noqa: F401  (the project's side; imported to fail early)
 
     folder = root / "DuCa-PixArt-alpha"
     if not (folder / "diffusion" / "model" / "nets" / "PixArt.py").is_file():

@@ -10,7 +10,6 @@ catches any drift of this function.
 from __future__ import annotations
 
 import json
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -243,7 +242,3 @@ def load_fixture(name: str, directory: Path = FIXTURE_DIR) -> tuple[dict, dict[s
 
 def geometry_dict(geo) -> dict:
     return asdict(geo)
-
-
-def crc(a: np.ndarray) -> int:
-    return zlib.crc32(np.ascontiguousarray(a).tobytes())

@@ -1,8 +1,8 @@
 """Run the project's models on the reference fixtures' settings and record what the engine did.
 
 ``record_selections()`` wraps the engine's partial-step method for one run and collects, per
-(evaluation step, block, module), the token indices it recomputed (sorted per row), in the fixtures'
-format (``duca_scripts.reference_fixtures``).
+(evaluation step, block, module), the token indices it recomputed; ``unpack`` reads a fixture's packed
+indices (``duca_scripts.reference_fixtures.pack_indices``) into the same form.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-
 from duca_common.cache import engine
 from duca_common.cache import selectors as sel
 from duca_common.cache.trace import NOT_RUN
@@ -47,12 +46,6 @@ def record_selections() -> Iterator[dict]:
     finally:
         engine.BlockView._partial = original_partial
         sel.top_k = original_top_k
-
-
-def packed(found: dict, modules: tuple[str, ...]) -> np.ndarray:
-    """The recorded selections in the fixtures' order: evaluation step, block, module."""
-    order = sorted(found, key=lambda key: (key[0], key[1], modules.index(key[2])))
-    return rf.pack_indices([found[key] for key in order])
 
 
 def unpack(indices: np.ndarray, actions: np.ndarray, tokens: np.ndarray, modules: tuple[str, ...]) -> dict:

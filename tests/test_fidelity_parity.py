@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -18,12 +16,12 @@ import torch
 torch_fidelity = pytest.importorskip("torch_fidelity", reason="torch-fidelity is in the eval extra")
 torchmetrics = pytest.importorskip("torchmetrics", reason="torchmetrics is in the eval extra")
 
-from duca_eval import testing  # noqa: E402
-from duca_eval.fid import GaussianStats  # noqa: E402
-from duca_eval.images import FolderImages  # noqa: E402
-from duca_eval.inception import InceptionFeatures, compute_activations  # noqa: E402
-from duca_eval.inception_score import inception_score  # noqa: E402
-from duca_eval.precision_recall import precision_recall  # noqa: E402
+from duca_eval import testing
+from duca_eval.fid import GaussianStats
+from duca_eval.images import FolderImages
+from duca_eval.inception import InceptionFeatures, compute_activations
+from duca_eval.inception_score import inception_score
+from duca_eval.precision_recall import precision_recall
 
 N_IMAGES = 8             # per folder (each costs a 299 px Inception pass on the CPU); 2 IS splits of 4
 IS_SPLITS = 2
@@ -62,7 +60,10 @@ def test_extractor_is_torch_fidelity_inception(folders):
 
 
 def test_fid_is_prc_match_torch_fidelity(ours):
-    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_fid import (
+        fid_features_to_statistics,
+        fid_statistics_to_metric,
+    )
     from torch_fidelity.metric_isc import isc_features_to_metric
     from torch_fidelity.metric_prc import prc_features_to_metric
 
@@ -88,7 +89,10 @@ def test_fid_is_prc_match_torch_fidelity(ours):
 def test_sfid_frechet_matches_torch_fidelity_statistics(ours):
     """torch-fidelity has no sFID layer; the Frechet distance of our spatial (mixed_6/conv) features must
     equal its Frechet formula on the same features."""
-    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_fid import (
+        fid_features_to_statistics,
+        fid_statistics_to_metric,
+    )
 
     acts_a, acts_b = ours
     assert acts_a.spatial.shape[1] == 17 * 17 * 7
@@ -104,9 +108,8 @@ def test_sfid_frechet_matches_torch_fidelity_statistics(ours):
 def test_lpips_matches_torchmetrics_with_its_shipped_heads(tmp_path, monkeypatch):
     """Same AlexNet backbone (a random one, placed where torchvision looks for the ImageNet file) and the
     LPIPS v0.1 heads that torchmetrics ships, which ours now finds offline on its own."""
-    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
-
     from duca_eval.lpips import LPIPS, resolve_lpips_weights, torchmetrics_heads
+    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     backbone, _ = testing.make_random_lpips_weights(tmp_path / "w", "alex")
@@ -167,11 +170,10 @@ def tiny_clip(tmp_path_factory):
 
 
 def test_clip_score_is_torchmetrics_clipscore(tiny_clip):
+    from duca_eval.clip_score import ClipScorer, mean_clip_score
     from torchmetrics.functional.multimodal.clip_score import _clip_score_update
     from torchmetrics.multimodal.clip_score import CLIPScore
     from transformers import CLIPModel, CLIPProcessor
-
-    from duca_eval.clip_score import ClipScorer, mean_clip_score
 
     model = _Tm5Clip(CLIPModel.from_pretrained(tiny_clip).eval())
     processor = CLIPProcessor.from_pretrained(tiny_clip)

@@ -12,10 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from duca_eval.errors import InputError
 from duca_eval.precision_recall import manifold_radii, precision_recall
-
 
 # ------------------------------------------------------------------------ ADM manifold estimator
 

@@ -9,17 +9,20 @@ computed, trunk reuse) and the recomputed token sets must be identical; final la
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-
-from duca_common.cache import FeatureCache, get_preset
-from duca_scripts import reference_fixtures as rf
 from dit_duca.diffusion import create_diffusion
 from dit_duca.models import DiT
-from reference_runs import (first_difference, first_selection_difference, record_selections, relative_difference,
-                            trace_arrays, unpack)
-
+from duca_common.cache import FeatureCache, get_preset
+from duca_scripts import reference_fixtures as rf
+from reference_runs import (
+    first_difference,
+    first_selection_difference,
+    record_selections,
+    relative_difference,
+    trace_arrays,
+    unpack,
+)
 
 # ------------------------------------------------------------------------------------------------ DiT
 
@@ -131,8 +134,8 @@ def test_depth_general_where_the_reference_is_28_only():
     """The reference hard-codes 28 blocks: its ratio schedule divides the layer by 27 and its trunk reuse is
     keyed on block 27. Ours uses layer / (depth - 1) and the last block, which is the reference's rule at
     depth 28 (held by the fixtures above) and stays meaningful at any depth."""
-    from duca_common.cache import DIT_TOCA_SCHEDULE, build_plan
     from dit_duca.models import dit_block_layout
+    from duca_common.cache import DIT_TOCA_SCHEDULE, build_plan
 
     cfg = get_preset("dit-duca-n3-r95").config
     plans = {d: build_plan(cfg, dit_block_layout(d), 25) for d in (12, 28)}
