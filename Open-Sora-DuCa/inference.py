@@ -40,6 +40,7 @@ from duca_common.errors import UsageError, print_error
 from duca_common.outputs import check_output_dir, check_output_file
 from duca_common.run_record import RunRecord, file_identity, open_run, text_identity
 from duca_common.runtime import atomic_path, pick_device, write_json
+from duca_common.seeding import sample_seed
 from duca_common.text import read_prompt_lines, read_text_utf8
 from duca_common.validate import COUNT, GUIDANCE, NON_NEGATIVE_INT, SEED, SIZE, STEPS, Bound, check_numbers
 
@@ -58,6 +59,7 @@ VBENCH_INFO = "VBench_full_info.json"
 DEFAULT_T5 = "DeepFloyd/t5-v1_1-xxl"
 MAX_NAME_BYTES = 250                     # file-name limit (255) minus "-k.mp4" room
 VIDEO_CRF = "0"                          # upstream save_sample: h264 with crf 0
+NOISE_SEEDINGS = ("reference", "per-sample")
 SCORE = Bound("score appended to the prompt; a negative --aes appends none", low=0.0)
 VIDEO_GLOB = "*.mp4"                     # what a sampling folder holds (a folder of videos without run.json is refused)
 
@@ -133,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", "--num-sampling-steps", dest="steps", type=int, help="RFlow steps (default 30)")
     g.add_argument("--cfg-scale", type=float, help="guidance scale (default 7.0)")
     g.add_argument("--seed", type=int, help=f"sample k of a prompt uses seed + k (default {DEFAULT_SEED})")
+    g.add_argument("--noise-seeding", choices=NOISE_SEEDINGS, default="reference",
+                   help="reference: sample k of every prompt draws its noise from seed + k, as the DuCa fork (so "
+                        "seed s, sample 1 = seed s+1, sample 0); per-sample: from (seed, sample index) through "
+                        "duca_common.seeding, no overlap between seeds or prompts")
     g.add_argument("--batch-size", type=int, help="videos per forward pass: 1 (as the reference's VBench runs)")
     w = p.add_argument_group("weights")
     w.add_argument("--ckpt-path", help=f"STDiT3 folder / model.safetensors / hub id ({STDIT3_HUB_ID})")
@@ -315,6 +321,14 @@ class Job:
     name: str           # file name, without the folder
 
 
+def noise_seed(seeding: str, seed: int, job: Job, num_samples: int, start_index: int = 0) -> int:
+    """The seed of a job's noise: ``seed + k`` (the reference: every prompt's sample k shares it), or
+    ``sample_seed(seed, index)`` with index = (start_index + prompt) * num_samples + k ("per-sample")."""
+    if seeding == "reference":
+        return seed + job.k
+    return sample_seed(seed, (start_index + job.prompt_index) * num_samples + job.k)
+
+
 def sample_name(prompt: str, index: int, k: int, num_samples: int, prompt_as_path: bool,
                 prefix: str | None = None) -> str:
     """Upstream's names: ``{prefix}{prompt}`` with --prompt-as-path (prefix '' by default: VBench's lookup
@@ -384,6 +398,7 @@ class Settings:
     aes: float | None
     save_fps: int
     shard: tuple[int, int] | None = None
+    num_samples: int = 1
 
 
 def check_flag_numbers(args: argparse.Namespace) -> None:
@@ -423,7 +438,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     cache = cache_config(args)
     prompts = [] if args.flops_only else read_prompts(args)
     jobs = make_jobs(prompts, num_samples, bool(args.prompt_as_path), args.sample_name, args.start_index or 0)
-    return Settings(prompts, jobs, spec, rflow, cache, args.aes, args.save_fps, parse_shard(args.shard))
+    return Settings(prompts, jobs, spec, rflow, cache, args.aes, args.save_fps, parse_shard(args.shard), num_samples)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -456,7 +471,8 @@ def write_report(path: str | None, report: dict) -> None:
 
 def describe(args: argparse.Namespace, s: Settings) -> dict:
     return {"spec": asdict(s.spec), "steps": s.rflow.num_sampling_steps, "cfg_scale": s.rflow.cfg_scale,
-            "seed": args.seed, "aes": s.aes, "flow": args.flow, "cache": args.cache, "preset": args.preset,
+            "seed": args.seed, "noise_seeding": args.noise_seeding, "aes": s.aes, "flow": args.flow,
+            "cache": args.cache, "preset": args.preset,
             "cache_config": json.loads(json.dumps(asdict(s.cache), default=str)),
             "prompts": len(s.prompts), "videos": len(s.jobs), "save_fps": s.save_fps, "config": args.config_record}
 
@@ -538,7 +554,8 @@ def run_record(args: argparse.Namespace, s: Settings, dtype: torch.dtype) -> Run
         "sample_name": args.sample_name, "start_index": args.start_index or 0,
         "height": s.spec.height, "width": s.spec.width, "num_frames": s.spec.num_frames, "fps": s.spec.fps,
         "save_fps": s.save_fps, "steps": s.rflow.num_sampling_steps, "cfg_scale": s.rflow.cfg_scale,
-        "seed": args.seed, "aes": s.aes, "flow": args.flow, "camera_motion": args.camera_motion,
+        "seed": args.seed, "noise_seeding": args.noise_seeding, "aes": s.aes, "flow": args.flow,
+        "camera_motion": args.camera_motion,
         "dtype": str(dtype).removeprefix("torch."), "cache": asdict(s.cache),
     }
     return RunRecord(settings, {"videos": len(s.jobs), "prompts": len(s.prompts), "config": args.config_record})
@@ -578,7 +595,8 @@ def run_sampling(args: argparse.Namespace, s: Settings) -> int:
     if todo:
         model, vae, text = load_components(args, s.cache, device, dtype)
         for job in tqdm(todo, desc=f"rank {rank}", unit="video", disable=not lead or args.verbose != 1):
-            result = generate(model, vae, text, s.prompts[job.prompt_index], args.seed + job.k, s.spec, s.rflow,
+            seed = noise_seed(args.noise_seeding, args.seed, job, s.num_samples, args.start_index or 0)
+            result = generate(model, vae, text, s.prompts[job.prompt_index], seed, s.spec, s.rflow,
                               s.aes, flow=args.flow, camera_motion=args.camera_motion)
             write_video(result.video, out / job.name, s.save_fps)
             if args.verbose >= 2:

@@ -242,3 +242,15 @@ def test_nan_weights_are_reported_not_written(weights, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "NaN/inf at step 1 of 2 (OpenSora, cache duca)" in err and "nothing was written" in err
     assert not list((tmp_path / "out").glob("*.mp4"))
+
+
+def test_noise_seeds_reference_by_default_per_sample_on_request():
+    jobs = inference.make_jobs(["a", "b"], 3, False)
+    ref = [inference.noise_seed("reference", 1024, j, 3) for j in jobs]
+    assert ref == [1024, 1025, 1026] * 2                      # the DuCa fork: sample k of every prompt
+    per = {s: [inference.noise_seed("per-sample", s, j, 3) for j in jobs] for s in (0, 1)}
+    assert len(set(per[0]) | set(per[1])) == 12               # no overlap across prompts, samples or seeds
+    # with --start-index the index continues the full list's numbering
+    later = inference.make_jobs(["b"], 3, False, start_index=1)
+    assert [inference.noise_seed("per-sample", 0, j, 3, start_index=1) for j in later] == per[0][3:]
+    assert inference.parse_args(["--prompt", "x"]).noise_seeding == "reference"
