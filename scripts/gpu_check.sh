@@ -1,36 +1,18 @@
 #!/usr/bin/env bash
-# GPU check: the speed benchmark on the DiT-XL/2 shape (random weights, 256 px latents) on one GPU.
+# The prepared GPU run: one GPU, at most 10 minutes (duca_scripts.gpu_bench; docs/benchmarks.md).
 #
-#   bash scripts/gpu_check.sh [OUT_DIR]          # default OUT_DIR: results/gpu_check
+#   bash scripts/gpu_check.sh [OUT_DIR]          # default OUT_DIR: results/gpu_bench
 #
-# One image + its CFG twin, 50 DDIM steps (the paper's setting), warm-up 1, 3 timed repeats, the DiT
-# presets of the paper's rows side by side with the uncached run; CUDA events for time, the CUDA
-# allocator for peak memory, one extra profiled run per method for the engine's own time. On an H200 /
-# A100 a DiT-XL/2 CFG forward takes ~10-30 ms, so the sampling runs take about a minute and the meta-
-# device FLOPs pass (CPU) about as long: well under 5 minutes. The second invocation repeats the
-# comparison with torch.compile on the blocks' attention and MLP (set COMPILE=0 to skip it).
-# Writes OUT_DIR/eager/benchmark.{json,md} (and OUT_DIR/compile/...).
+# Uncached vs FORA / ToCa / DuCa / TaylorSeer, wall time and peak memory, eager then torch.compile, for
+# DiT-XL/2 at 256 and 512 px, PixArt-XL/2 at 1024 px and OpenSora 1.2 at 480p (few frames), random
+# weights at the real shapes (DIT_CKPT=path/DiT-XL-2-256x256.pt uses real DiT weights). The Python script
+# stops starting new parts after 540 s; `timeout` is the hard stop at 10 minutes. Writes
+# OUT_DIR/gpu_bench.json and OUT_DIR/gpu_bench.md (ratios to the FLOPs speed-ups included).
 set -euo pipefail
 
-OUT="${1:-results/gpu_check}"
-DEVICE="${DEVICE:-cuda}"
-COMPILE="${COMPILE:-1}"
-METHODS="dit-fora-n3 dit-toca-n3-r93 dit-duca-n3-r95 dit-duca-n5-r95 dit-taylorseer-n3-o3"
+OUT="${1:-results/gpu_bench}"
+EXTRA=()
+if [ -n "${DIT_CKPT:-}" ]; then EXTRA+=(--dit-ckpt "$DIT_CKPT"); fi
 
-python - <<'PY'
-import sys, torch
-if not torch.cuda.is_available():
-    sys.exit("gpu_check: no CUDA device visible (torch.cuda.is_available() is False); run it on a GPU machine")
-print("GPU:", torch.cuda.get_device_name(0))
-PY
-
-start=$(date +%s)
-python -m duca_scripts.benchmark_speed --model DiT-XL/2 --device "$DEVICE" --steps 50 --images 1 \
-    --warmup 1 --repeats 3 --methods $METHODS --out "$OUT/eager"
-if [ "$COMPILE" = "1" ]; then
-    # measured FLOPs are identical to the eager pass: skip the meta counter to stay inside the time budget
-    python -m duca_scripts.benchmark_speed --model DiT-XL/2 --device "$DEVICE" --steps 50 --images 1 \
-        --warmup 2 --repeats 3 --methods dit-duca-n3-r95 dit-fora-n3 --compile --skip-measured-flops \
-        --out "$OUT/compile"
-fi
-echo "gpu_check: done in $(( $(date +%s) - start )) s; JSON in $OUT/eager/benchmark.json"
+python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu_check: no CUDA device is visible; run it on a GPU machine')"
+timeout 600 python -m duca_scripts.gpu_bench --device cuda --out "$OUT" --progress "${EXTRA[@]}"
