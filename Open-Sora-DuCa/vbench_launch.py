@@ -11,7 +11,7 @@ optional sixth and seventh (sampling steps, motion score). Any ``--flag`` is pas
   --num-sample 5``); the two prompts VBench lists twice share their files, so 4,720 videos.
 * Output: ``{--out-root}/samples_{NAME}_{CKPT_BASE}_vbench`` (the reference's folder name; CKPT_BASE is the
   checkpoint's base name, or its folder's name + ``_ema`` for an EMA file), logs and the FLOPs report in the
-  sibling ``..._vbench_logs``.
+  sibling ``..._vbench_logs`` (with one sampling report per process: the seconds of every video).
 * GPUs: those in ``CUDA_VISIBLE_DEVICES``, else every GPU torch sees. Process i gets one GPU and the i-th of N
   contiguous blocks of prompts (``inference --shard i/N``), so every prompt is sampled exactly once for any
   GPU count. With no GPU the launcher stops and says so, unless ``--allow-cpu`` (or
@@ -104,8 +104,9 @@ def run(argv: list[str] | None = None) -> int:
                          f"torch sees none): VBench sampling is 4,720 videos; pass --allow-cpu (or set "
                          f"{ALLOW_CPU_ENV}=1) to sample on the CPU anyway")
     n = len(workers)
-    commands = [[sys.executable, "-m", "opensora_duca.inference", *flags, *device_flags, "--shard", f"{i}/{n}"]
-                for i in range(n)]
+    reports = [] if "--report" in extra else [["--report", str(logs / f"shard{i}-of-{n}.json")] for i in range(n)]
+    commands = [[sys.executable, "-m", "opensora_duca.inference", *flags, *device_flags, "--shard", f"{i}/{n}",
+                 *(reports[i] if reports else [])] for i in range(n)]
     if args.dry_run:
         for (name, env), cmd in zip(workers, commands):
             print(" ".join(f"{k}={v}" for k, v in env.items()), " ".join(cmd))

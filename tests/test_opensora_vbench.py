@@ -136,7 +136,8 @@ def test_launch_sh_starts_one_process_per_gpu(tmp_path):
     lines = res.stdout.strip().splitlines()
     assert len(lines) == 3
     for i, (gpu, line) in enumerate(zip("356", lines)):
-        assert line.startswith(f"CUDA_VISIBLE_DEVICES={gpu} ") and line.endswith(f"--shard {i}/3")
+        assert line.startswith(f"CUDA_VISIBLE_DEVICES={gpu} ")
+        assert line.endswith(f"--shard {i}/3 --report {tmp_path}/samples_duca_OpenSora-STDiT-v3_vbench_logs/shard{i}-of-3.json")
         assert "--vbench" in line and "--resolution 480p --aspect-ratio 9:16" in line
         assert f"--save-dir {tmp_path}/samples_duca_OpenSora-STDiT-v3_vbench" in line
     assert not list(tmp_path.iterdir())
@@ -185,6 +186,8 @@ def test_tiny_vbench_run_end_to_end_on_cpu(weights, tmp_path, monkeypatch, capsy
     assert sorted(p.name for p in out.glob("*.mp4")) == names and (out / "run.json").is_file()
     logs = tmp_path / "samples" / "samples_tiny_stdit_vbench_logs"
     assert (logs / "shard0-of-2.log").is_file() and (logs / "shard1-of-2.log").is_file()
+    shard_reports = [json.loads((logs / f"shard{i}-of-2.json").read_text()) for i in range(2)]
+    assert sorted(v["name"] for r in shard_reports for v in r["rank0_videos"]) == names     # 5 + 5, timed
     assert json.loads((logs / "flops.json").read_text())["flops"]["speedup"] > 1.0
     assert read_frames(out / names[0]).shape == (17, 16, 16, 3)
     # resume: remove two videos; a rerun writes exactly those
