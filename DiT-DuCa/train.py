@@ -31,13 +31,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from duca_common.errors import CheckpointError, UsageError, print_error
+from duca_common.outputs import check_output_dir, check_output_file
 from duca_common.runtime import atomic_path
+from duca_common.validate import SEED, Bound, check_number, check_numbers
 
 from .diffusion import create_diffusion
 from .embedded import DiTSpec, save_dit
 from .train_data import DIGITS_SOURCE, DataError, TensorData, TrainHeldout, check_source, load_training_data
 
 CHECKPOINT_NAME = "checkpoint.pt"
+FINITE = Bound("finite number")
 # Training loss reported as "final": the mean over this many last steps (one step's loss is noisy
 # because its timesteps are random).
 LOSS_WINDOW = 200
@@ -85,6 +89,9 @@ class TrainConfig:
             raise ValueError("--lr must be > 0 and --weight-decay, --warmup-steps, --grad-clip >= 0")
         if self.max_minutes < 0:
             raise ValueError(f"--max-minutes must be >= 0, got {self.max_minutes}")
+        check_numbers([(f"--{f.name.replace('_', '-')}", getattr(self, f.name), FINITE) for f in fields(self)
+                       if isinstance(getattr(self, f.name), float)])
+        check_number("--seed", self.seed, SEED)
 
     def spec(self, data: TrainHeldout) -> DiTSpec:
         if data.size % self.patch_size:
@@ -158,7 +165,17 @@ def train(cfg: TrainConfig, results_dir: Path, export: Path | None = None, resum
                               f"--results-dir (nothing was overwritten)")
     if export is not None and export.suffix != ".safetensors":
         raise ValueError(f"--export must end in .safetensors, got {export}")
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True) if resume else None
+    state = None
+    if resume:
+        try:
+            state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or "config" not in state or "model" not in state:
+                raise ValueError(f"holds a {type(state).__name__} without 'model' and 'config'")
+            TrainConfig(**state["config"])
+        except Exception as exc:  # noqa: BLE001 - any reader error means: not a resumable checkpoint
+            raise CheckpointError(f"--resume: {ckpt_path} is not a training checkpoint of dit_duca.train "
+                                  f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+                                  f"remove it or choose another --results-dir") from None
     if state is not None:
         saved = TrainConfig(**state["config"])
         changed = [f.name for f in fields(TrainConfig) if f.name not in ("steps", "max_minutes", "ckpt_every")
@@ -266,16 +283,22 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
         cfg.validate()
         check_source(cfg.data)
     except (ValueError, DataError) as exc:
-        parser.error(str(exc))
+        parser.exit(print_error(exc))
     if args.export is not None and args.export.suffix != ".safetensors":
-        parser.error(f"--export must end in .safetensors, got {args.export}")
+        parser.exit(print_error(f"--export must end in .safetensors, got {args.export}"))
     if args.threads < 0:
-        parser.error(f"--threads must be >= 0, got {args.threads}")
+        parser.exit(print_error(f"--threads must be >= 0, got {args.threads}"))
+    try:
+        check_output_dir(args.results_dir, "--results-dir")
+        if args.export is not None:
+            check_output_file(args.export, "--export", suffixes=(".safetensors",))
+    except UsageError as exc:
+        parser.exit(print_error(exc))
     ckpt = args.results_dir / CHECKPOINT_NAME
     if args.resume and not ckpt.is_file():
-        parser.error(f"--resume: no checkpoint at {ckpt}; drop --resume to start a new run")
+        parser.exit(print_error(f"--resume: no checkpoint at {ckpt}; drop --resume to start a new run"))
     if not args.resume and ckpt.exists():
-        parser.error(f"{ckpt} already exists; pass --resume to continue it or choose another --results-dir")
+        parser.exit(print_error(f"{ckpt} already exists; pass --resume to continue it or choose another --results-dir"))
     return cfg, args
 
 
@@ -286,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         summary = train(cfg, args.results_dir, args.export, args.resume, progress=not args.no_progress)
     except (DataError, ValueError, FileNotFoundError, FileExistsError) as exc:
-        raise SystemExit(f"error: {exc}") from exc
+        raise SystemExit(print_error(exc)) from None
     print(f"done: step {summary['step']:.0f}, train loss {summary['final_loss']:.4f}, "
           f"held-out loss {summary['heldout_loss']:.4f}, {summary['seconds'] / 60:.1f} min of training")
 

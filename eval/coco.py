@@ -28,7 +28,7 @@ from .images import FolderImages, list_images, load_rgb
 from .imagenet import LazyExtractor
 from .inception import DEFAULT_BATCH_SIZE, compute_activations, resolve_inception_weights
 from .reference import ReferenceOptions, check_reference_path, default_cache_dir, load_reference
-from .report import EvalResult, add_common_args, finish, resolve_device, run_cli
+from .report import EvalResult, add_common_args, finish, resolve_device, run_cli, check_outputs
 
 PROTOCOL = "coco"
 DEFAULT_OUT = "coco_eval.json"
@@ -50,7 +50,9 @@ def read_prompts(prompts_file: str | Path) -> list[str]:
     path = Path(prompts_file).expanduser()
     if not path.is_file():
         raise InputError(f"prompts file {path} does not exist; pass --prompts or put {PROMPTS_FILE_NAME} in the folder.")
-    return path.read_text(encoding="utf-8").splitlines()
+    from duca_common.text import read_text_utf8
+
+    return read_text_utf8(path, "--prompts").splitlines()      # UTF-8 (BOM allowed); else line and byte named
 
 
 def pair_images_with_prompts(folder: str | Path, prompts_file: str | Path | None = None) -> list[ImagePrompt]:
@@ -185,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> EvalResult:
     args = build_parser().parse_args(argv)
+    check_outputs(args)
     options = CocoOptions(
         sample=Path(args.sample),
         ref=None if args.ref is None else Path(args.ref),

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from .errors import InputError
 from .images import list_images, load_rgb
 from .lpips import BACKBONES, DEFAULT_NET, LPIPS, resolve_lpips_weights
-from .report import EvalResult, add_common_args, finish, resolve_device, run_cli
+from .report import EvalResult, add_common_args, finish, resolve_device, run_cli, check_outputs
 
 PROTOCOL = "fidelity"
 DEFAULT_OUT = "fidelity_eval.json"
@@ -322,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> EvalResult:
     args = build_parser().parse_args(argv)
+    check_outputs(args)
     options = FidelityOptions(
         ref=Path(args.ref),
         sample=Path(args.sample),

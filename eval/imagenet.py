@@ -25,7 +25,7 @@ from .inception import resolve_inception_weights
 from .inception_score import ADM_IS_SPLIT_SIZE, inception_score
 from .precision_recall import ADM_PR_K, DEFAULT_DISTANCE, DISTANCES, precision_recall
 from .reference import ReferenceOptions, ReferenceStats, check_reference_path, default_cache_dir, load_reference
-from .report import EvalResult, add_common_args, finish, resolve_device, run_cli
+from .report import EvalResult, add_common_args, finish, resolve_device, run_cli, check_outputs
 
 PROTOCOL = "imagenet"
 DEFAULT_OUT = "imagenet_eval.json"
@@ -139,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> EvalResult:
     args = build_parser().parse_args(argv)
+    check_outputs(args)
     options = ImageNetOptions(
         sample=Path(args.sample),
         ref=Path(args.ref),

@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from duca_common.errors import UsageError
+from duca_common.runtime import atomic_write_bytes
+
 from .errors import EXIT_USER_ERROR, EvalError
 
 SCHEMA_VERSION = 1
@@ -73,8 +76,7 @@ def _json_safe(value):
 
 def write_json(result: EvalResult, path: str | Path) -> Path:
     path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result.to_json_dict(), indent=2, allow_nan=False) + "\n")
+    atomic_write_bytes(path, (json.dumps(result.to_json_dict(), indent=2, allow_nan=False) + "\n").encode("utf-8"))
     return path
 
 
@@ -99,13 +101,12 @@ def metrics_table(result: EvalResult) -> str:
 
 def resolve_device(name: str) -> str:
     """``auto`` -> ``cuda`` when available, else ``cpu``; anything else is passed through."""
-    import torch
+    from duca_common.runtime import pick_device
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise EvalError(f"--device {name} requested but CUDA is not available; use --device cpu or auto.")
-    return name
+    try:
+        return str(pick_device(name))
+    except UsageError as exc:
+        raise EvalError(str(exc)) from None
 
 
 def add_common_args(parser: argparse.ArgumentParser, default_out: str) -> None:
@@ -115,11 +116,27 @@ def add_common_args(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Every output path of an evaluation CLI can be written: checked before any network is loaded
+    (``--out`` JSON, ``--save-ref-stats`` .npz, the ``--cache-dir`` folder unless ``--no-cache``)."""
+    from duca_common.outputs import check_output_dir, check_output_file
+
+    check_output_file(args.out, "--out", suffixes=(".json",))
+    if getattr(args, "save_ref_stats", None):
+        check_output_file(args.save_ref_stats, "--save-ref-stats", suffixes=(".npz",))
+    if getattr(args, "cache_dir", None) and not getattr(args, "no_cache", False):
+        check_output_dir(args.cache_dir, "--cache-dir")
+    from duca_common.validate import COUNT, check_numbers
+
+    check_numbers([(flag, getattr(args, dest, None), COUNT) for flag, dest in
+                   (("--batch-size", "batch_size"), ("--is-split-size", "is_split_size"), ("--ref-resize", "ref_resize"))])
+
+
 def run_cli(main: Callable[[list[str] | None], EvalResult], argv: list[str] | None = None) -> int:
     """Run ``main``; print user errors as one line on stderr and return :data:`EXIT_USER_ERROR`."""
     try:
         main(argv)
-    except EvalError as exc:
+    except (EvalError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     return 0

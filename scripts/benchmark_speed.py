@@ -34,6 +34,8 @@ import torch
 from tqdm.auto import tqdm
 
 from duca_common.cache import measured_flops, reference_flops, speedup
+from duca_common.errors import UsageError
+from duca_common.outputs import check_output_dir
 
 from .measure import WALL_CPU_DISAGREEMENT, Case, Series, Summary, Timed, compare, interleaved, timed_run, wall_warning
 from .methods import MethodSpec, MethodSpecError, parse_methods
@@ -384,9 +386,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     opts = BenchOptions(**{k: v for k, v in vars(args).items()})
     try:
+        check_output_dir(opts.out, "--out")          # before any model: an unwritable --out loses no work
         t0 = time.perf_counter()
         data = run_benchmark(opts)
-    except (BenchError, MethodSpecError, TargetError) as exc:
+    except (BenchError, MethodSpecError, TargetError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     data["total_seconds"] = time.perf_counter() - t0

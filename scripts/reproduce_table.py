@@ -46,6 +46,8 @@ import torch
 from tqdm.auto import tqdm
 
 from duca_common.cache import measured_flops, reference_flops, speedup
+from duca_common.errors import UsageError
+from duca_common.outputs import check_output_dir
 
 from .measure import WALL_CPU_DISAGREEMENT, Series, Case, compare, interleaved, wall_warning
 from .methods import MethodSpec, MethodSpecError, paper_grid, parse_methods, peer_grid
@@ -441,8 +443,9 @@ def main(argv: list[str] | None = None) -> dict:
     opts = TableOptions(**vars(args))
     t0 = time.perf_counter()
     try:
+        check_output_dir(opts.out, "--out")          # before any model: an unwritable --out loses no work
         data = run_table(opts)
-    except (TableError, MethodSpecError, TargetError) as exc:
+    except (TableError, MethodSpecError, TargetError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     data["total_seconds"] = time.perf_counter() - t0
