@@ -200,9 +200,9 @@ def run(args: argparse.Namespace) -> dict:
     dtype = resolve_dtype(args.dtype, device)
     # Everything that can fail does so before sampling.
     use_embedded_model_if_no_checkpoint(args)
+    ckpt_path = resolve_checkpoint(args.ckpt, args.model or DEFAULT_MODEL, args.image_size or DEFAULT_IMAGE_SIZE)
     if args.vae != "none":
         resolve_vae_folder(args.vae)                   # a bad --vae fails before the checkpoint is read
-    ckpt_path = resolve_checkpoint(args.ckpt, args.model or DEFAULT_MODEL, args.image_size or DEFAULT_IMAGE_SIZE)
     ckpt = load_checkpoint(ckpt_path)
     apply_stored_architecture(args, ckpt.config, f"checkpoint {ckpt_path}")
     side, channels = latent_geometry(args)

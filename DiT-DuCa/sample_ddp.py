@@ -152,9 +152,9 @@ def prepare(args: argparse.Namespace, rank: int, device: torch.device):
     cache_cfg, cache_desc = cache_config_from_args(args)
     latent_geometry(args)
     check_output_dir(args.out if args.out else args.sample_dir, "--out" if args.out else "--sample-dir")
+    ckpt_path = resolve_checkpoint(args.ckpt, args.model or DEFAULT_MODEL, args.image_size or DEFAULT_IMAGE_SIZE)
     if args.vae != "none":
         resolve_vae_folder(args.vae)                     # a bad --vae fails before the checkpoint is read
-    ckpt_path = resolve_checkpoint(args.ckpt, args.model or DEFAULT_MODEL, args.image_size or DEFAULT_IMAGE_SIZE)
     ckpt = load_checkpoint(ckpt_path)
     apply_stored_architecture(args, ckpt.config, f"checkpoint {ckpt_path}")
     side, channels = latent_geometry(args)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from duca_common.errors import print_error
 from duca_common.run_record import check_resume, write_record
 from pixart_duca import cli
 from pixart_duca.pipeline import latent_shape
@@ -34,8 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except cli.UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return print_error(err)             # one line, exit status 2
 
 
 def run(args: argparse.Namespace) -> int:
