@@ -321,3 +321,44 @@ def test_duca_runs_with_every_selector_and_is_close_to_uncached(model, x):
         out = sample(model, x, STEPS, grid=GRID, cfg_halves=True)
         rel = (out[-1] - plain[-1]).norm() / plain[-1].norm()
         assert math.isfinite(rel.item()) and rel < 1.0
+
+
+# ------------------------------------------------------------------ agreement with the reference (issue 12.1)
+
+@pytest.mark.parametrize("tokens", [1, 2, 16, 127, 128, 256, 4096])
+def test_fresh_ratio_half_gives_exactly_half_the_tokens(tokens):
+    assert sel.fresh_token_count(0.5, tokens) == tokens // 2
+
+
+def test_fresh_token_count_casts_the_ratio_to_float32_as_the_reference():
+    # just below 1/4 in float64: float64 gives 31 of 128, the reference's float32 product 32
+    r = 0.25 - 2.0 ** -55
+    assert int(r * 128) == 31 and sel.fresh_token_count(r, 128) == 32
+    for r in [i / 997 for i in range(998)] + [0.05 * 2.5 * f for f in (0.8, 1.1, 1.2)]:
+        for n in (16, 128, 256, 1024):
+            assert sel.fresh_token_count(r, n) == int(torch.tensor(r) * n), (r, n)   # the reference's expression
+
+
+def test_ties_take_the_first_of_a_descending_argsort_not_topk():
+    score = torch.tensor([[1.0, 2.0, 2.0, 1.0, 2.0, 0.0, 2.0], [0.0] * 7])
+    idx = sel.top_k(score, 3)
+    assert idx.tolist() == [[1, 2, 4], [0, 1, 2]]            # equal scores: the lower token index first (CPU)
+    assert torch.topk(score, 3).indices.tolist() != idx.tolist()   # what the engine used to do differs
+
+
+@pytest.mark.parametrize("fresh_ratio", [0.0, 0.05])        # r <= 0 in the plan; r > 0 but int(r * 16) == 0
+def test_partial_step_with_zero_tokens_still_ages_every_token(model, x, fresh_ratio):
+    model.feature_cache.config = CacheConfig(method="toca", interval=4, fresh_ratio=fresh_ratio,
+                                             selector="value_norm")
+    counters = []
+    assert model.feature_cache.plan(4).table().split() == ["3", "F", "2", "T", "1", "T", "0", "F"]
+    with model.feature_cache.session(4, grid=GRID, cfg_halves=True) as run:
+        for p in range(4):
+            run.set_step(p)
+            model(x, torch.full((4,), 4.0 - p))
+            counters.append([run.modules[b]["mlp"].counter.clone() for b in range(3)])
+    # the reference: every conservative step adds 1 to all counters and k = 0 zeroes none; a full step resets
+    for p, age in enumerate((0, 1, 2, 0)):
+        assert all(torch.equal(c, torch.full((4, 16), age, dtype=torch.int32)) for c in counters[p])
+    trace = model.feature_cache.last_trace
+    assert (trace.actions[1:3, :, 1] == int(Action.REUSE)).all() and (trace.tokens[1:3, :, 1] == 0).all()

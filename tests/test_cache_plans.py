@@ -61,8 +61,8 @@ def test_dit_conservative_mlp_ratio_follows_reference_schedule():
     r = 0.05 * (0.8 + 0.4 * 5 / 27) * (3 - 4 * 19 / 50) * 2.5
     assert plan.ratios[p][5][1] == pytest.approx(r)
     assert plan.actions[p][5] == (Action.REUSE, Action.PARTIAL)
-    # step >= 0.75 K: the ratio clamps to 0, so ToCa steps are pure reuse
-    assert plan.actions[49 - 48][3] == (Action.REUSE, Action.REUSE)
+    # step >= 0.75 K: the ratio clamps to 0: a partial step of ratio 0 (no token recomputed, the counters age)
+    assert plan.actions[49 - 48][3] == (Action.REUSE, Action.PARTIAL) and plan.ratios[49 - 48][3][1] == 0.0
 
 
 def test_pixart_schedule_20_steps():

@@ -61,25 +61,7 @@ def compare(case: str, arrays: dict, out, trace, found, modules) -> dict:
     return {"problems": [p for p in problems if p], "latents": relative_difference(out, arrays[f"{case}/latents"])}
 
 
-# Issue 12.1 (the engine's agreement fixes) is not on main yet; these cases fail exactly where it says, and
-# pass with the three fixes applied (checked by patching the engine locally):
-# * DiT kv-norm: the reference advances every token's staleness counter in each conservative step, also when
-#   the ratio schedule gives k = 0 (r <= 0 clamps to 0 for reference steps >= 0.75 K); we leave the counters
-#   alone. First difference: evaluation step 7 (reference step 17), block 0, mlp, batch row 0: ours recomputes
-#   tokens [114, 127, 155, 180, 240], the reference [145, 163, 188, 213, 224] (the counters are all 1 there
-#   in the reference, 0 in ours, after the k = 0 step 19); final latents then 8.2e-6 apart.
-# * PixArt DuCa r25: int(ratio * N) on the float32-cast ratio: evaluation step 10, block 11, cross-attention
-#   recomputes 32 tokens in the reference, 31 in ours (the extra token is 13).
-# strict: remove the mark in the change that lands 12.1.
-PENDING_ENGINE_FIX = {"duca_kvnorm", "duca_r25"}
-
-
-def _cases(cases):
-    return [pytest.param(c.name, marks=pytest.mark.xfail(strict=True, reason="issue 12.1 engine fixes pending"))
-            if c.name in PENDING_ENGINE_FIX else c.name for c in cases]
-
-
-@pytest.mark.parametrize("case", _cases(rf.DIT_CASES))
+@pytest.mark.parametrize("case", [c.name for c in rf.DIT_CASES])
 def test_dit_28_blocks_matches_reference(dit_fixture, case):
     meta, arrays, geo, model = dit_fixture
     preset = next(c["preset"] for c in meta["cases"] if c["name"] == case)
@@ -118,7 +100,7 @@ def run_pixart(model, geo: rf.PixArtGeometry, meta: dict, preset: str):
     return out, model.feature_cache.last_trace, found
 
 
-@pytest.mark.parametrize("case", _cases(rf.PIXART_CASES))
+@pytest.mark.parametrize("case", [c.name for c in rf.PIXART_CASES])
 def test_pixart_28_blocks_matches_reference(pixart_fixture, case):
     meta, arrays, geo, model = pixart_fixture
     preset = next(c["preset"] for c in meta["cases"] if c["name"] == case)

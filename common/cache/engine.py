@@ -289,9 +289,13 @@ class BlockView:
         state = run.modules[b][module]
         run._check_shape(x)
         if action == Action.PARTIAL:
-            k = int(run.plan.ratios[p][b][m_idx] * x.shape[1])
+            k = sel.fresh_token_count(run.plan.ratios[p][b][m_idx], x.shape[1])
             if k == 0:
+                # no token recomputed, but the step still ages every token, as in the reference (its
+                # cache_cutfresh adds 1 to all counters before zeroing the k = 0 selected ones)
                 action = Action.REUSE
+                if state.counter is not None:
+                    state.counter += 1
             elif k >= x.shape[1]:
                 action = Action.FULL
         if action == Action.REUSE and run.config.method == "dualca":

@@ -223,6 +223,8 @@ def _module_action(cfg: CacheConfig, layout: BlockLayout, letter: str, module: s
     r = cfg.ratio_schedule.ratio(cfg.fresh_ratio, s, num_steps, block, layout.depth, module)
     if r >= 1.0:                       # every token fresh: the module is simply computed
         return Action.FULL, 1.0
-    if module not in layout.tokenwise or r <= 0.0:
+    if module not in layout.tokenwise:
         return Action.REUSE, 0.0       # self-attention cannot be recomputed token-wise: reuse it
+    # r <= 0 stays a partial step of ratio 0: no token is recomputed (the engine reuses the output and traces
+    # a reuse) but every token's staleness counter still advances, as in the reference's conservative steps.
     return Action.PARTIAL, r

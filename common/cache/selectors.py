@@ -16,6 +16,7 @@ token". The statistics the scores are built from come from the model's attention
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -78,9 +79,23 @@ def spatial_bonus(score: torch.Tensor, grid: tuple[int, int], cell: int, bonus: 
     return score.scatter_add(1, winners, bonus * best)
 
 
+def fresh_token_count(ratio: float, tokens: int) -> int:
+    """How many of ``tokens`` a partial step recomputes at fresh ratio ``ratio``: ``int(ratio * tokens)`` with
+    the ratio cast to float32 first and the product taken in float32, as the reference code does
+    (``int(torch.tensor(ratio) * N)`` in every model's ``cache_cutfresh``). In float64 some ratios give one
+    token fewer (PixArt, fresh ratio 0.25 scheduled: 31 instead of 32 of 128 cross-attention tokens)."""
+    return int(np.float32(ratio) * np.float32(tokens))
+
+
 def top_k(score: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices (B, k) of the k largest scores of each row, in descending order of score."""
-    return torch.topk(score, k, dim=-1, sorted=True).indices
+    """Indices (B, k) of the k largest scores of each row, in descending order of score.
+
+    The first k of a descending ``argsort``, the reference's own call (``score.argsort(dim=-1,
+    descending=True)[:, :k]`` in ``cache_cutfresh``), so equal scores resolve to the same tokens as the
+    reference on the same device (on CPU: the lower token index first). ``torch.topk`` breaks ties
+    differently.
+    """
+    return torch.argsort(score, dim=-1, descending=True)[:, :k]
 
 
 def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
