@@ -362,3 +362,42 @@ def test_partial_step_with_zero_tokens_still_ages_every_token(model, x, fresh_ra
         assert all(torch.equal(c, torch.full((4, 16), age, dtype=torch.int32)) for c in counters[p])
     trace = model.feature_cache.last_trace
     assert (trace.actions[1:3, :, 1] == int(Action.REUSE)).all() and (trace.tokens[1:3, :, 1] == 0).all()
+
+
+def _held_tensors(obj, seen=None) -> dict:
+    """Every tensor reachable from a run's state (attributes, slots, lists, dicts), by id: what the cache holds."""
+    seen = {} if seen is None else seen
+    if isinstance(obj, torch.Tensor):
+        seen[id(obj)] = obj
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            _held_tensors(item, seen)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            _held_tensors(item, seen)
+    elif hasattr(obj, "__dict__") and type(obj).__module__.startswith("duca_common.cache"):
+        for item in vars(obj).values():
+            _held_tensors(item, seen)
+    return seen
+
+
+@pytest.mark.parametrize("cfg", [
+    CacheConfig(method="taylorseer", interval=3, taylor_order=2),
+    CacheConfig(method="foca", interval=3, taylor_order=2),
+    CacheConfig(method="dualca", interval=3, fresh_ratio=0.25, selector="similarity"),
+    CacheConfig(method="duca", interval=3, fresh_ratio=0.25, selector="value_norm"),
+])
+def test_peak_cache_bytes_include_the_last_steps_writes(model, x, cfg):
+    """7 steps at N=3 counting down: full steps 6, 3, 0, so the last step adds a Taylor term (order 2)."""
+    model.feature_cache.config = cfg
+    with model.feature_cache.session(7, grid=GRID, cfg_halves=True) as run:
+        held = []
+        for p in range(7):
+            run.set_step(p)
+            model(x, torch.full((4,), 7.0 - p))
+            state = {"modules": run.modules, "stats": run.stats, "trunk": run.trunk_out,
+                     "trunk_forecast": run.trunk_forecast}
+            held.append(sum(t.numel() * t.element_size() for t in _held_tensors(state).values()))
+    assert model.feature_cache.last_peak_bytes == max(held) > 0
+    if cfg.method in ("taylorseer", "foca"):
+        assert held[-1] == max(held) > held[-2]          # the last step's writes are the peak

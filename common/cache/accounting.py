@@ -114,7 +114,10 @@ def measured_flops(fn: Callable[[], object]) -> int:
 
 
 def tensor_bytes(*tensors: torch.Tensor | None) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+    """Bytes of the given tensors, each counted once (the same tensor may be named twice, e.g. a module's
+    cached output that is also its forecaster's first term)."""
+    unique = {id(t): t for t in tensors if t is not None}
+    return sum(t.numel() * t.element_size() for t in unique.values())
 
 
 def speedup(baseline: float, value: float) -> float:

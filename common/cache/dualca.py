@@ -48,4 +48,4 @@ class TrunkForecast:
         return self.terms.forecast(step)
 
     def tensors(self) -> list[torch.Tensor]:
-        return list(self.terms.terms)
+        return self.terms.tensors()

@@ -84,9 +84,9 @@ class ModuleState:
     taylor: TaylorTerms | None = None
     ref_input: torch.Tensor | None = None    # module input at the last full step (similarity selector)
 
-    def nbytes(self) -> int:
-        taylor = self.taylor.terms if self.taylor is not None else []
-        return tensor_bytes(self.out, self.counter, self.ref_input, *taylor)
+    def tensors(self) -> list[torch.Tensor | None]:
+        taylor = self.taylor.tensors() if self.taylor is not None else []
+        return [self.out, self.counter, self.ref_input, *taylor]
 
 
 @dataclass
@@ -112,6 +112,7 @@ class FeatureCache:
         self._run: CacheRun | None = None
         self.last_trace: Trace | None = None
         self.last_timers: EngineTimers | None = None
+        # bytes the cache held at its fullest, sampled at every step boundary and after the last step's writes
         self.last_peak_bytes: int = 0
 
     def plan(self, num_steps: int) -> Plan:
@@ -131,7 +132,8 @@ class FeatureCache:
         finally:
             self.last_trace = run.trace
             self.last_timers = run.timers
-            self.last_peak_bytes = run.peak_bytes
+            # the last step's writes happen after its set_step sampled the size: count them too
+            self.last_peak_bytes = max(run.peak_bytes, run.nbytes())
             run.release()
             self._run = None
 
@@ -188,8 +190,8 @@ class CacheRun:
 
     def nbytes(self) -> int:
         trunk = self.trunk_forecast.tensors() if self.trunk_forecast is not None else []
-        return (sum(s.nbytes() for block in self.modules for s in block.values())
-                + tensor_bytes(*self.stats, self.trunk_out, *trunk))
+        held = [t for block in self.modules for s in block.values() for t in s.tensors()]
+        return tensor_bytes(*held, *self.stats, self.trunk_out, *trunk)
 
     # -- helpers -----------------------------------------------------------------------------------
     def _check_shape(self, x: torch.Tensor) -> None:

@@ -61,6 +61,9 @@ class CalibratedTerms(TaylorTerms):
             self.gain = (num / den).clamp(*GAIN_RANGE).to(y.dtype)
         super().update(y, step, order)
 
+    def tensors(self) -> list[torch.Tensor]:
+        return [*self.terms, *([] if self.gain is None else [self.gain])]
+
     def forecast(self, step: int) -> torch.Tensor:
         inc = self.increment(step)
         if inc is None:

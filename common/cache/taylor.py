@@ -29,6 +29,10 @@ class TaylorTerms:
                 new.append((new[i] - self.terms[i]) / dist)
         self.terms, self.step = new, step
 
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor this forecaster holds (for the cache's byte count); subclasses add theirs."""
+        return list(self.terms)
+
     def forecast(self, step: int) -> torch.Tensor:
         if not self.terms:
             raise RuntimeError("TaylorSeer forecast requested before any full computation of this module")
