@@ -114,9 +114,12 @@ def run(argv: list[str] | None = None) -> int:
 
     # Everything is checked once here (flags, prompts, weights paths, the output folder and its run.json)
     # before N processes start; the FLOPs of one video are recorded for the table.
-    logs.mkdir(parents=True, exist_ok=True)
     if inference.main([*flags, *device_flags, "--check-only", "--verbose", "0"]) != 0:
         return 2
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"the logs folder {logs} cannot be created ({err.strerror}); pass another --out-root") from None
     if not args.no_flops:
         if inference.main([*flags, "--flops-only", "--report", str(logs / "flops.json")]) != 0:
             return 2

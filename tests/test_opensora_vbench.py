@@ -312,3 +312,13 @@ def _calc_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_launcher_unwritable_out_root_fails_before_any_process(tmp_path, monkeypatch, capsys, weights):  # noqa: F811
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    rc = vbench_launch.main([str(weights / "stdit"), "17", "t", "240p", "9:16", "--allow-cpu",
+                             "--out-root", str(blocker / "sub"), "--vae-path", str(weights / "vae")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "error: --out" in err and "is a file, not a folder" in err and "Traceback" not in err
