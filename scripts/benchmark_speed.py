@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from duca_common.cache import measured_flops, reference_flops, speedup
 from duca_common.errors import UsageError
 from duca_common.outputs import check_output_dir
+from duca_common.runtime import pick_device
 
 from .measure import WALL_CPU_DISAGREEMENT, Case, Series, Summary, Timed, compare, interleaved, timed_run, wall_warning
 from .methods import MethodSpec, MethodSpecError, parse_methods
@@ -81,8 +82,7 @@ class BenchOptions:
         for ok, flag, allowed in checks:
             if not ok:
                 raise BenchError(f"{flag}={getattr(self, flag[2:].replace('-', '_'))!r} is invalid: allowed {allowed}")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise BenchError(f"--device {self.device}: CUDA is not available on this machine; use --device cpu")
+        self.device = str(pick_device(self.device))     # the project's one device choice (UsageError if unusable)
         if self.compile and self.device == "cpu":
             print("note: --compile on CPU needs a C++ toolchain and compiles for minutes", file=sys.stderr)
 

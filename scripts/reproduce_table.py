@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from duca_common.cache import measured_flops, reference_flops, speedup
 from duca_common.errors import UsageError
 from duca_common.outputs import check_output_dir
+from duca_common.runtime import pick_device
 
 from .measure import WALL_CPU_DISAGREEMENT, Series, Case, compare, interleaved, wall_warning
 from .methods import MethodSpec, MethodSpecError, paper_grid, parse_methods, peer_grid
@@ -108,8 +109,7 @@ class TableOptions:
                 raise TableError("--protocol fid50k needs --ckpt (official DiT weights); FID of random weights means nothing")
             if self.ref is None:
                 raise TableError("--protocol fid50k needs --ref (the ADM reference batch VIRTUAL_imagenet256_labeled.npz)")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise TableError(f"--device {self.device}: CUDA is not available; use --device cpu")
+        self.device = str(pick_device(self.device))     # the project's one device choice (UsageError if unusable)
 
     def method_list(self) -> list[str]:
         methods = list(self.methods) if self.methods else paper_grid()
