@@ -129,7 +129,7 @@ def test_benchmark_bad_inputs_exit_with_a_message(argv, words, capsys, tmp_path)
     if words is None:
         if torch.cuda.is_available():
             pytest.skip("this machine has CUDA; the no-CUDA message cannot be provoked")
-        words = "CUDA is not available"
+        words = "no GPU is visible"          # duca_common.runtime.pick_device's message
     with pytest.raises(SystemExit) as exc:
         benchmark_speed.main(["--model", "tiny", "--steps", "2", "--repeats", "1", "--out", str(tmp_path)] + argv)
     assert exc.value.code == 2
