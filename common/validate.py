@@ -34,7 +34,7 @@ class Bound:
     integer: bool = False
     low_open: bool = False
 
-    def with_high(self, high: float, why: str = "") -> "Bound":
+    def with_high(self, high: float, why: str = "") -> Bound:
         return Bound(self.what + (f"; {why}" if why else ""), self.low, high, self.integer, self.low_open)
 
     def describe(self) -> str:

@@ -14,14 +14,11 @@ OpenSora rows: add them to ``OPENSORA_ROWS`` (the opensora helper owns that CLI)
 from __future__ import annotations
 
 import hashlib
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-
 from dit_duca import sample as dit_sample
 from dit_duca import sample_ddp as dit_ddp
 from dit_duca import train as dit_train

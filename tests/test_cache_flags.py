@@ -6,9 +6,13 @@ from __future__ import annotations
 import argparse
 
 import pytest
-
 from duca_common.cache import get_preset
-from duca_common.cache.flags import add_cache_flags, config_from_flags, method_choices, resolve_cache_flags
+from duca_common.cache.flags import (
+    add_cache_flags,
+    config_from_flags,
+    method_choices,
+    resolve_cache_flags,
+)
 from duca_common.errors import UsageError
 from duca_scripts.methods import token_config
 

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from duca_common import errors, outputs, run_record, seeding, validate
 from duca_common.runtime import pick_device
 from duca_common.text import read_prompt_lines
-
 
 # ------------------------------------------------------------------------------------------------ output paths
 

@@ -28,12 +28,28 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UsageError
-from ..validate import FRACTION, INTERVAL, NON_NEGATIVE, TAYLOR_ORDER, Bound, check_number
-from .config import (DIT_TOCA_SCHEDULE, METHODS, PIXART_TOCA_SCHEDULE, SELECTORS, CacheConfig, RatioSchedule)
+from ..validate import (
+    FRACTION,
+    INTERVAL,
+    NON_NEGATIVE,
+    TAYLOR_ORDER,
+    Bound,
+    check_number,
+)
+from .config import (
+    DIT_TOCA_SCHEDULE,
+    METHODS,
+    PIXART_TOCA_SCHEDULE,
+    SELECTORS,
+    CacheConfig,
+    RatioSchedule,
+)
+
+# The reference spatial bonuses and staleness weight are the presets' (models.md A.7, B.9): one definition.
+from .presets import DIT_SPATIAL, PIXART_SPATIAL, REFERENCE_STALENESS
 
 FAMILIES = ("dit", "pixart", "opensora")
 TOKEN_METHODS = ("toca", "duca")
-REFERENCE_STALENESS = 0.25               # the reference --soft-fresh-weight (models.md A.7, B.9)
 DEFAULTS_ATTR = "_cache_flag_defaults"   # where add_cache_flags leaves the script's defaults in the namespace
 
 
@@ -61,26 +77,22 @@ class Family:
         return "--" + dest.replace("_", self.separator)
 
 
-# Reference token-score bonuses (models.md A.7 and B.9): the best token of each 2x2 (DiT) or 4x4
-# (PixArt) cell gets 0.8x (DiT) or 0.4x (PixArt) of its score added.
-_DIT_SPATIAL = dict(spatial_bonus=0.8, spatial_cell=2)
-_PIXART_SPATIAL = dict(spatial_bonus=0.4, spatial_cell=4)
 # TaylorSeer order: the published DiT rows use O=3 (paper.md section 2); PixArt has no published row, so the
 # same order; OpenSora's CLI has always defaulted to O=1.
 _FAMILIES = {
     # DiT reference argparse defaults (models.md A.7); sample.py overrides cache_type to 'attention'.
     "dit": Family("dit", "DiT", "-", {"attention": "attention_received", "kv-norm": "value_norm", "random": "random",
                                "similarity": "similarity"},
-                  DIT_TOCA_SCHEDULE, "dit", _DIT_SPATIAL,
-                  dict(fresh_threshold=4, fresh_ratio=0.07, cache_type="random", ratio_scheduler="ToCa",
-                       soft_fresh_weight=REFERENCE_STALENESS, taylor_order=3)),
+                  DIT_TOCA_SCHEDULE, "dit", DIT_SPATIAL,
+                  {"fresh_threshold": 4, "fresh_ratio": 0.07, "cache_type": "random", "ratio_scheduler": "ToCa",
+                   "soft_fresh_weight": REFERENCE_STALENESS, "taylor_order": 3}),
     # PixArt reference scripts' defaults (models.md B.9): the attention cache type is cross-attention entropy.
     "pixart": Family("pixart", "PixArt", "_", {"attention": "cross_entropy", "kv-norm": "value_norm", "random": "random"},
-                     PIXART_TOCA_SCHEDULE, "fixed", _PIXART_SPATIAL,
-                     dict(fresh_threshold=3, fresh_ratio=0.30, cache_type="attention", ratio_scheduler="ToCa",
-                          soft_fresh_weight=REFERENCE_STALENESS, taylor_order=3)),
+                     PIXART_TOCA_SCHEDULE, "fixed", PIXART_SPATIAL,
+                     {"fresh_threshold": 3, "fresh_ratio": 0.30, "cache_type": "attention", "ratio_scheduler": "ToCa",
+                      "soft_fresh_weight": REFERENCE_STALENESS, "taylor_order": 3}),
     "opensora": Family("opensora", "OpenSora", "-", {}, RatioSchedule("constant"), "module_cycles", {},
-                       dict(fresh_threshold=3, fresh_ratio=None, taylor_order=1), reference_flags=False),
+                       {"fresh_threshold": 3, "fresh_ratio": None, "taylor_order": 1}, reference_flags=False),
 }
 RATIO_SCHEDULERS = ("ToCa", "constant")
 FORCE_FRESH = ("global",)                  # the only reference mode implemented (full refresh every N steps)
@@ -252,5 +264,16 @@ def config_from_flags(args: argparse.Namespace, family_name: str) -> CacheConfig
     return resolve_cache_flags(args, family_name).config
 
 
-__all__ = ["FAMILIES", "CacheChoice", "Family", "add_cache_flags", "config_from_flags", "describe", "family",
-           "method_choices", "reference_token_config", "resolve_cache_flags", "SELECTORS"]
+__all__ = [
+    "FAMILIES",
+    "SELECTORS",
+    "CacheChoice",
+    "Family",
+    "add_cache_flags",
+    "config_from_flags",
+    "describe",
+    "family",
+    "method_choices",
+    "reference_token_config",
+    "resolve_cache_flags",
+]
