@@ -396,7 +396,7 @@ def test_peak_cache_bytes_include_the_last_steps_writes(model, x, cfg):
             run.set_step(p)
             model(x, torch.full((4,), 7.0 - p))
             state = {"modules": run.modules, "stats": run.stats, "trunk": run.trunk_out,
-                     "trunk_forecast": run.trunk_forecast}
+                     "trunk_state": run.trunk_state}
             held.append(sum(t.numel() * t.element_size() for t in _held_tensors(state).values()))
     assert model.feature_cache.last_peak_bytes == max(held) > 0
     if cfg.method in ("taylorseer", "foca"):

@@ -1,4 +1,5 @@
-"""The shared cache engine: FORA, ToCa, DuCa and TaylorSeer for any transformer with a list of blocks.
+"""The shared cache engine: FORA, ToCa, DuCa, TaylorSeer (and any registered method) for any transformer with a
+list of blocks. Methods are one module each under ``methods/``; ``register_method`` adds one from outside.
 
 Public API::
 
@@ -9,11 +10,14 @@ from .accounting import TransformerDims, full_run_flops, measured_flops, referen
 from .config import (DIT_TOCA_SCHEDULE, OPENSORA_TOCA_SCHEDULE, PIXART_TOCA_SCHEDULE, CacheConfig,
                      RatioSchedule)
 from .engine import BlockView, CacheRun, EngineTimers, FeatureCache, StepView, residual
+from .methods import CacheMethod, TrunkState, available_methods, get_method, register_method, unregister_method
 from .plan import Action, BlockLayout, Plan, build_plan
 from .presets import PRESETS, Preset, get_preset, presets_for
+from .state import ModuleState
 from .trace import Trace
 
-__all__ = ["Action", "BlockLayout", "BlockView", "CacheConfig", "CacheRun", "DIT_TOCA_SCHEDULE", "EngineTimers",
+__all__ = ["Action", "BlockLayout", "BlockView", "CacheConfig", "CacheMethod", "CacheRun", "ModuleState",
+           "TrunkState", "available_methods", "get_method", "register_method", "unregister_method", "DIT_TOCA_SCHEDULE", "EngineTimers",
            "FeatureCache", "OPENSORA_TOCA_SCHEDULE", "PIXART_TOCA_SCHEDULE", "PRESETS", "Plan", "Preset",
            "RatioSchedule", "StepView", "Trace", "TransformerDims", "build_plan", "full_run_flops", "get_preset",
            "measured_flops", "presets_for", "reference_flops", "residual", "speedup"]

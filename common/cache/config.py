@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-Method = Literal["none", "fora", "toca", "duca", "taylorseer", "foca", "hicache", "dualca"]
-# foca, hicache, dualca: issue 16's forecasting methods (common/cache/{foca,hicache,dualca}.py).
-METHODS: tuple[str, ...] = ("none", "fora", "toca", "duca", "taylorseer", "foca", "hicache", "dualca")
+from .methods import available_methods, get_method
+
+# The built-in methods (one module each under common/cache/methods/), as registered at import. ``CacheConfig.method``
+# is checked against the live registry (``available_methods()``), which also holds methods registered later.
+METHODS: tuple[str, ...] = available_methods()
 
 # How the cycle length evolves over the steps.
 #   fixed          a step is full when its (reference) index is a multiple of N, or it is the first step
@@ -90,7 +92,7 @@ OPENSORA_TOCA_SCHEDULE = RatioSchedule("toca", module_factors=(("attn", 0.0), ("
 class CacheConfig:
     """What the engine does. Construct directly or take a named preset (``duca_common.cache.presets``)."""
 
-    method: Method = "none"
+    method: str = "none"                   # a registered method (available_methods())
     interval: int = 3                      # N: cycle length (reference --fresh-threshold)
     fresh_ratio: float = 0.05              # base fraction of tokens recomputed in conservative steps
     ratio_schedule: RatioSchedule = field(default_factory=RatioSchedule)
@@ -105,9 +107,12 @@ class CacheConfig:
     spatial_cell: int = 2                  # cell side in tokens (DiT 2, PixArt 4)
     taylor_order: int = 1                  # TaylorSeer expansion order O
     seed: int = 0                          # random selector's generator seed (per session)
+    # parameters of a method beyond the fields above, as (name, value) pairs; the method declares their names
+    # and defaults (``CacheMethod.params``) and reads them with ``config.param(name)``
+    params: tuple[tuple[str, object], ...] = ()
 
     def __post_init__(self) -> None:
-        _check(self.method in METHODS, "method", f"one of {METHODS}", self.method)
+        _check(self.method in available_methods(), "method", f"one of {available_methods()}", self.method)
         _check(isinstance(self.interval, int) and 1 <= self.interval <= 1000, "interval",
                "an integer in [1, 1000]", self.interval)
         _check(0.0 <= float(self.fresh_ratio) <= 1.0, "fresh_ratio", "a float in [0, 1]", self.fresh_ratio)
@@ -132,8 +137,26 @@ class CacheConfig:
             for module, pattern in self.module_cycles:
                 _check(len(pattern) >= 1 and set(pattern) <= PATTERN_LETTERS and pattern[0] == "F",
                        "module_cycles", "patterns of the letters F/T/A starting with F", (module, pattern))
-            _check(self.method in ("duca", "toca"), "method",
-                   "'duca' or 'toca' with interval_rule='module_cycles'", self.method)
+            cyclic = tuple(m for m in available_methods() if get_method(m).module_cycles)
+            _check(get_method(self.method).module_cycles, "method",
+                   f"one of {cyclic} with interval_rule='module_cycles'", self.method)
+        method = get_method(self.method)
+        _check(isinstance(self.params, tuple) and all(isinstance(kv, tuple) and len(kv) == 2 for kv in self.params),
+               "params", "a tuple of (name, value) pairs", self.params)
+        unknown = sorted({k for k, _ in self.params} - set(method.params))
+        _check(not unknown, "params", f"names of method {self.method!r}'s parameters {tuple(method.params)}",
+               self.params)
+        method.validate(self)
+
+    def param(self, name: str) -> object:
+        """The method parameter ``name``: its value in ``params``, else the method's default."""
+        given = dict(self.params)
+        if name in given:
+            return given[name]
+        defaults = get_method(self.method).params
+        if name not in defaults:
+            raise KeyError(f"method {self.method!r} has no parameter {name!r}; it has {tuple(defaults)}")
+        return defaults[name]
 
     def replace(self, **changes: object) -> "CacheConfig":
         """A copy with some fields changed (validated again)."""
@@ -141,4 +164,4 @@ class CacheConfig:
 
     @property
     def caches(self) -> bool:
-        return self.method != "none"
+        return get_method(self.method).caches

@@ -19,17 +19,20 @@ holds the forecasters' difference terms on top of DuCa's (order 1: one more tens
 trunk tensors).
 
 What this file holds: the trunk forecaster (:class:`TrunkForecast`) and the module forecaster
-(``FORECASTER``); the engine dispatches the conservative-step behaviour (``engine.BlockView.run``) and the
-plan is DuCa's (``plan._non_full_type``).
+(``FORECASTER``); the method itself (plan rule and step hooks) is ``methods/dualca.py``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from .taylor import TaylorTerms
+
+if TYPE_CHECKING:
+    from .config import CacheConfig
 
 # The module forecaster: TaylorSeer's expansion (order from CacheConfig.taylor_order).
 FORECASTER = TaylorTerms
@@ -46,6 +49,16 @@ class TrunkForecast:
 
     def forecast(self, step: int) -> torch.Tensor:
         return self.terms.forecast(step)
+
+    def step(self, x: torch.Tensor, p: int, reused: bool, config: "CacheConfig") -> torch.Tensor:
+        """The trunk output of step ``p``: forecast when the plan reuses it, else ``x`` (observed)."""
+        if reused:
+            if not self.terms.terms:
+                raise RuntimeError(f"step {p} forecasts the trunk output but none was computed before; "
+                                   f"the plan must start with a full step")
+            return self.forecast(p)
+        self.observe(x, p, config.taylor_order)
+        return x
 
     def tensors(self) -> list[torch.Tensor]:
         return self.terms.tensors()

@@ -35,24 +35,17 @@ import torch
 
 from . import selectors as sel
 from .accounting import tensor_bytes
+from .actions import Action
 from .config import CacheConfig
-from .plan import Action, BlockLayout, Plan, build_plan
-from .dualca import FORECASTER as DUALCA_FORECASTER
-from .dualca import TrunkForecast
-from .foca import CalibratedTerms
-from .hicache import HermiteTerms
-from .taylor import TaylorTerms
+from .methods import CacheMethod, TrunkState, get_method
+from .plan import BlockLayout, Plan, build_plan
+from .state import ModuleState
 from .trace import Trace
 
 ModuleFn = Callable[[torch.Tensor, "str | None"], "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
 
 STAT_FROM_SELF_ATTN = ("value_norm", "attention_received")
 STAT_FROM_CROSS_ATTN = ("cross_entropy",)
-# The forecaster each forecasting method keeps per module (refreshed at full steps).
-FORECASTERS: dict[str, type[TaylorTerms]] = {"taylorseer": TaylorTerms, "foca": CalibratedTerms,
-                                             "hicache": HermiteTerms, "dualca": DUALCA_FORECASTER}
-# Methods whose non-full steps only forecast, so the last output itself need not be kept.
-FORECAST_ONLY = frozenset({"taylorseer", "foca", "hicache"})
 
 
 def residual(cache: "BlockView | None", module: str, x: torch.Tensor, fn: ModuleFn,
@@ -75,18 +68,6 @@ def residual(cache: "BlockView | None", module: str, x: torch.Tensor, fn: Module
             # docs/benchmarks.md). Full steps keep the plain expression, so they match the uncached forward.
             return torch.addcmul(x, gate, out)
     return x + out if gate is None else x + gate * out
-
-
-@dataclass
-class ModuleState:
-    out: torch.Tensor | None = None          # last output, pre-gate, (B, N, C)
-    counter: torch.Tensor | None = None      # (B, N) partial steps since each token was last computed
-    taylor: TaylorTerms | None = None
-    ref_input: torch.Tensor | None = None    # module input at the last full step (similarity selector)
-
-    def tensors(self) -> list[torch.Tensor | None]:
-        taylor = self.taylor.tensors() if self.taylor is not None else []
-        return [self.out, self.counter, self.ref_input, *taylor]
 
 
 @dataclass
@@ -160,8 +141,9 @@ class CacheRun:
         depth, modules = self.layout.depth, self.layout.modules
         self.modules: list[dict[str, ModuleState]] = [{m: ModuleState() for m in modules} for _ in range(depth)]
         self.stats: list[torch.Tensor | None] = [None] * depth
+        self.method: CacheMethod = get_method(self.config.method)
         self.trunk_out: torch.Tensor | None = None
-        self.trunk_forecast: TrunkForecast | None = TrunkForecast() if self.config.method == "dualca" else None
+        self.trunk_state: TrunkState | None = self.method.new_trunk()   # a method that computes the trunk itself
         self.shape: tuple[int, int] | None = None
         self.generator: torch.Generator | None = None
         self.trace = Trace.empty(plan)
@@ -169,7 +151,7 @@ class CacheRun:
         self.peak_bytes = 0
         self.current: StepView | None = None
         self._selects = plan.count(Action.PARTIAL) > 0
-        self._stores = self.config.method != "none"
+        self._stores = self.method.caches
         self._stores_trunk = any(plan.trunk_reused)      # decided once, not per step
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -185,11 +167,11 @@ class CacheRun:
         self.modules = []
         self.stats = []
         self.trunk_out = None
-        self.trunk_forecast = None
+        self.trunk_state = None
         self.current = None
 
     def nbytes(self) -> int:
-        trunk = self.trunk_forecast.tensors() if self.trunk_forecast is not None else []
+        trunk = self.trunk_state.tensors() if self.trunk_state is not None else []
         held = [t for block in self.modules for s in block.values() for t in s.tensors()]
         return tensor_bytes(*held, *self.stats, self.trunk_out, *trunk)
 
@@ -238,14 +220,8 @@ class StepView:
         """Call after the last block: returns the cached trunk output in aggressive steps, else stores x."""
         run = self.run
         run.trace.trunk_reused[self.p] = self.trunk_reused
-        if run.trunk_forecast is not None:          # dualca: forecast the trunk in aggressive steps
-            if self.trunk_reused:
-                if not run.trunk_forecast.terms.terms:
-                    raise RuntimeError(f"step {self.p} forecasts the trunk output but none was computed before; "
-                                       f"the plan must start with a full step")
-                return run.trunk_forecast.forecast(self.p)
-            run.trunk_forecast.observe(x, self.p, run.config.taylor_order)
-            return x
+        if run.trunk_state is not None:             # the method computes the trunk output (e.g. forecasts it)
+            return run.trunk_state.step(x, self.p, self.trunk_reused, run.config)
         if self.trunk_reused:
             if run.trunk_out is None:
                 raise RuntimeError(f"step {self.p} reuses the trunk output but none was computed before; "
@@ -300,8 +276,8 @@ class BlockView:
                     state.counter += 1
             elif k >= x.shape[1]:
                 action = Action.FULL
-        if action == Action.REUSE and run.config.method == "dualca":
-            action = Action.FORECAST               # dualca forecasts what DuCa would reuse
+        if action == Action.REUSE:
+            action = run.method.reuse_as           # e.g. dualca forecasts what DuCa would reuse
         run.trace.record(p, b, m_idx, action, x.shape[1] if action == Action.FULL else 0)
 
         if action == Action.SKIP:
@@ -309,15 +285,16 @@ class BlockView:
         if action == Action.FULL:
             return self._full(module, state, x, fn)
         if action == Action.REUSE:
-            if state.out is None:
+            out = run.method.reuse(state, p, run.config)
+            if out is None:
                 raise RuntimeError(f"block {b} module {module!r} is reused at step {p} before it was computed")
-            return state.out
+            return out
         if action == Action.FORECAST:
-            if state.taylor is None:
+            out = run.method.forecast(state, p, run.config)
+            if out is None:
                 raise RuntimeError(f"block {b} module {module!r} is forecast at step {p} before it was computed")
-            return state.taylor.forecast(p)
-        if run.config.method == "dualca" and state.taylor is not None:
-            state.out = state.taylor.forecast(p).clone()   # unselected tokens: forecast, not the stale output
+            return out
+        run.method.before_partial(state, p, run.config)
         return self._partial(module, state, x, fn, k)
 
     def _split(self, result: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -337,13 +314,7 @@ class BlockView:
                     raise RuntimeError(f"selector {kind!r} needs module {module!r} of block {self.index} to "
                                        f"return (output, statistic) when asked for one")
                 run.stats[self.index] = stat
-            forecaster = FORECASTERS.get(run.config.method)
-            if forecaster is not None:
-                if state.taylor is None:
-                    state.taylor = forecaster()
-                state.taylor.update(out, self.p, run.config.taylor_order)
-            if run.config.method not in FORECAST_ONLY:
-                state.out = out
+            run.method.on_full(state, out, self.p, run.config)
             if run._selects and module in run.layout.tokenwise:
                 state.counter = torch.zeros(x.shape[0], x.shape[1], device=x.device, dtype=torch.int32)
                 if run.config.selector == "similarity":

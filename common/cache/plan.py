@@ -10,26 +10,17 @@ Block types, as the reference code names them:
   A aggressive    nothing computed; if the last block is aggressive the trunk output is reused
   R reuse (FORA)  every module reused under the current gates
   P forecast      TaylorSeer: every module forecast from finite differences of its past outputs
+
+Which type a non-full step gets is the method's rule (``methods/*.py``: ``non_full_letter``, ``cycle_letter``).
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
+from .actions import Action
 from .config import CacheConfig
-
-
-class Action(enum.IntEnum):
-    FULL = 0
-    PARTIAL = 1
-    REUSE = 2
-    SKIP = 3
-    FORECAST = 4
-
-    @property
-    def letter(self) -> str:
-        return "FTRAP"[self.value]
+from .methods import get_method
 
 
 @dataclass(frozen=True)
@@ -132,15 +123,9 @@ DIT_FORCED_WINDOW = (0.2, 0.4)
 DIT_FORCED_INTERVAL = 2
 
 
-def _non_full_type(method: str, r: int) -> str:
-    """Type of a step ``r`` steps into a cycle (r >= 1) for each method."""
-    if method in ("duca", "dualca"):
-        return "T" if r % 2 == 1 else "A"   # the reference: (step % I) odd -> ToCa, even -> aggressive
-    return {"toca": "T", "fora": "R", "taylorseer": "P", "foca": "P", "hicache": "P"}[method]
-
-
 def _block_type_letters(cfg: CacheConfig, layout: BlockLayout, num_steps: int) -> list[list[str]]:
     types: list[list[str]] = []
+    method = get_method(cfg.method)
     cal_interval = cfg.interval            # the reference initialises cal_threshold to fresh_threshold
     for p in range(num_steps):
         s = layout.reference_step(p, num_steps)
@@ -148,7 +133,7 @@ def _block_type_letters(cfg: CacheConfig, layout: BlockLayout, num_steps: int) -
         row: list[str] = []
         step_interval = cal_interval       # per_step mode: decided once, from the state before the step
         for _block in range(layout.depth):
-            if cfg.method == "none":
+            if not method.caches:
                 row.append("F")
                 continue
             if cfg.interval_rule == "dit":
@@ -160,7 +145,7 @@ def _block_type_letters(cfg: CacheConfig, layout: BlockLayout, num_steps: int) -
                 if cfg.interval_rule == "dit":
                     cal_interval = _dit_interval(cfg, s, num_steps)
             else:
-                row.append(_non_full_type(cfg.method, s % interval))
+                row.append(method.non_full_letter(s % interval))
         types.append(row)
     return types
 
@@ -178,6 +163,7 @@ def build_plan(cfg: CacheConfig, layout: BlockLayout, num_steps: int) -> Plan:
     trunk: list[bool] = []
 
     if cfg.interval_rule == "module_cycles":
+        method = get_method(cfg.method)
         cycles = dict(cfg.module_cycles)
         missing = [m for m in modules if m not in cycles]
         if missing:
@@ -187,8 +173,7 @@ def build_plan(cfg: CacheConfig, layout: BlockLayout, num_steps: int) -> Plan:
         for p in range(num_steps):
             s = layout.reference_step(p, num_steps)
             letters = ["F" if p < cfg.warmup_full_steps else cycles[m][s % len(cycles[m])] for m in modules]
-            if cfg.method == "toca":           # ToCa never skips: its non-full steps are all conservative
-                letters = ["T" if letter == "A" else letter for letter in letters]
+            letters = [method.cycle_letter(letter) for letter in letters]
             step_actions, step_ratios = [], []
             for block in range(layout.depth):
                 a_row, r_row = zip(*(_module_action(cfg, layout, letter, m, s, num_steps, block)

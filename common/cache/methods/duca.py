@@ -1,0 +1,20 @@
+"""``duca``: DuCa (arXiv 2412.18911). Between full steps, conservative steps (as ToCa) and aggressive steps
+(no block runs, the trunk output of the previous step is reused) alternate: the reference computes
+``(step % I)`` odd -> conservative, even -> aggressive."""
+
+from __future__ import annotations
+
+from .base import CacheMethod
+
+
+def dual_letter(r: int) -> str:
+    """DuCa's step type ``r`` steps into a cycle (also dualca's)."""
+    return "T" if r % 2 == 1 else "A"
+
+
+class Duca(CacheMethod):
+    name = "duca"
+    module_cycles = True
+
+    def non_full_letter(self, r: int) -> str:
+        return dual_letter(r)

@@ -1,0 +1,17 @@
+"""``taylorseer``: TaylorSeer (arXiv 2503.06923). Between full steps every module is forecast from finite
+differences of its past computed outputs (order ``CacheConfig.taylor_order``); the last output itself is
+not kept."""
+
+from __future__ import annotations
+
+from ..taylor import TaylorTerms
+from .base import CacheMethod
+
+
+class TaylorSeer(CacheMethod):
+    name = "taylorseer"
+    keeps_output = False
+    forecaster = TaylorTerms
+
+    def non_full_letter(self, r: int) -> str:
+        return "P"
