@@ -38,7 +38,7 @@ from duca_common.cache import CacheConfig, get_preset  # noqa: F401  (get_preset
 from duca_common.cache.flags import add_cache_flags, config_from_flags
 from duca_common.errors import UsageError, print_error
 from duca_common.outputs import check_output_dir, check_output_file
-from duca_common.run_record import RunRecord, file_identity, open_run, text_identity
+from duca_common.run_record import RunRecord, check_resume, file_identity, text_identity, write_record
 from duca_common.runtime import atomic_path, pick_device, write_json
 from duca_common.seeding import sample_seed
 from duca_common.text import read_prompt_lines, read_text_utf8
@@ -155,8 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--shard", help="I/N: sample only the I-th of N contiguous blocks of prompts (0-based); "
                                    "the VBench launcher runs one process per GPU this way")
     o.add_argument("--check-only", action="store_true",
-                   help="check flags, prompts, weights paths and the output folder, write run.json, and exit "
-                        "(no model is built)")
+                   help="check flags, prompts, weights paths and the output folder (and its run.json), then exit "
+                        "(no model is built, nothing is written)")
     o.add_argument("--flops-only", action="store_true", help="count FLOPs on the meta device and exit (no weights)")
     o.add_argument("--flops-text-tokens", type=int, default=None,
                    help="valid T5 tokens assumed by --flops-only (default: the model's maximum, 300)")
@@ -579,11 +579,12 @@ def run_sampling(args: argparse.Namespace, s: Settings) -> int:
     out = Path(args.out)
     mine = my_jobs(s, rank, world)
     dtype = resolved_dtype(args, device)
-    # The record is written before the first video; a folder made with other settings (or holding videos and
-    # no record) is refused, so every finished file that is skipped belongs to this run. Every process (torchrun
-    # rank or --shard process) writes the same record atomically, so none can start writing videos into a
-    # folder whose record another one has not written yet.
-    open_run(out, run_record(args, s, dtype), flag="--out", outputs=(VIDEO_GLOB,))
+    # A folder made with other settings (or holding videos and no record) is refused here, before any model;
+    # so every finished file that is skipped belongs to this run. The record is written right before the first
+    # video (a run that fails earlier, e.g. on NaN latents, leaves nothing behind). Every process (torchrun
+    # rank or --shard process) writes the same record atomically before its own first video.
+    record = run_record(args, s, dtype)
+    check_resume(out, record, flag="--out", outputs=(VIDEO_GLOB,))
     todo = [j for j in mine if not (out / j.name).is_file()]
     lead = rank == 0 and args.verbose >= 1
     if lead:
@@ -598,6 +599,8 @@ def run_sampling(args: argparse.Namespace, s: Settings) -> int:
             seed = noise_seed(args.noise_seeding, args.seed, job, s.num_samples, args.start_index or 0)
             result = generate(model, vae, text, s.prompts[job.prompt_index], seed, s.spec, s.rflow,
                               s.aes, flow=args.flow, camera_motion=args.camera_motion)
+            if not records:
+                write_record(out, record)
             write_video(result.video, out / job.name, s.save_fps)
             if args.verbose >= 2:
                 print(f"{out / job.name}: {result.seconds:.1f} s", flush=True)

@@ -33,6 +33,12 @@ from duca_scripts import benchmark_speed, reproduce_table
 from pixart_duca.scripts import inference as pixart_inference
 from pixart_duca.scripts import inference_ddp as pixart_ddp
 from pixart_tiny import build_t5, save_pth, tiny_model
+from opensora_duca import inference as opensora_inference
+from opensora_duca.checkpoint import save_safetensors as save_opensora
+from opensora_duca.stdit3 import config_dict as stdit3_config_dict
+from opensora_duca.vae import vae_config_dict
+from opensora_tiny import TINY as OPENSORA_TINY, tiny_stdit3
+from opensora_tiny import tiny_vae, tiny_vae_config
 
 PROC = "/proc/duca-bad-inputs/out"           # cannot be created, even by root
 
@@ -80,6 +86,19 @@ def root(tmp_path_factory):
     (r / "train_done").mkdir()
     (r / "train_done" / dit_train.CHECKPOINT_NAME).write_bytes(b"an earlier run's checkpoint")
     eval_testing.write_random_images(r / "coco_sample", 1, size=16)
+    # OpenSora: tiny STDiT3 / VAE folders, NaN weights, a finished run (seed 1), videos without a record
+    save_opensora(tiny_stdit3(), r / "os_stdit", stdit3_config_dict(OPENSORA_TINY))
+    nan = tiny_stdit3()
+    with torch.no_grad():
+        nan.final_layer.linear.bias.fill_(float("nan"))
+    save_opensora(nan, r / "os_stdit_nan", stdit3_config_dict(OPENSORA_TINY))
+    save_opensora(tiny_vae(), r / "os_vae", vae_config_dict(tiny_vae_config()))
+    (r / "os_truncated").mkdir()
+    stdit_file = (r / "os_stdit" / "model.safetensors").read_bytes()
+    (r / "os_truncated" / "model.safetensors").write_bytes(stdit_file[: len(stdit_file) // 2])
+    assert opensora_inference.main(_os_base(r, r / "os_seed1") + ["--seed", "1"]) == 0
+    (r / "loose_mp4s").mkdir()
+    (r / "loose_mp4s" / "sample_0000.mp4").write_bytes(b"an earlier run's video")
     return r
 
 
@@ -103,6 +122,13 @@ def _train_base(r: Path) -> list[str]:
             "--num-heads", "2", "--batch-size", "4", "--no-progress"]
 
 
+def _os_base(r: Path, out: Path, prompts_file: str | None = None) -> list[str]:
+    prompts = ["--prompts-file", str(r / prompts_file)] if prompts_file else ["--prompt", "a red car"]
+    return ["--ckpt-path", str(r / "os_stdit"), "--vae-path", str(r / "os_vae"), "--t5-path", str(r / "t5"),
+            "--image-size", "16", "16", "--num-frames", "17", "--steps", "2", "--device", "cpu", *prompts,
+            "--out", str(out), "--verbose", "0"]
+
+
 def _exit_code(fn: Callable[[], object]) -> int:
     try:
         result = fn()
@@ -122,6 +148,7 @@ CLIS: dict[str, Callable[[list[str]], int]] = {
     "eval.coco": lambda argv: run_cli(eval_coco.main, argv + ["--quiet"]),
     "scripts.benchmark_speed": lambda argv: _exit_code(lambda: benchmark_speed.main(argv)),
     "scripts.reproduce_table": lambda argv: _exit_code(lambda: reproduce_table.main(argv)),
+    "opensora.inference": lambda argv: _exit_code(lambda: opensora_inference.main(argv)),
 }
 
 D, P = _dit_base, _pixart_base
@@ -222,8 +249,30 @@ ROWS: list[tuple[str, str, Callable[[Path], list[str]], str]] = [
      lambda r: ["--model", "digits", "--methods", "none", "--out", PROC], "cannot be written"),
 ]
 
-# The opensora helper adds rows for Open-Sora-DuCa/inference.py here (and its entry in CLIS).
-OPENSORA_ROWS: list[tuple[str, str, Callable[[Path], list[str]], str]] = []
+# Open-Sora-DuCa/inference.py (also scripts/inference.py and every VBench launcher process).
+O, OI = _os_base, "opensora.inference"
+OPENSORA_ROWS: list[tuple[str, str, Callable[[Path], list[str]], str]] = [
+    ("os-latin1", OI, lambda r: O(r, r / "new_os", "latin1.txt"), "not UTF-8: byte 0xe9 at line 2, byte offset 15"),
+    ("os-utf16", OI, lambda r: O(r, r / "new_os", "utf16.txt"), "UTF-16"),
+    ("os-utf16le", OI, lambda r: O(r, r / "new_os", "utf16le.txt"), "NUL byte at line 1"),
+    ("os-cfg-nan", OI, lambda r: O(r, r / "new_os") + ["--cfg-scale", "nan"], "--cfg-scale nan is invalid"),
+    ("os-steps-zero", OI, lambda r: O(r, r / "new_os") + ["--num-sampling-steps", "0"], "--steps 0 is invalid"),
+    ("os-seed-negative", OI, lambda r: O(r, r / "new_os") + ["--seed", "-1"], "--seed -1 is invalid"),
+    ("os-fresh-ratio-inf", OI, lambda r: O(r, r / "new_os") + ["--fresh-ratio", "inf"], "--fresh-ratio inf is invalid"),
+    ("os-frames-5", OI, lambda r: O(r, r / "new_os") + ["--num-frames", "5"], "undefined for 5 frames"),
+    ("os-missing-ckpt", OI, lambda r: O(r, r / "new_os") + ["--ckpt-path", str(r / "nope")], "does not exist"),
+    ("os-pickled-ckpt", OI, lambda r: O(r, r / "new_os") + ["--ckpt-path", str(r / "pickled.pt")], "pickled.pt"),
+    ("os-truncated-ckpt", OI, lambda r: O(r, r / "new_os") + ["--ckpt-path", str(r / "os_truncated")],
+     "os_truncated"),
+    ("os-nan-weights", OI, lambda r: O(r, r / "new_os") + ["--ckpt-path", str(r / "os_stdit_nan"), "--cache", "duca"],
+     "NaN/inf at step 1 of 2 (OpenSora, cache duca)"),
+    ("os-out-under-file", OI, lambda r: O(r, r / "blocker" / "os"), "lies under"),
+    ("os-out-in-proc", OI, lambda r: O(r, Path(PROC)), "cannot be written"),
+    ("os-report-in-proc", OI, lambda r: O(r, r / "new_os") + ["--report", PROC + "/r.json"], "cannot be written"),
+    ("os-other-run", OI, lambda r: O(r, r / "os_seed1"), "seed: recorded 1, now 1024"),
+    ("os-unrecorded-mp4s", OI, lambda r: O(r, r / "loose_mp4s"), "no run.json"),
+    ("os-config-typo", OI, lambda r: [str(r / "prompts.txt")] + O(r, r / "new_os"), "not valid Python syntax"),
+]
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
@@ -253,4 +302,4 @@ def test_bad_input_is_refused_cleanly(root, capsys, monkeypatch, row_id, cli, ar
 
 
 def test_every_cli_is_in_the_table():
-    assert {cli for _, cli, _, _ in ROWS} == set(CLIS)
+    assert {cli for _, cli, _, _ in ROWS + OPENSORA_ROWS} == set(CLIS)
