@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from duca_common.cache import Action, BlockLayout, CacheConfig, FeatureCache, residual
+from duca_common.cache import Action, BlockLayout, CachedModel, CacheConfig, FeatureCache, residual
 from duca_common.cache.attention_score import sdpa_and_received
 # the timestep embedder (models.md 0.1) and the 2-D sin-cos table (0.4) are shared with PixArt
 from duca_common.layers import TimestepEmbedder, pos_embed_2d
@@ -198,7 +198,7 @@ def dit_block_layout(depth: int) -> BlockLayout:
     return BlockLayout(depth, ("attn", "mlp"), tokenwise=("mlp",), self_attn="attn", step_counts_down=True)
 
 
-class DiT(nn.Module):
+class DiT(CachedModel, nn.Module):
     """Diffusion transformer. ``forward(x, t, y)`` with integer timesteps in the original 0..999 scale."""
 
     def __init__(self, input_size: int = 32, patch_size: int = 2, in_channels: int = 4, hidden_size: int = 1152,
@@ -234,12 +234,6 @@ class DiT(nn.Module):
     @property
     def grid_size(self) -> tuple[int, int]:
         return self.x_embedder.grid_size
-
-    def configure_cache(self, config: CacheConfig) -> None:
-        """Use another cache configuration for the next sessions."""
-        if self.feature_cache.active is not None:
-            raise RuntimeError("cannot change the cache configuration while a sampling session is open")
-        self.feature_cache = FeatureCache(config, dit_block_layout(self.depth))
 
     def initialize_weights(self) -> None:
         """The official initialisation (xavier linears, adaLN-Zero, zero output layer)."""

@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Mlp
 
-from duca_common.cache import Action, BlockLayout, CacheConfig, FeatureCache
+from duca_common.cache import Action, BlockLayout, CachedModel, CacheConfig, FeatureCache
 from duca_common.layers import (Caption, CaptionEmbedder, CrossAttention, SizeEmbedder, TimestepEmbedder, gelu_tanh,
                                 pack_caption, t2i_modulate)
 
@@ -350,7 +350,7 @@ class FinalLayer(nn.Module):
 # ---------------------------------------------------------------------------------------------------
 # The transformer
 # ---------------------------------------------------------------------------------------------------
-class STDiT3(nn.Module):
+class STDiT3(CachedModel, nn.Module):
     """STDiT3. ``forward`` returns (B, out_channels, T, H, W) in fp32 (C.5 step 7)."""
 
     def __init__(self, config: STDiT3Config, cache_config: CacheConfig | None = None,

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Mlp
 
-from duca_common.cache import BlockLayout, CacheConfig, FeatureCache, residual
+from duca_common.cache import BlockLayout, CachedModel, CacheConfig, FeatureCache, residual
 from duca_common.cache.attention_score import sdpa_and_received
 from duca_common.layers import (Caption, CaptionEmbedder, CrossAttention, SizeEmbedder, TimestepEmbedder, gelu_tanh,
                                 pack_caption, pos_embed_2d, t2i_modulate)
@@ -198,7 +198,7 @@ class FinalLayer(nn.Module):
 # ---------------------------------------------------------------------------------------------------
 # The transformer
 # ---------------------------------------------------------------------------------------------------
-class PixArt(nn.Module):
+class PixArt(CachedModel, nn.Module):
     """PixArt-alpha (``multi_scale=False``) or PixArtMS (``multi_scale=True``). Returns (B, out_ch, H, W)."""
 
     def __init__(self, config: PixArtConfig, cache_config: CacheConfig | None = None) -> None:

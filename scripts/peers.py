@@ -131,13 +131,11 @@ def attach_peer(target, peer: PeerSettings, steps: int) -> Iterator[PeerRun]:
                                      forward_pattern=cache_dit.ForwardPattern.Pattern_3,
                                      check_forward_pattern=False)
     cache_dit.enable_cache(adapter, cache_config=cache_config(peer, steps), calibrator_config=calibrator)
-    original_sample = target.sample
-    target.sample = lambda *a, **k: original_sample(*a, **{**k, "session": False})   # instance attribute
     try:
         cache_dit.refresh_context(model, num_inference_steps=steps)
-        yield record
+        with target.without_engine():
+            yield record
     finally:
-        del target.sample
         cache_dit.disable_cache(model)
         for h in hooks:
             h.remove()

@@ -53,19 +53,6 @@ class TargetError(ValueError):
     """A model name, checkpoint or setting the benchmark cannot use; the message says what to do."""
 
 
-@contextlib.contextmanager
-def profiled_sessions(cache: FeatureCache) -> Iterator[None]:
-    """Make every session opened on ``cache`` a profiled one, for samplers that take no ``profile`` flag.
-
-    (The PixArt pipeline opens its own session; a ``profile=`` argument there would make this unneeded.)
-    """
-    cache.session = functools.partial(FeatureCache.session, cache, profile=True)   # instance attribute
-    try:
-        yield
-    finally:
-        del cache.session
-
-
 @dataclass
 class Target:
     """A model plus its sampler. ``sample`` returns the final latents (or images) of the cond half."""
@@ -79,6 +66,7 @@ class Target:
     build_meta: Callable[[], torch.nn.Module]     # the same architecture on the meta device
     run_loop: Callable[..., torch.Tensor]         # (model, noise, labels, steps, profile, progress, session)
     is_pixel_model: bool = False                  # samples are images in [-1, 1] (no VAE)
+    engine_sessions: bool = True                  # False: sample() runs plain forwards (see without_engine)
 
     @property
     def device(self) -> torch.device:
@@ -90,11 +78,7 @@ class Target:
 
     def configure(self, config: CacheConfig, model: torch.nn.Module | None = None) -> None:
         """Use ``config`` for the next sessions of ``model`` (default: the target's model)."""
-        m = model or self.model
-        if hasattr(m, "configure_cache"):           # DiT
-            m.configure_cache(config)
-        else:                                       # PixArt: a fresh engine with the same block layout
-            m.feature_cache = FeatureCache(config, m.feature_cache.layout)
+        (model or self.model).configure_cache(config)      # every model implements duca_common.cache.SupportsCache
 
     def noise(self, images: int, seed: int, device: torch.device | None = None) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
@@ -120,7 +104,17 @@ class Target:
                progress: bool = False, model: torch.nn.Module | None = None, session: bool = True) -> torch.Tensor:
         """Run the sampler. ``session=False`` runs without the engine's cache session (plain forwards), for
         peers that hook the blocks themselves."""
-        return self.run_loop(model or self.model, noise, labels.to(noise.device), steps, profile, progress, session)
+        return self.run_loop(model or self.model, noise, labels.to(noise.device), steps, profile, progress,
+                             session and self.engine_sessions)
+
+    @contextlib.contextmanager
+    def without_engine(self) -> Iterator[None]:
+        """Inside the block ``sample`` opens no engine session (for peers that hook the blocks themselves)."""
+        before, self.engine_sessions = self.engine_sessions, False
+        try:
+            yield
+        finally:
+            self.engine_sessions = before
 
 
 # ------------------------------------------------------------------------------------------------ DiT
@@ -206,7 +200,7 @@ def _pixart_target(device: torch.device) -> Target:
     def run(m, noise, labels, steps, profile, progress, session=True):
         if not session:
             raise TargetError("cache-dit peers are wired for DiT only; PixArt runs the engine's methods")
-        ctx = profiled_sessions(m.feature_cache) if profile else contextlib.nullcontext()
+        ctx = m.feature_cache.profiling() if profile else contextlib.nullcontext()
         with ctx:
             return pixart_sample(m, noise, caption(2 * noise.shape[0], noise.device), steps, PIXART_CFG_SCALE)
 

@@ -10,13 +10,14 @@ from .accounting import TransformerDims, full_run_flops, measured_flops, referen
 from .config import (DIT_TOCA_SCHEDULE, OPENSORA_TOCA_SCHEDULE, PIXART_TOCA_SCHEDULE, CacheConfig,
                      RatioSchedule)
 from .engine import BlockView, CacheRun, EngineTimers, FeatureCache, StepView, residual
+from .model import CachedModel, SupportsCache
 from .methods import CacheMethod, TrunkState, available_methods, get_method, register_method, unregister_method
 from .plan import Action, BlockLayout, Plan, build_plan
 from .presets import PRESETS, Preset, get_preset, presets_for
 from .state import ModuleState
 from .trace import Trace
 
-__all__ = ["Action", "BlockLayout", "BlockView", "CacheConfig", "CacheMethod", "CacheRun", "ModuleState",
+__all__ = ["CachedModel", "SupportsCache", "Action", "BlockLayout", "BlockView", "CacheConfig", "CacheMethod", "CacheRun", "ModuleState",
            "TrunkState", "available_methods", "get_method", "register_method", "unregister_method", "DIT_TOCA_SCHEDULE", "EngineTimers",
            "FeatureCache", "OPENSORA_TOCA_SCHEDULE", "PIXART_TOCA_SCHEDULE", "PRESETS", "Plan", "Preset",
            "RatioSchedule", "StepView", "Trace", "TransformerDims", "build_plan", "full_run_flops", "get_preset",

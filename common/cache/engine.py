@@ -95,15 +95,27 @@ class FeatureCache:
         self.last_timers: EngineTimers | None = None
         # bytes the cache held at its fullest, sampled at every step boundary and after the last step's writes
         self.last_peak_bytes: int = 0
+        self.profile_sessions = False     # sessions opened without profile= are profiled (see profiling())
 
     def plan(self, num_steps: int) -> Plan:
         return build_plan(self.config, self.layout, num_steps)
 
     @contextlib.contextmanager
+    def profiling(self) -> Iterator[None]:
+        """Profile every session opened inside the block (for samplers that open their own session)."""
+        before, self.profile_sessions = self.profile_sessions, True
+        try:
+            yield
+        finally:
+            self.profile_sessions = before
+
+    @contextlib.contextmanager
     def session(self, num_steps: int, *, grid: tuple[int, int] | None = None, cfg_halves: bool = False,
-                profile: bool = False) -> Iterator["CacheRun"]:
+                profile: bool | None = None) -> Iterator["CacheRun"]:
         """One sampling run. ``grid`` is the token grid (rows, cols) for the spatial bonus;
-        ``cfg_halves`` says the batch is two CFG halves that must select the same random tokens."""
+        ``cfg_halves`` says the batch is two CFG halves that must select the same random tokens;
+        ``profile`` fills the engine timers (default: ``profile_sessions``)."""
+        profile = self.profile_sessions if profile is None else profile
         if self._run is not None:
             raise RuntimeError("a cache session is already open on this model; sessions do not nest")
         run = CacheRun(self, self.plan(num_steps), grid=grid, cfg_halves=cfg_halves, profile=profile)
