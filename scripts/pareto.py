@@ -35,13 +35,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from duca_common.cache import speedup
+from duca_common.cache import Action, Trace, reference_flops, speedup
 
 from duca_common.measure import Case, interleaved
 
 from .methods import MethodSpec, MethodSpecError, parse_methods
 from .report import environment, fmt, markdown_table, write_csv, write_json
-from .reproduce_table import WARMUP_STEPS, Row, TableOptions, _meta_flops, _sample_all
+from .reproduce_table import WARMUP_STEPS, Row, TableOptions, _sample_all
 from .targets import TargetError, build_target
 
 # The paper's DiT grid spans N = 2..7; N = 8 reaches about 6x FLOPs speed-up for the reuse methods.
@@ -167,6 +167,39 @@ def goal_verdicts(front: dict[str, dict[float, float | None]], score: str = "psn
     return verdicts
 
 
+def trace_of_plan(plan, tokens: int) -> Trace:
+    """The trace the engine records for ``plan`` (what a run computes is decided by the plan alone): a
+    partial module computes ``int(ratio * tokens)`` tokens (0: reused, all: full), as ``BlockView.run``
+    does; a block whose modules are all skipped never calls them. ``tests/test_scripts_pareto.py`` checks
+    it against a recorded run for every method family."""
+    trace = Trace.empty(plan)
+    n = tokens
+    for p in range(plan.num_steps):
+        for b in range(plan.layout.depth):
+            acts = plan.actions[p][b]
+            if all(a == Action.SKIP for a in acts):
+                continue
+            for m, a in enumerate(acts):
+                tokens = n if a == Action.FULL else 0
+                if a == Action.PARTIAL:
+                    tokens = int(plan.ratios[p][b][m] * n)
+                    a = Action.REUSE if tokens == 0 else Action.FULL if tokens >= n else a
+                if a == Action.REUSE and plan.config.method == "dualca":
+                    a = Action.FORECAST
+                trace.record(p, b, m, a, tokens)
+        trace.trunk_reused[p] = plan.trunk_reused[p]
+    return trace
+
+
+def reference_flops_per_image(target, spec: MethodSpec, steps: int) -> tuple[float, Trace]:
+    """Reference-formula FLOPs per image and the trace of one image's run, from the plan (no model run)."""
+    target.configure(spec.config)
+    plan = target.cache.plan(steps)
+    dims = target.dims(1)
+    trace = trace_of_plan(plan, dims.tokens)
+    return float(reference_flops(trace, dims)), trace
+
+
 def run_pareto(opts: ParetoOptions) -> dict:
     from dit_duca.digits_metrics import classify, fidelity_scores, load_default_classifier
 
@@ -191,7 +224,7 @@ def run_pareto(opts: ParetoOptions) -> dict:
     for spec in tqdm(specs, desc="FLOPs (meta device)", leave=False):
         r = rows[spec.label] = Row(spec.label, family[spec.label], spec.setting)
         if not spec.is_peer:
-            r.reference_flops_per_image, r.measured_flops_per_image, trace = _meta_flops(target, spec, opts.steps)
+            r.reference_flops_per_image, trace = reference_flops_per_image(target, spec, opts.steps)
             r.schedule = trace.table()
 
     # One interleaved pass (duca_common.measure.interleaved): the uncached run is a case again after every

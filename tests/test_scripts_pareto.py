@@ -70,3 +70,18 @@ def test_small_frontier_run_writes_every_family(tmp_path):
     with open(tmp_path / "frontier.csv", newline="") as f:
         assert {r["family"] for r in csv.DictReader(f)} == expected
     assert (tmp_path / "pareto.png").stat().st_size > 10_000 and (tmp_path / "rows.csv").is_file()
+
+
+def test_flops_from_the_plan_equal_a_recorded_run():
+    """The frontier takes FLOPs from the plan (fast); they must be what the engine records on a real run."""
+    from duca_scripts.methods import parse_method
+    from duca_scripts.reproduce_table import _meta_flops
+    from duca_scripts.targets import build_target
+
+    target = build_target("tiny")
+    for text in ("none", "fora:n=3", "toca:n=3", "duca:n=4", "taylorseer:n=3", "foca:n=3", "hicache:n=3", "dualca:n=4"):
+        spec = parse_method(text)
+        recorded, _, trace = _meta_flops(target, spec, 10)
+        from_plan, plan_trace = pareto.reference_flops_per_image(target, spec, 10)
+        assert from_plan == recorded, text
+        assert plan_trace.trunk_reused == trace.trunk_reused
