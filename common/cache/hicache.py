@@ -14,7 +14,7 @@ curvature terms the finite differences over-estimate at long skips. Order 1 equa
 (``He_1(x) = x``), so the method starts mattering at order 2 (the ``dit-hicache-n5-o2`` preset).
 
 Left out of HiCache, with why: its exact dual-scaling constants (we use the one scale above, chosen on
-the 64-token digits model at N = 5-7 where it gave +0.1-0.2 dB over TaylorSeer at order 2, before the
+the 64-token digits model at N = 5-7, 16 images, where it gave +0.02 to +0.13 dB over TaylorSeer at order 2, before the
 table in docs/results.md was run) and its per-model tuning.
 """
 
