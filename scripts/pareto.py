@@ -36,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from duca_common.cache import Action, Trace, reference_flops, speedup
+from duca_common.cache.selectors import fresh_token_count
 
 from duca_common.measure import Case, interleaved
 
@@ -169,7 +170,7 @@ def goal_verdicts(front: dict[str, dict[float, float | None]], score: str = "psn
 
 def trace_of_plan(plan, tokens: int) -> Trace:
     """The trace the engine records for ``plan`` (what a run computes is decided by the plan alone): a
-    partial module computes ``int(ratio * tokens)`` tokens (0: reused, all: full), as ``BlockView.run``
+    partial module computes ``selectors.fresh_token_count`` tokens (0: reused, all: full), as ``BlockView.run``
     does; a block whose modules are all skipped never calls them. ``tests/test_scripts_pareto.py`` checks
     it against a recorded run for every method family."""
     trace = Trace.empty(plan)
@@ -182,7 +183,7 @@ def trace_of_plan(plan, tokens: int) -> Trace:
             for m, a in enumerate(acts):
                 tokens = n if a == Action.FULL else 0
                 if a == Action.PARTIAL:
-                    tokens = int(plan.ratios[p][b][m] * n)
+                    tokens = fresh_token_count(plan.ratios[p][b][m], n)
                     a = Action.REUSE if tokens == 0 else Action.FULL if tokens >= n else a
                 if a == Action.REUSE and plan.config.method == "dualca":
                     a = Action.FORECAST
