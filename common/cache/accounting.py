@@ -124,6 +124,17 @@ def speedup(baseline: float, value: float) -> float:
     return float(baseline) / float(value) if value else float("inf")
 
 
-__all__ = ["TransformerDims", "reference_flops", "full_run_flops", "measured_flops", "tensor_bytes", "speedup",
-           "self_attention_flops", "mlp_flops", "cross_attention_flops", "adaln_flops", "layernorm_flops"]
+__all__ = [
+    "TransformerDims",
+    "adaln_flops",
+    "cross_attention_flops",
+    "full_run_flops",
+    "layernorm_flops",
+    "measured_flops",
+    "mlp_flops",
+    "reference_flops",
+    "self_attention_flops",
+    "speedup",
+    "tensor_bytes",
+]
 

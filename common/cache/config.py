@@ -8,7 +8,7 @@ code's ``--fresh-threshold``), R the cache ratio (``1 - fresh_ratio``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 from .methods import available_methods, get_method
 
@@ -96,12 +96,13 @@ class CacheConfig:
     interval: int = 3                      # N: cycle length (reference --fresh-threshold)
     fresh_ratio: float = 0.05              # base fraction of tokens recomputed in conservative steps
     ratio_schedule: RatioSchedule = field(default_factory=RatioSchedule)
-    interval_rule: IntervalRule = "fixed"
-    plan_mode: PlanMode = "reference"
+    # interval_rule, plan_mode, selector: one of the IntervalRule / PlanMode / Selector names, checked when built
+    interval_rule: str = "fixed"
+    plan_mode: str = "reference"
     # module_cycles rule: one pattern of F/T/A letters per module, repeated after the warm-up steps
     module_cycles: tuple[tuple[str, str], ...] = ()
     warmup_full_steps: int = 0             # steps that are always full (OpenSora: 3)
-    selector: Selector = "random"
+    selector: str = "random"
     staleness_weight: float = 0.25         # reference --soft-fresh-weight; bonus per partial step a token waited
     spatial_bonus: float = 0.0             # bonus fraction for the best token of each grid cell (DiT 0.8, PixArt 0.4)
     spatial_cell: int = 2                  # cell side in tokens (DiT 2, PixArt 4)
@@ -158,7 +159,7 @@ class CacheConfig:
             raise KeyError(f"method {self.method!r} has no parameter {name!r}; it has {tuple(defaults)}")
         return defaults[name]
 
-    def replace(self, **changes: object) -> "CacheConfig":
+    def replace(self, **changes: Any) -> CacheConfig:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
 

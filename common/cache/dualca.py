@@ -50,7 +50,7 @@ class TrunkForecast:
     def forecast(self, step: int) -> torch.Tensor:
         return self.terms.forecast(step)
 
-    def step(self, x: torch.Tensor, p: int, reused: bool, config: "CacheConfig") -> torch.Tensor:
+    def step(self, x: torch.Tensor, p: int, reused: bool, config: CacheConfig) -> torch.Tensor:
         """The trunk output of step ``p``: forecast when the plan reuses it, else ``x`` (observed)."""
         if reused:
             if not self.terms.terms:

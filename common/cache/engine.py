@@ -30,6 +30,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -48,7 +49,7 @@ STAT_FROM_SELF_ATTN = ("value_norm", "attention_received")
 STAT_FROM_CROSS_ATTN = ("cross_entropy",)
 
 
-def residual(cache: "BlockView | None", module: str, x: torch.Tensor, fn: ModuleFn,
+def residual(cache: BlockView | None, module: str, x: torch.Tensor, fn: ModuleFn,
              gate: torch.Tensor | None = None) -> torch.Tensor:
     """``x + gate * fn(x)`` with the module's output supplied by the engine.
 
@@ -56,8 +57,9 @@ def residual(cache: "BlockView | None", module: str, x: torch.Tensor, fn: Module
     partial step); when ``stat`` is not None it also returns the selector statistic the engine asked
     for, as ``(output, statistic)``. Without a cache the expression is exactly the plain forward.
     """
+    out: torch.Tensor | None
     if cache is None:
-        out = fn(x, None)
+        out = cast(torch.Tensor, fn(x, None))      # asked for no statistic: the output alone
     else:
         out = cache.run(module, x, fn)
         if out is None:      # aggressive: the module adds nothing
@@ -111,7 +113,7 @@ class FeatureCache:
 
     @contextlib.contextmanager
     def session(self, num_steps: int, *, grid: tuple[int, int] | None = None, cfg_halves: bool = False,
-                profile: bool | None = None) -> Iterator["CacheRun"]:
+                profile: bool | None = None) -> Iterator[CacheRun]:
         """One sampling run. ``grid`` is the token grid (rows, cols) for the spatial bonus;
         ``cfg_halves`` says the batch is two CFG halves that must select the same random tokens;
         ``profile`` fills the engine timers (default: ``profile_sessions``)."""
@@ -131,10 +133,10 @@ class FeatureCache:
             self._run = None
 
     @property
-    def active(self) -> "CacheRun | None":
+    def active(self) -> CacheRun | None:
         return self._run
 
-    def current_step(self) -> "StepView | None":
+    def current_step(self) -> StepView | None:
         return None if self._run is None else self._run.current
 
 
@@ -167,7 +169,7 @@ class CacheRun:
         self._stores_trunk = any(plan.trunk_reused)      # decided once, not per step
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def set_step(self, p: int) -> "StepView":
+    def set_step(self, p: int) -> StepView:
         if not (0 <= p < self.plan.num_steps):
             raise ValueError(f"step {p} is outside this session's {self.plan.num_steps} steps; "
                              f"open a new session for a different step count")
@@ -216,7 +218,7 @@ class CacheRun:
 class StepView:
     """One model evaluation of a session: hands out block views and handles the trunk output."""
 
-    __slots__ = ("run", "p")
+    __slots__ = ("p", "run")
 
     def __init__(self, run: CacheRun, p: int) -> None:
         self.run, self.p = run, p
@@ -225,7 +227,7 @@ class StepView:
     def trunk_reused(self) -> bool:
         return self.run.plan.trunk_reused[self.p]
 
-    def block(self, index: int) -> "BlockView":
+    def block(self, index: int) -> BlockView:
         return BlockView(self.run, self.p, index)
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
@@ -247,7 +249,7 @@ class StepView:
 class BlockView:
     """What one block may ask the engine in one step."""
 
-    __slots__ = ("state", "p", "index")
+    __slots__ = ("index", "p", "state")
 
     def __init__(self, state: CacheRun, p: int, index: int) -> None:
         self.state, self.p, self.index = state, p, index
@@ -378,8 +380,9 @@ class BlockView:
         run.trace.tokens[self.p][self.index][run.layout.modules.index(module)] = k
         with run._timed("gather_scatter", x.device):
             sel.scatter_tokens(state.out, index, out_sel)
-            if kind is not None and stat_sel is not None and run.stats[self.index] is not None:
-                run.stats[self.index].scatter_(-1, index, stat_sel.to(run.stats[self.index].dtype))
+            stats = run.stats[self.index]
+            if kind is not None and stat_sel is not None and stats is not None:
+                stats.scatter_(-1, index, stat_sel.to(stats.dtype))
         with run._timed("cache_writes", x.device):
             state.counter += 1
             state.counter.scatter_(1, index, 0)

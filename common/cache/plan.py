@@ -172,12 +172,12 @@ def build_plan(cfg: CacheConfig, layout: BlockLayout, num_steps: int) -> Plan:
         block_types = tuple(tuple("" for _ in range(layout.depth)) for _ in range(num_steps))
         for p in range(num_steps):
             s = layout.reference_step(p, num_steps)
-            letters = ["F" if p < cfg.warmup_full_steps else cycles[m][s % len(cycles[m])] for m in modules]
-            letters = [method.cycle_letter(letter) for letter in letters]
+            step_letters = [method.cycle_letter("F" if p < cfg.warmup_full_steps else cycles[m][s % len(cycles[m])])
+                            for m in modules]
             step_actions, step_ratios = [], []
             for block in range(layout.depth):
                 a_row, r_row = zip(*(_module_action(cfg, layout, letter, m, s, num_steps, block)
-                                     for letter, m in zip(letters, modules)))
+                                     for letter, m in zip(step_letters, modules)))
                 step_actions.append(tuple(a_row))
                 step_ratios.append(tuple(r_row))
             actions.append(tuple(step_actions))

@@ -8,13 +8,19 @@ R = 95% means fresh_ratio 0.05.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from .config import DIT_TOCA_SCHEDULE, OPENSORA_TOCA_SCHEDULE, PIXART_TOCA_SCHEDULE, CacheConfig
+from .config import (
+    DIT_TOCA_SCHEDULE,
+    OPENSORA_TOCA_SCHEDULE,
+    PIXART_TOCA_SCHEDULE,
+    CacheConfig,
+)
 
 # Reference token-score bonuses (models.md A.7 and B.9): the best token of each 2x2 (DiT) or 4x4
 # (PixArt) cell gets 0.8x (DiT) or 0.4x (PixArt) of its score added; staleness weight 0.25.
-DIT_SPATIAL = dict(spatial_bonus=0.8, spatial_cell=2)
-PIXART_SPATIAL = dict(spatial_bonus=0.4, spatial_cell=4)
+DIT_SPATIAL: dict[str, Any] = {"spatial_bonus": 0.8, "spatial_cell": 2}
+PIXART_SPATIAL: dict[str, Any] = {"spatial_bonus": 0.4, "spatial_cell": 4}
 REFERENCE_STALENESS = 0.25
 
 

@@ -21,7 +21,7 @@ class Trace:
     trunk_reused: list[bool]
 
     @classmethod
-    def empty(cls, plan: Plan) -> "Trace":
+    def empty(cls, plan: Plan) -> Trace:
         k, d, m = plan.num_steps, plan.layout.depth, len(plan.layout.modules)
         labels = [plan.layout.reference_step(p, k) for p in range(k)]
         return cls(plan.layout.modules, labels, np.full((k, d, m), NOT_RUN, dtype=np.int8),

@@ -9,8 +9,8 @@ from __future__ import annotations
 from .base import CacheMethod, TrunkState
 from .dualca import DualCa
 from .duca import Duca
-from .fora import Fora
 from .foca import Foca
+from .fora import Fora
 from .hicache import HiCache
 from .none import NoCache
 from .registry import available_methods, get_method, register_method, unregister_method

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 class TrunkState(Protocol):
     """Per-run state of a method that computes the trunk output of aggressive steps itself."""
 
-    def step(self, x: torch.Tensor, p: int, reused: bool, config: "CacheConfig") -> torch.Tensor: ...
+    def step(self, x: torch.Tensor, p: int, reused: bool, config: CacheConfig) -> torch.Tensor: ...
 
     def tensors(self) -> list[torch.Tensor]: ...
 
@@ -70,11 +70,11 @@ class CacheMethod:
     def cycle_letter(self, letter: str) -> str:
         return letter
 
-    def validate(self, config: "CacheConfig") -> None:
+    def validate(self, config: CacheConfig) -> None:
         """Raise ValueError naming the field when ``config`` cannot run with this method."""
 
     # -- step behaviour --------------------------------------------------------------------------
-    def on_full(self, state: "ModuleState", out: torch.Tensor, p: int, config: "CacheConfig") -> None:
+    def on_full(self, state: ModuleState, out: torch.Tensor, p: int, config: CacheConfig) -> None:
         if self.forecaster is not None:
             if state.taylor is None:
                 state.taylor = self.forecaster()
@@ -82,13 +82,13 @@ class CacheMethod:
         if self.keeps_output:
             state.out = out
 
-    def reuse(self, state: "ModuleState", p: int, config: "CacheConfig") -> torch.Tensor | None:
+    def reuse(self, state: ModuleState, p: int, config: CacheConfig) -> torch.Tensor | None:
         return state.out
 
-    def forecast(self, state: "ModuleState", p: int, config: "CacheConfig") -> torch.Tensor | None:
+    def forecast(self, state: ModuleState, p: int, config: CacheConfig) -> torch.Tensor | None:
         return None if state.taylor is None else state.taylor.forecast(p)
 
-    def before_partial(self, state: "ModuleState", p: int, config: "CacheConfig") -> None:
+    def before_partial(self, state: ModuleState, p: int, config: CacheConfig) -> None:
         pass
 
     def new_trunk(self) -> TrunkState | None:

@@ -24,7 +24,7 @@ class DualCa(CacheMethod):
     def non_full_letter(self, r: int) -> str:
         return dual_letter(r)
 
-    def before_partial(self, state: ModuleState, p: int, config: "CacheConfig") -> None:
+    def before_partial(self, state: ModuleState, p: int, config: CacheConfig) -> None:
         if state.taylor is not None:
             state.out = state.taylor.forecast(p).clone()   # unselected tokens: forecast, not the stale output
 
