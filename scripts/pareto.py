@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from duca_common.cache import Action, Trace, reference_flops, speedup
+from duca_common.cache import Action, Trace, get_method, reference_flops, speedup
 from duca_common.cache.selectors import fresh_token_count
 
 from duca_common.measure import Case, interleaved
@@ -175,6 +175,7 @@ def trace_of_plan(plan, tokens: int) -> Trace:
     it against a recorded run for every method family."""
     trace = Trace.empty(plan)
     n = tokens
+    reuse_as = get_method(plan.config.method).reuse_as
     for p in range(plan.num_steps):
         for b in range(plan.layout.depth):
             acts = plan.actions[p][b]
@@ -185,8 +186,8 @@ def trace_of_plan(plan, tokens: int) -> Trace:
                 if a == Action.PARTIAL:
                     tokens = fresh_token_count(plan.ratios[p][b][m], n)
                     a = Action.REUSE if tokens == 0 else Action.FULL if tokens >= n else a
-                if a == Action.REUSE and plan.config.method == "dualca":
-                    a = Action.FORECAST
+                if a == Action.REUSE:
+                    a = reuse_as                   # e.g. dualca forecasts what DuCa reuses
                 trace.record(p, b, m, a, tokens)
         trace.trunk_reused[p] = plan.trunk_reused[p]
     return trace
