@@ -33,12 +33,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
-
 from duca_common.cache import Action, Trace, get_method, reference_flops, speedup
 from duca_common.cache.selectors import fresh_token_count
-
 from duca_common.measure import Case, interleaved
+from tqdm.auto import tqdm
 
 from .methods import MethodSpec, MethodSpecError, parse_methods
 from .report import environment, fmt, markdown_table, write_csv, write_json
@@ -203,7 +201,11 @@ def reference_flops_per_image(target, spec: MethodSpec, steps: int) -> tuple[flo
 
 
 def run_pareto(opts: ParetoOptions) -> dict:
-    from dit_duca.digits_metrics import classify, fidelity_scores, load_default_classifier
+    from dit_duca.digits_metrics import (
+        classify,
+        fidelity_scores,
+        load_default_classifier,
+    )
 
     opts.validate()
     if opts.threads is not None:
