@@ -11,8 +11,10 @@ A method is written one of three ways on the command line:
       duca:n=5,r=0.95,sel=value_norm
       taylorseer:n=4,o=3
 
-  Token-wise methods (ToCa, DuCa) use the DiT reference rules (models.md A.7): the 'ToCa' ratio
-  schedule, the DiT interval rule, the staleness and 2x2 spatial bonuses of the presets;
+  Which settings a method takes, and their defaults, are the method's (``duca_common.cache.methods``):
+  token-wise methods (ToCa, DuCa, dualca) take ``r`` and ``sel`` and use the DiT reference rules (models.md
+  A.7): the 'ToCa' ratio schedule, the DiT interval rule, the staleness and 2x2 spatial bonuses of the
+  presets; forecasting methods (TaylorSeer, FoCa, HiCache, dualca) take ``o``;
 * a peer baseline from cache-dit (``duca_scripts.peers``)::
 
       cachedit-dbcache:fn=1,bn=0,rdt=0.08,warmup=2
@@ -28,38 +30,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from duca_common.cache import PRESETS, CacheConfig, get_preset
+from duca_common.cache import PRESETS, CacheConfig, get_method, get_preset
 from duca_common.cache.config import SELECTORS
-from duca_common.cache.flags import method_choices, reference_token_config
+from duca_common.cache.flags import method_choices, method_config, settings_text
 
 ENGINE_METHODS = method_choices()          # the engine's registry (duca_common.cache.flags.method_choices)
 PEER_METHODS = ("cachedit-dbcache", "cachedit-taylorseer", "cachedit-foca", "cachedit-dmd")
 
-# Selector each token-wise method uses by default: ToCa's DiT table uses the attention received
-# ("attention" cache type), DuCa's Table 3 uses V-norm ("kv-norm"); paper.md section 2.
-DEFAULT_SELECTOR = {"toca": "attention_received", "duca": "value_norm"}
-# Cache ratio R of the paper's DiT rows (paper.md section 2): ToCa R=93%, DuCa R=95%.
-DEFAULT_CACHE_RATIO = {"toca": 0.93, "duca": 0.95}
-# TaylorSeer expansion order of the published DiT rows (N=3/5, O=3).
-DEFAULT_TAYLOR_ORDER = 3
+# Defaults of a method string come from the method (duca_common.cache.methods): token-wise methods take
+# their paper rows' R and selector (ToCa R=93% by attention received, DuCa R=95% by value norm; paper.md
+# section 2), forecasting methods their own order (TaylorSeer O=3 as its published rows).
 DEFAULT_INTERVAL = 3
 
 # The paper's DiT grid: every method at N = 2..7 (the range of the DuCa/TaylorSeer ablations).
 PAPER_GRID_INTERVALS = (2, 3, 4, 5, 6, 7)
 PAPER_GRID_METHODS = ("fora", "toca", "duca", "taylorseer")
 
-_ALLOWED_KEYS = {
-    "none": set(),
-    "fora": {"n"},
-    "toca": {"n", "r", "sel"},
-    "duca": {"n", "r", "sel"},
-    "taylorseer": {"n", "o"},
-    "foca": {"n", "o"},
-    "hicache": {"n", "o"},
-    "dualca": {"n", "r", "sel", "o"},
-}
-# Expansion order of issue 16's forecasting methods when ':o=' is not given (their presets' orders).
-FORECAST_DEFAULT_ORDER = {"foca": 2, "hicache": 2, "dualca": 1}
+
+def allowed_keys(method: str) -> set[str]:
+    """The settings a method string takes: N always, R and the selector for token-wise methods, O for
+    methods with an expansion order."""
+    rules = get_method(method)
+    if not rules.caches:
+        return set()
+    return {"n"} | ({"r", "sel"} if rules.token_wise else set()) | ({"o"} if rules.default_order is not None else set())
 
 
 class MethodSpecError(ValueError):
@@ -118,42 +112,25 @@ def _number(label: str, key: str, value: str, kind: type) -> float | int:
         raise MethodSpecError(f"method {label!r}: {key}={value!r} is not {'an integer' if kind is int else 'a number'}") from None
 
 
-def token_config(method: str, interval: int, cache_ratio: float, selector: str) -> CacheConfig:
-    """ToCa / DuCa with the DiT reference rules (the flags layer's builder, any N and R)."""
-    return reference_token_config("dit", method, interval, round(1.0 - cache_ratio, 6), selector)
-
-
 def _engine_spec(label: str, method: str, kv: dict[str, str]) -> MethodSpec:
-    n = int(_number(label, "n", kv["n"], int)) if "n" in kv else DEFAULT_INTERVAL
-    try:
-        if method == "none":
-            return MethodSpec(label, "none", "-", CacheConfig(method="none"))
-        if method == "fora":
-            return MethodSpec(label, "fora", f"N={n}", CacheConfig(method="fora", interval=n))
-        if method in ("taylorseer", "foca", "hicache"):
-            default = DEFAULT_TAYLOR_ORDER if method == "taylorseer" else FORECAST_DEFAULT_ORDER[method]
-            order = int(_number(label, "o", kv["o"], int)) if "o" in kv else default
-            return MethodSpec(label, method, f"N={n}, O={order}",
-                              CacheConfig(method=method, interval=n, taylor_order=order))
-        if method == "dualca":       # DuCa's rules and selector, TaylorSeer's forecasts
-            order = int(_number(label, "o", kv["o"], int)) if "o" in kv else FORECAST_DEFAULT_ORDER[method]
-            inner = _engine_spec(label, "duca", {k: v for k, v in kv.items() if k != "o"})
-            return MethodSpec(label, method, f"{inner.setting}, O={order}",
-                              inner.config.replace(method="dualca", taylor_order=order))
-        if method not in DEFAULT_CACHE_RATIO:       # a method registered outside the package
-            return MethodSpec(label, method, f"N={n}", CacheConfig(method=method, interval=n))
-        r = float(_number(label, "r", kv["r"], float)) if "r" in kv else DEFAULT_CACHE_RATIO[method]
+    """An engine method at the DiT reference rules (the flags layer's :func:`method_config`)."""
+    settings: dict = {"interval": int(_number(label, "n", kv["n"], int)) if "n" in kv else DEFAULT_INTERVAL}
+    if "o" in kv:
+        settings["taylor_order"] = int(_number(label, "o", kv["o"], int))
+    if "r" in kv:
+        r = float(_number(label, "r", kv["r"], float))
         if not 0.0 <= r <= 1.0:
             raise MethodSpecError(f"method {label!r}: r={r} is the cache ratio R and must be in [0, 1] (R=0.95 means 95%)")
-        selector = kv.get("sel", DEFAULT_SELECTOR[method])
-        if selector not in SELECTORS:
-            raise MethodSpecError(f"method {label!r}: sel={selector!r} is not one of {', '.join(SELECTORS)}")
-        sel_note = "" if selector == DEFAULT_SELECTOR[method] else f", {selector}"
-        return MethodSpec(label, method, f"N={n}, R={r:.0%}{sel_note}", token_config(method, n, r, selector))
+        settings["fresh_ratio"] = round(1.0 - r, 6)
+    if "sel" in kv:
+        if kv["sel"] not in SELECTORS:
+            raise MethodSpecError(f"method {label!r}: sel={kv['sel']!r} is not one of {', '.join(SELECTORS)}")
+        settings["selector"] = kv["sel"]
+    try:
+        config = method_config("dit", method, **settings)
     except ValueError as exc:
-        if isinstance(exc, MethodSpecError):
-            raise
         raise MethodSpecError(f"method {label!r}: {exc}") from None
+    return MethodSpec(label, method, settings_text(config), config)
 
 
 def _peer_spec(label: str, family: str, kv: dict[str, str]) -> MethodSpec:
@@ -177,19 +154,11 @@ def parse_method(text: str) -> MethodSpec:
     label = text.strip()
     if label in PRESETS:
         preset = get_preset(label)
-        cfg = preset.config
-        if cfg.method in ("toca", "duca"):
-            setting = f"N={cfg.interval}, R={1 - cfg.fresh_ratio:.0%}, {cfg.selector}"
-        elif cfg.method == "taylorseer":
-            setting = f"N={cfg.interval}, O={cfg.taylor_order}"
-        elif cfg.method == "fora":
-            setting = f"N={cfg.interval}"
-        else:
-            setting = "-"
-        return MethodSpec(label, cfg.method, setting, cfg, paper_row=preset.paper_row)
+        return MethodSpec(label, preset.config.method, settings_text(preset.config), preset.config,
+                          paper_row=preset.paper_row)
     name, _, body = label.partition(":")
     if name in ENGINE_METHODS:
-        return _engine_spec(label, name, _parse_kv(label, body, _ALLOWED_KEYS.get(name, {"n"})))
+        return _engine_spec(label, name, _parse_kv(label, body, allowed_keys(name)))
     if name in PEER_METHODS:
         return _peer_spec(label, name, _parse_kv(label, body, {"fn", "bn", "rdt", "warmup", "o", "max"}))
     raise MethodSpecError(f"unknown method {label!r}: use a preset ({', '.join(sorted(PRESETS))}), "
@@ -221,10 +190,7 @@ def paper_grid(intervals: tuple[int, ...] = PAPER_GRID_INTERVALS,
     out = ["none"]
     for method in methods:
         for n in intervals:
-            if method in ("toca", "duca"):
-                out.append(f"{method}:n={n},r={DEFAULT_CACHE_RATIO[method]}")
-            else:
-                out.append(f"{method}:n={n}")
+            out.append(f"{method}:n={n}")
     return out
 
 

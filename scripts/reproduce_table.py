@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from duca_common.cache import measured_flops, reference_flops, speedup
+from duca_common.cache import get_method, measured_flops, reference_flops, speedup
 from duca_common.errors import UsageError
 from duca_common.outputs import check_output_dir
 from duca_common.runtime import pick_device
@@ -374,16 +374,18 @@ def cache_flags(spec: MethodSpec) -> str:
     cfg = spec.config
     if spec.paper_row:
         return f"--preset {spec.label}"
-    if cfg.method == "none":
-        return "--cache none"
-    if cfg.method == "fora":
-        return f"--cache fora --fresh-threshold {cfg.interval}"
-    if cfg.method == "taylorseer":
-        return f"--cache taylorseer --fresh-threshold {cfg.interval} --taylor-order {cfg.taylor_order}"
-    from dit_duca.options import CACHE_TYPES
-    cache_type = {v: k for k, v in CACHE_TYPES.items()}[cfg.selector]
-    return (f"--cache {cfg.method} --fresh-threshold {cfg.interval} --fresh-ratio {cfg.fresh_ratio:g} "
-            f"--cache-type {cache_type} --ratio-scheduler ToCa --soft-fresh-weight {cfg.staleness_weight:g}")
+    rules = get_method(cfg.method)         # which flags the method takes is the method's (flags layer)
+    if not rules.caches:
+        return f"--cache {cfg.method}"
+    flags = f"--cache {cfg.method} --fresh-threshold {cfg.interval}"
+    if rules.default_order is not None:
+        flags += f" --taylor-order {cfg.taylor_order}"
+    if rules.token_wise:
+        from dit_duca.options import CACHE_TYPES
+        cache_type = {v: k for k, v in CACHE_TYPES.items()}[cfg.selector]
+        flags += (f" --fresh-ratio {cfg.fresh_ratio:g} --cache-type {cache_type} --ratio-scheduler ToCa"
+                  f" --soft-fresh-weight {cfg.staleness_weight:g}")
+    return flags
 
 
 def write_fid50k_plan(opts: TableOptions, specs: list[MethodSpec], target: Target) -> dict:

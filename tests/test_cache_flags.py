@@ -11,10 +11,11 @@ from duca_common.cache.flags import (
     add_cache_flags,
     config_from_flags,
     method_choices,
+    method_config,
     resolve_cache_flags,
+    settings_text,
 )
 from duca_common.errors import UsageError
-from duca_scripts.methods import token_config
 
 
 def parse(family: str, argv: list[str], **defaults) -> argparse.Namespace:
@@ -79,5 +80,34 @@ def test_bad_values_are_usage_errors(argv, message):
 
 
 def test_scripts_build_token_configs_with_the_same_rules():
-    assert token_config("duca", 3, 0.95, "value_norm") == get_preset("dit-duca-n3-r95").config
-    assert token_config("toca", 3, 0.93, "attention_received") == get_preset("dit-toca-n3-r93").config
+    assert method_config("dit", "duca", interval=3) == get_preset("dit-duca-n3-r95").config
+    assert method_config("dit", "toca", interval=3) == get_preset("dit-toca-n3-r93").config
+
+
+def test_the_method_decides_which_flags_apply():
+    """Token flags reach every token-wise method and --taylor-order every method with an expansion order,
+    whatever its name: dualca takes both, FoCa / HiCache the order, FORA neither."""
+    token = ["--fresh-threshold", "5", "--fresh-ratio", "0.1", "--cache-type", "kv-norm", "--taylor-order", "2"]
+    dualca = config_from_flags(parse("dit", ["--cache", "dualca", *token]), "dit")
+    assert (dualca.interval, dualca.fresh_ratio, dualca.selector, dualca.taylor_order) == (5, 0.1, "value_norm", 2)
+    assert dualca == get_preset("dit-duca-n3-r95").config.replace(
+        method="dualca", interval=5, fresh_ratio=0.1, taylor_order=2)
+    for name in ("foca", "hicache", "taylorseer"):
+        cfg = config_from_flags(parse("dit", ["--cache", name, "--taylor-order", "1", "--interval", "4"]), "dit")
+        assert (cfg.method, cfg.interval, cfg.taylor_order) == (name, 4, 1)
+    fora = config_from_flags(parse("pixart", ["--cache", "fora", "--fresh_ratio", "0.5", "--taylor_order", "2"]),
+                             "pixart")
+    assert fora == method_config("pixart", "fora", interval=3)
+
+
+def test_orders_default_to_the_method_and_settings_text():
+    """Without --taylor-order each method keeps its own order (TaylorSeer's published O=3, FoCa's preset
+    O=2, dualca's O=1); OpenSora's CLI fixes O=1 for all. settings_text is what the tables print."""
+    orders = {name: config_from_flags(parse("dit", ["--cache", name]), "dit").taylor_order
+              for name in ("taylorseer", "foca", "hicache", "dualca")}
+    assert orders == {"taylorseer": 3, "foca": 2, "hicache": 2, "dualca": 1}
+    assert config_from_flags(parse("opensora", ["--cache", "taylorseer"]), "opensora").taylor_order == 1
+    assert settings_text(get_preset("dit-duca-n3-r95").config) == "N=3, R=95%, value_norm"
+    assert settings_text(get_preset("dit-taylorseer-n5-o3").config) == "N=5, O=3"
+    assert settings_text(get_preset("dit-dualca-n5-r95").config) == "N=5, R=95%, value_norm, O=1"
+    assert settings_text(method_config("dit", "none", interval=3)) == "-"

@@ -125,3 +125,18 @@ def test_bad_inputs_exit_with_a_message(argv, words, capsys, tmp_path):
     assert exc.value.code == 2
     assert words in capsys.readouterr().err
     assert not (tmp_path / "table.md").exists()
+
+
+@pytest.mark.parametrize("method", ["none", "fora:n=4", "toca:n=4", "duca:n=5,r=0.9,sel=random", "taylorseer:n=4,o=2",
+                                    "foca:n=5", "hicache:n=3,o=1", "dualca:n=4,r=0.93,o=2"])
+def test_fid50k_flags_give_back_the_same_config(method):
+    """The flags written into the FID-50k launcher describe exactly the benchmarked config when DiT's
+    sample_ddp parses them (every method, whatever flags it takes)."""
+    import shlex
+
+    from dit_duca import sample_ddp
+    from dit_duca.options import cache_config_from_args
+
+    spec = parse_method(method)
+    args = sample_ddp.build_parser().parse_args(shlex.split(reproduce_table.cache_flags(spec)))
+    assert cache_config_from_args(args)[0] == spec.config

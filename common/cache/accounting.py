@@ -29,7 +29,7 @@ class TransformerDims:
     tokens: int
     hidden: int
     heads: int
-    text_tokens: int = 0        # PixArt: valid text tokens of the whole batch (sum over rows)
+    text_tokens: int = 0  # PixArt: valid text tokens of the whole batch (sum over rows)
 
     @property
     def head_dim(self) -> int:
@@ -41,13 +41,19 @@ def layernorm_flops(d: TransformerDims) -> int:
 
 
 def adaln_flops(d: TransformerDims) -> int:
-    return d.batch * d.hidden + 6 * d.batch * d.hidden ** 2
+    return d.batch * d.hidden + 6 * d.batch * d.hidden**2
 
 
 def self_attention_flops(d: TransformerDims) -> int:
     b, n, c, h, hd = d.batch, d.tokens, d.hidden, d.heads, d.head_dim
-    return (6 * b * n * c * c + b * h * n * hd + 2 * b * h * n * n * hd + 5 * b * h * n * n
-            + 2 * b * h * n * n * hd + 2 * b * n * c * c)
+    return (
+        6 * b * n * c * c
+        + b * h * n * hd
+        + 2 * b * h * n * n * hd
+        + 5 * b * h * n * n
+        + 2 * b * h * n * n * hd
+        + 2 * b * n * c * c
+    )
 
 
 def mlp_flops(d: TransformerDims, n: int) -> int:
@@ -63,12 +69,20 @@ def cross_attention_flops(d: TransformerDims, n: int) -> int:
     """
     c, h, hd = d.hidden, d.heads, d.head_dim
     n0, n1 = d.batch * n, d.text_tokens
-    return (2 * n0 * c * c + 4 * n1 * c * c + h * n0 * hd + h * n0 * n1 + 2 * h * n0 * n1 * hd
-            + 5 * h * n0 * n1 + 2 * h * n0 * n1 * hd + 2 * d.batch * n0 * c * c)
+    return (
+        2 * n0 * c * c
+        + 4 * n1 * c * c
+        + h * n0 * hd
+        + h * n0 * n1
+        + 2 * h * n0 * n1 * hd
+        + 5 * h * n0 * n1
+        + 2 * h * n0 * n1 * hd
+        + 2 * d.batch * n0 * c * c
+    )
 
 
 MODULE_FORMULAS: dict[str, Callable[[TransformerDims, int], int]] = {
-    "attn": lambda d, n: self_attention_flops(d),   # self-attention is only ever computed in full
+    "attn": lambda d, n: self_attention_flops(d),  # self-attention is only ever computed in full
     "mlp": mlp_flops,
     "cross_attn": cross_attention_flops,
 }
@@ -137,4 +151,3 @@ __all__ = [
     "speedup",
     "tensor_bytes",
 ]
-

@@ -40,8 +40,13 @@ def query_chunk_rows(batch: int, heads: int, tokens: int, elements: int = CHUNK_
     return max(1, elements // max(1, batch * heads * tokens))
 
 
-def attention_received(q: torch.Tensor, k: torch.Tensor, scale: float | None = None,
-                       chunk: int | None = None, lse: torch.Tensor | None = None) -> torch.Tensor:
+def attention_received(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: float | None = None,
+    chunk: int | None = None,
+    lse: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Head-mean attention received by every key token, (B, N_k), from q (B, H, N_q, D) and k (B, H, N_k, D).
 
     ``scale`` defaults to 1/sqrt(D) (SDPA's default); ``chunk`` (query rows per chunk) defaults to
@@ -50,26 +55,27 @@ def attention_received(q: torch.Tensor, k: torch.Tensor, scale: float | None = N
     float64 for float64 inputs) whatever the input dtype.
     """
     if q.dim() != 4 or k.dim() != 4 or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q and k must be (B, H, N, D) with the same B, H and D; got {tuple(q.shape)} and "
-                         f"{tuple(k.shape)}")
+        raise ValueError(
+            f"q and k must be (B, H, N, D) with the same B, H and D; got {tuple(q.shape)} and {tuple(k.shape)}"
+        )
     b, h, n_q, d = q.shape
     n_k = k.shape[2]
     if scale is None:
-        scale = d ** -0.5
+        scale = d**-0.5
     if chunk is None:
         chunk = query_chunk_rows(b, h, n_k)
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1 query row, got {chunk}")
     dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    kt = k.to(dtype).transpose(-2, -1)                                    # (B, H, D, N_k)
+    kt = k.to(dtype).transpose(-2, -1)  # (B, H, D, N_k)
     received = torch.zeros(b, n_k, dtype=dtype, device=q.device)
     for start in range(0, n_q, chunk):
-        logits = (q[:, :, start:start + chunk].to(dtype) * scale) @ kt    # (B, H, c, N_k)
+        logits = (q[:, :, start : start + chunk].to(dtype) * scale) @ kt  # (B, H, c, N_k)
         if lse is None:
-            row_lse = torch.logsumexp(logits, dim=-1, keepdim=True)       # row normaliser of the softmax
+            row_lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # row normaliser of the softmax
         else:
-            row_lse = lse[:, :, start:start + chunk, None].to(dtype)
-        received += logits.sub_(row_lse).exp_().sum(dim=(1, 2))           # in place: one chunk-sized buffer
+            row_lse = lse[:, :, start : start + chunk, None].to(dtype)
+        received += logits.sub_(row_lse).exp_().sum(dim=(1, 2))  # in place: one chunk-sized buffer
     return received / h
 
 
@@ -78,8 +84,9 @@ def _cpu_kernel_with_lse():
     return getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
-def sdpa_and_received(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
-                      chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def sdpa_and_received(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None, chunk: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """SDPA's output (B, H, N, D) and the head-mean attention each token receives (B, N), no N x N tensor."""
     if scale is None:
         scale = q.shape[-1] ** -0.5

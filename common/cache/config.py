@@ -80,73 +80,111 @@ class RatioSchedule:
 # The reference 'ToCa' ratio schedules (models.md A.7, B.9, C.11). Depth enters as layer/(depth-1),
 # which is the reference's layer/27 for 28 blocks. PixArt's and OpenSora's reference code never
 # recomputes self-attention in a conservative step: its factor is 0 (reuse).
-DIT_TOCA_SCHEDULE = RatioSchedule("toca", layer_a=0.8, layer_b=0.4, step_a=3.0, step_b=-4.0,
-                                  module_factors=(("mlp", 2.5), ("attn", 1.0 - 0.4 * 2.5)))
-PIXART_TOCA_SCHEDULE = RatioSchedule("toca", layer_a=1.6, layer_b=-1.2, step_a=1.9, step_b=-1.8,
-                                     module_factors=(("attn", 0.0), ("cross_attn", 0.6), ("mlp", 1.6)))
-OPENSORA_TOCA_SCHEDULE = RatioSchedule("toca", module_factors=(("attn", 0.0), ("mlp", 1.0 + 0.33 * 1.5),
-                                                              ("cross_attn", 1.0 - 0.67 * 1.5)))
+DIT_TOCA_SCHEDULE = RatioSchedule(
+    "toca", layer_a=0.8, layer_b=0.4, step_a=3.0, step_b=-4.0, module_factors=(("mlp", 2.5), ("attn", 1.0 - 0.4 * 2.5))
+)
+PIXART_TOCA_SCHEDULE = RatioSchedule(
+    "toca",
+    layer_a=1.6,
+    layer_b=-1.2,
+    step_a=1.9,
+    step_b=-1.8,
+    module_factors=(("attn", 0.0), ("cross_attn", 0.6), ("mlp", 1.6)),
+)
+OPENSORA_TOCA_SCHEDULE = RatioSchedule(
+    "toca", module_factors=(("attn", 0.0), ("mlp", 1.0 + 0.33 * 1.5), ("cross_attn", 1.0 - 0.67 * 1.5))
+)
 
 
 @dataclass(frozen=True)
 class CacheConfig:
     """What the engine does. Construct directly or take a named preset (``duca_common.cache.presets``)."""
 
-    method: str = "none"                   # a registered method (available_methods())
-    interval: int = 3                      # N: cycle length (reference --fresh-threshold)
-    fresh_ratio: float = 0.05              # base fraction of tokens recomputed in conservative steps
+    method: str = "none"  # a registered method (available_methods())
+    interval: int = 3  # N: cycle length (reference --fresh-threshold)
+    fresh_ratio: float = 0.05  # base fraction of tokens recomputed in conservative steps
     ratio_schedule: RatioSchedule = field(default_factory=RatioSchedule)
     # interval_rule, plan_mode, selector: one of the IntervalRule / PlanMode / Selector names, checked when built
     interval_rule: str = "fixed"
     plan_mode: str = "reference"
     # module_cycles rule: one pattern of F/T/A letters per module, repeated after the warm-up steps
     module_cycles: tuple[tuple[str, str], ...] = ()
-    warmup_full_steps: int = 0             # steps that are always full (OpenSora: 3)
+    warmup_full_steps: int = 0  # steps that are always full (OpenSora: 3)
     selector: str = "random"
-    staleness_weight: float = 0.25         # reference --soft-fresh-weight; bonus per partial step a token waited
-    spatial_bonus: float = 0.0             # bonus fraction for the best token of each grid cell (DiT 0.8, PixArt 0.4)
-    spatial_cell: int = 2                  # cell side in tokens (DiT 2, PixArt 4)
-    taylor_order: int = 1                  # TaylorSeer expansion order O
-    seed: int = 0                          # random selector's generator seed (per session)
+    staleness_weight: float = 0.25  # reference --soft-fresh-weight; bonus per partial step a token waited
+    spatial_bonus: float = 0.0  # bonus fraction for the best token of each grid cell (DiT 0.8, PixArt 0.4)
+    spatial_cell: int = 2  # cell side in tokens (DiT 2, PixArt 4)
+    taylor_order: int = 1  # TaylorSeer expansion order O
+    seed: int = 0  # random selector's generator seed (per session)
     # parameters of a method beyond the fields above, as (name, value) pairs; the method declares their names
     # and defaults (``CacheMethod.params``) and reads them with ``config.param(name)``
     params: tuple[tuple[str, object], ...] = ()
 
     def __post_init__(self) -> None:
         _check(self.method in available_methods(), "method", f"one of {available_methods()}", self.method)
-        _check(isinstance(self.interval, int) and 1 <= self.interval <= 1000, "interval",
-               "an integer in [1, 1000]", self.interval)
+        _check(
+            isinstance(self.interval, int) and 1 <= self.interval <= 1000,
+            "interval",
+            "an integer in [1, 1000]",
+            self.interval,
+        )
         _check(0.0 <= float(self.fresh_ratio) <= 1.0, "fresh_ratio", "a float in [0, 1]", self.fresh_ratio)
-        _check(isinstance(self.ratio_schedule, RatioSchedule), "ratio_schedule", "a RatioSchedule",
-               self.ratio_schedule)
-        _check(self.interval_rule in INTERVAL_RULES, "interval_rule", f"one of {INTERVAL_RULES}",
-               self.interval_rule)
+        _check(isinstance(self.ratio_schedule, RatioSchedule), "ratio_schedule", "a RatioSchedule", self.ratio_schedule)
+        _check(self.interval_rule in INTERVAL_RULES, "interval_rule", f"one of {INTERVAL_RULES}", self.interval_rule)
         _check(self.plan_mode in PLAN_MODES, "plan_mode", f"one of {PLAN_MODES}", self.plan_mode)
         _check(self.selector in SELECTORS, "selector", f"one of {SELECTORS}", self.selector)
         _check(self.staleness_weight >= 0.0, "staleness_weight", "a float >= 0", self.staleness_weight)
         _check(self.spatial_bonus >= 0.0, "spatial_bonus", "a float >= 0", self.spatial_bonus)
-        _check(isinstance(self.spatial_cell, int) and self.spatial_cell >= 1, "spatial_cell",
-               "an integer >= 1", self.spatial_cell)
-        _check(isinstance(self.taylor_order, int) and 0 <= self.taylor_order <= 8, "taylor_order",
-               "an integer in [0, 8]", self.taylor_order)
-        _check(isinstance(self.warmup_full_steps, int) and self.warmup_full_steps >= 0, "warmup_full_steps",
-               "an integer >= 0", self.warmup_full_steps)
+        _check(
+            isinstance(self.spatial_cell, int) and self.spatial_cell >= 1,
+            "spatial_cell",
+            "an integer >= 1",
+            self.spatial_cell,
+        )
+        _check(
+            isinstance(self.taylor_order, int) and 0 <= self.taylor_order <= 8,
+            "taylor_order",
+            "an integer in [0, 8]",
+            self.taylor_order,
+        )
+        _check(
+            isinstance(self.warmup_full_steps, int) and self.warmup_full_steps >= 0,
+            "warmup_full_steps",
+            "an integer >= 0",
+            self.warmup_full_steps,
+        )
         if self.interval_rule == "module_cycles":
-            _check(len(self.module_cycles) > 0, "module_cycles",
-                   "a non-empty tuple of (module, pattern) pairs when interval_rule='module_cycles'",
-                   self.module_cycles)
+            _check(
+                len(self.module_cycles) > 0,
+                "module_cycles",
+                "a non-empty tuple of (module, pattern) pairs when interval_rule='module_cycles'",
+                self.module_cycles,
+            )
             for module, pattern in self.module_cycles:
-                _check(len(pattern) >= 1 and set(pattern) <= PATTERN_LETTERS and pattern[0] == "F",
-                       "module_cycles", "patterns of the letters F/T/A starting with F", (module, pattern))
+                _check(
+                    len(pattern) >= 1 and set(pattern) <= PATTERN_LETTERS and pattern[0] == "F",
+                    "module_cycles",
+                    "patterns of the letters F/T/A starting with F",
+                    (module, pattern),
+                )
             cyclic = tuple(m for m in available_methods() if get_method(m).module_cycles)
-            _check(get_method(self.method).module_cycles, "method",
-                   f"one of {cyclic} with interval_rule='module_cycles'", self.method)
+            _check(
+                get_method(self.method).module_cycles,
+                "method",
+                f"one of {cyclic} with interval_rule='module_cycles'",
+                self.method,
+            )
         method = get_method(self.method)
-        _check(isinstance(self.params, tuple) and all(isinstance(kv, tuple) and len(kv) == 2 for kv in self.params),
-               "params", "a tuple of (name, value) pairs", self.params)
+        _check(
+            isinstance(self.params, tuple) and all(isinstance(kv, tuple) and len(kv) == 2 for kv in self.params),
+            "params",
+            "a tuple of (name, value) pairs",
+            self.params,
+        )
         unknown = sorted({k for k, _ in self.params} - set(method.params))
-        _check(not unknown, "params", f"names of method {self.method!r}'s parameters {tuple(method.params)}",
-               self.params)
+        _check(
+            not unknown, "params", f"names of method {self.method!r}'s parameters {tuple(method.params)}", self.params
+        )
         method.validate(self)
 
     def param(self, name: str) -> object:

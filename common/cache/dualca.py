@@ -54,8 +54,10 @@ class TrunkForecast:
         """The trunk output of step ``p``: forecast when the plan reuses it, else ``x`` (observed)."""
         if reused:
             if not self.terms.terms:
-                raise RuntimeError(f"step {p} forecasts the trunk output but none was computed before; "
-                                   f"the plan must start with a full step")
+                raise RuntimeError(
+                    f"step {p} forecasts the trunk output but none was computed before; "
+                    f"the plan must start with a full step"
+                )
             return self.forecast(p)
         self.observe(x, p, config.taylor_order)
         return x

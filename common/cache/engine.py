@@ -49,8 +49,9 @@ STAT_FROM_SELF_ATTN = ("value_norm", "attention_received")
 STAT_FROM_CROSS_ATTN = ("cross_entropy",)
 
 
-def residual(cache: BlockView | None, module: str, x: torch.Tensor, fn: ModuleFn,
-             gate: torch.Tensor | None = None) -> torch.Tensor:
+def residual(
+    cache: BlockView | None, module: str, x: torch.Tensor, fn: ModuleFn, gate: torch.Tensor | None = None
+) -> torch.Tensor:
     """``x + gate * fn(x)`` with the module's output supplied by the engine.
 
     ``fn(tokens, stat)`` computes the module on some tokens of ``x`` (all of them, or a subset in a
@@ -59,10 +60,10 @@ def residual(cache: BlockView | None, module: str, x: torch.Tensor, fn: ModuleFn
     """
     out: torch.Tensor | None
     if cache is None:
-        out = cast(torch.Tensor, fn(x, None))      # asked for no statistic: the output alone
+        out = cast(torch.Tensor, fn(x, None))  # asked for no statistic: the output alone
     else:
         out = cache.run(module, x, fn)
-        if out is None:      # aggressive: the module adds nothing
+        if out is None:  # aggressive: the module adds nothing
             return x
         if gate is not None and cache.action(module) != Action.FULL:
             # a reused, forecast or partially recomputed output: one fused pass over the tokens instead of a
@@ -97,7 +98,7 @@ class FeatureCache:
         self.last_timers: EngineTimers | None = None
         # bytes the cache held at its fullest, sampled at every step boundary and after the last step's writes
         self.last_peak_bytes: int = 0
-        self.profile_sessions = False     # sessions opened without profile= are profiled (see profiling())
+        self.profile_sessions = False  # sessions opened without profile= are profiled (see profiling())
 
     def plan(self, num_steps: int) -> Plan:
         return build_plan(self.config, self.layout, num_steps)
@@ -112,8 +113,14 @@ class FeatureCache:
             self.profile_sessions = before
 
     @contextlib.contextmanager
-    def session(self, num_steps: int, *, grid: tuple[int, int] | None = None, cfg_halves: bool = False,
-                profile: bool | None = None) -> Iterator[CacheRun]:
+    def session(
+        self,
+        num_steps: int,
+        *,
+        grid: tuple[int, int] | None = None,
+        cfg_halves: bool = False,
+        profile: bool | None = None,
+    ) -> Iterator[CacheRun]:
         """One sampling run. ``grid`` is the token grid (rows, cols) for the spatial bonus;
         ``cfg_halves`` says the batch is two CFG halves that must select the same random tokens;
         ``profile`` fills the engine timers (default: ``profile_sessions``)."""
@@ -143,8 +150,9 @@ class FeatureCache:
 class CacheRun:
     """State of one sampling run: cached outputs, counters, statistics, trunk output, trace."""
 
-    def __init__(self, owner: FeatureCache, plan: Plan, *, grid: tuple[int, int] | None, cfg_halves: bool,
-                 profile: bool) -> None:
+    def __init__(
+        self, owner: FeatureCache, plan: Plan, *, grid: tuple[int, int] | None, cfg_halves: bool, profile: bool
+    ) -> None:
         self.owner = owner
         self.config = owner.config
         self.layout = owner.layout
@@ -157,7 +165,7 @@ class CacheRun:
         self.stats: list[torch.Tensor | None] = [None] * depth
         self.method: CacheMethod = get_method(self.config.method)
         self.trunk_out: torch.Tensor | None = None
-        self.trunk_state: TrunkState | None = self.method.new_trunk()   # a method that computes the trunk itself
+        self.trunk_state: TrunkState | None = self.method.new_trunk()  # a method that computes the trunk itself
         self.shape: tuple[int, int] | None = None
         self.generator: torch.Generator | None = None
         self.trace = Trace.empty(plan)
@@ -166,13 +174,15 @@ class CacheRun:
         self.current: StepView | None = None
         self._selects = plan.count(Action.PARTIAL) > 0
         self._stores = self.method.caches
-        self._stores_trunk = any(plan.trunk_reused)      # decided once, not per step
+        self._stores_trunk = any(plan.trunk_reused)  # decided once, not per step
 
     # -- lifecycle -------------------------------------------------------------------------------
     def set_step(self, p: int) -> StepView:
         if not (0 <= p < self.plan.num_steps):
-            raise ValueError(f"step {p} is outside this session's {self.plan.num_steps} steps; "
-                             f"open a new session for a different step count")
+            raise ValueError(
+                f"step {p} is outside this session's {self.plan.num_steps} steps; "
+                f"open a new session for a different step count"
+            )
         self.peak_bytes = max(self.peak_bytes, self.nbytes())
         self.current = StepView(self, p)
         return self.current
@@ -194,12 +204,16 @@ class CacheRun:
         shape = (x.shape[0], x.shape[1])
         if self.shape is None:
             if self.cfg_halves and shape[0] % 2:
-                raise ValueError(f"cache session opened with cfg_halves=True but the batch has {shape[0]} rows; "
-                                 f"a CFG batch holds two equal halves (pass cfg_halves=False without guidance)")
+                raise ValueError(
+                    f"cache session opened with cfg_halves=True but the batch has {shape[0]} rows; "
+                    f"a CFG batch holds two equal halves (pass cfg_halves=False without guidance)"
+                )
             self.shape = shape
         elif shape != self.shape:
-            raise ValueError(f"this cache session started with batch {self.shape[0]} x {self.shape[1]} tokens "
-                             f"but got batch {shape[0]} x {shape[1]}; open a new session for a new shape")
+            raise ValueError(
+                f"this cache session started with batch {self.shape[0]} x {self.shape[1]} tokens "
+                f"but got batch {shape[0]} x {shape[1]}; open a new session for a new shape"
+            )
 
     @contextlib.contextmanager
     def _timed(self, attr: str, device: torch.device) -> Iterator[None]:
@@ -234,12 +248,14 @@ class StepView:
         """Call after the last block: returns the cached trunk output in aggressive steps, else stores x."""
         run = self.run
         run.trace.trunk_reused[self.p] = self.trunk_reused
-        if run.trunk_state is not None:             # the method computes the trunk output (e.g. forecasts it)
+        if run.trunk_state is not None:  # the method computes the trunk output (e.g. forecasts it)
             return run.trunk_state.step(x, self.p, self.trunk_reused, run.config)
         if self.trunk_reused:
             if run.trunk_out is None:
-                raise RuntimeError(f"step {self.p} reuses the trunk output but none was computed before; "
-                                   f"the plan must start with a full step")
+                raise RuntimeError(
+                    f"step {self.p} reuses the trunk output but none was computed before; "
+                    f"the plan must start with a full step"
+                )
             return run.trunk_out
         if run._stores_trunk:
             run.trunk_out = x
@@ -291,7 +307,7 @@ class BlockView:
             elif k >= x.shape[1]:
                 action = Action.FULL
         if action == Action.REUSE:
-            action = run.method.reuse_as           # e.g. dualca forecasts what DuCa would reuse
+            action = run.method.reuse_as  # e.g. dualca forecasts what DuCa would reuse
         run.trace.record(p, b, m_idx, action, x.shape[1] if action == Action.FULL else 0)
 
         if action == Action.SKIP:
@@ -311,7 +327,9 @@ class BlockView:
         run.method.before_partial(state, p, run.config)
         return self._partial(module, state, x, fn, k)
 
-    def _split(self, result: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _split(
+        self, result: torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if isinstance(result, tuple):
             return result[0], result[1]
         return result, None
@@ -325,8 +343,10 @@ class BlockView:
         with run._timed("cache_writes", x.device):
             if kind is not None:
                 if stat is None:
-                    raise RuntimeError(f"selector {kind!r} needs module {module!r} of block {self.index} to "
-                                       f"return (output, statistic) when asked for one")
+                    raise RuntimeError(
+                        f"selector {kind!r} needs module {module!r} of block {self.index} to "
+                        f"return (output, statistic) when asked for one"
+                    )
                 run.stats[self.index] = stat
             run.method.on_full(state, out, self.p, run.config)
             if run._selects and module in run.layout.tokenwise:
@@ -355,8 +375,10 @@ class BlockView:
             stat = run.stats[self.index]
             if stat is None:
                 source = run.layout.cross_attn if cfg.selector in STAT_FROM_CROSS_ATTN else run.layout.self_attn
-                raise RuntimeError(f"selector {cfg.selector!r} needs a statistic from module {source!r} of block "
-                                   f"{self.index}, but none was recorded; does this model provide it?")
+                raise RuntimeError(
+                    f"selector {cfg.selector!r} needs a statistic from module {source!r} of block "
+                    f"{self.index}, but none was recorded; does this model provide it?"
+                )
             score = sel.score_from_stat(cfg.selector, stat)
             if cfg.selector in STAT_FROM_CROSS_ATTN and run.cfg_halves:
                 score = sel.share_over_cfg_halves(score)
@@ -369,8 +391,10 @@ class BlockView:
     def _partial(self, module: str, state: ModuleState, x: torch.Tensor, fn: ModuleFn, k: int) -> torch.Tensor:
         run = self.state
         if state.out is None or state.counter is None:
-            raise RuntimeError(f"block {self.index} module {module!r} is partially recomputed at step {self.p} "
-                               f"before it was computed in full")
+            raise RuntimeError(
+                f"block {self.index} module {module!r} is partially recomputed at step {self.p} "
+                f"before it was computed in full"
+            )
         with run._timed("scoring", x.device):
             index = sel.top_k(self._score(module, state, x), k)
         with run._timed("gather_scatter", x.device):

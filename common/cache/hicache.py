@@ -44,7 +44,7 @@ def hermite_he(n: int, x: float) -> float:
 
 def hermite_coefficient(i: int, dt: float, scale: float = HERMITE_SCALE) -> float:
     """Weight of the i-th derivative estimate: He_i(scale * dt) / (scale^i * i!)."""
-    return hermite_he(i, scale * dt) / (scale ** i * math.factorial(i))
+    return hermite_he(i, scale * dt) / (scale**i * math.factorial(i))
 
 
 class HermiteTerms(TaylorTerms):

@@ -30,8 +30,14 @@ class SupportsCache(Protocol):
 
     def configure_cache(self, config: CacheConfig) -> None: ...
 
-    def cache_session(self, num_steps: int, *, grid: tuple[int, int] | None = None, cfg_halves: bool = False,
-                      profile: bool | None = None) -> AbstractContextManager[CacheRun]: ...
+    def cache_session(
+        self,
+        num_steps: int,
+        *,
+        grid: tuple[int, int] | None = None,
+        cfg_halves: bool = False,
+        profile: bool | None = None,
+    ) -> AbstractContextManager[CacheRun]: ...
 
 
 class CachedModel:
@@ -49,6 +55,12 @@ class CachedModel:
             raise RuntimeError("cannot change the cache configuration while a sampling session is open")
         self.feature_cache = FeatureCache(config, self.feature_cache.layout)
 
-    def cache_session(self, num_steps: int, *, grid: tuple[int, int] | None = None, cfg_halves: bool = False,
-                      profile: bool | None = None) -> AbstractContextManager[CacheRun]:
+    def cache_session(
+        self,
+        num_steps: int,
+        *,
+        grid: tuple[int, int] | None = None,
+        cfg_halves: bool = False,
+        profile: bool | None = None,
+    ) -> AbstractContextManager[CacheRun]:
         return self.feature_cache.session(num_steps, grid=grid, cfg_halves=cfg_halves, profile=profile)

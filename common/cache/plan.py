@@ -63,7 +63,7 @@ class Plan:
     config: CacheConfig
     layout: BlockLayout
     num_steps: int
-    block_types: tuple[tuple[str, ...], ...]            # [p][block] letter F/T/A/R/P ("" for module_cycles)
+    block_types: tuple[tuple[str, ...], ...]  # [p][block] letter F/T/A/R/P ("" for module_cycles)
     actions: tuple[tuple[tuple[Action, ...], ...], ...]
     ratios: tuple[tuple[tuple[float, ...], ...], ...]
     trunk_reused: tuple[bool, ...]
@@ -126,12 +126,12 @@ DIT_FORCED_INTERVAL = 2
 def _block_type_letters(cfg: CacheConfig, layout: BlockLayout, num_steps: int) -> list[list[str]]:
     types: list[list[str]] = []
     method = get_method(cfg.method)
-    cal_interval = cfg.interval            # the reference initialises cal_threshold to fresh_threshold
+    cal_interval = cfg.interval  # the reference initialises cal_threshold to fresh_threshold
     for p in range(num_steps):
         s = layout.reference_step(p, num_steps)
         first = p == 0
         row: list[str] = []
-        step_interval = cal_interval       # per_step mode: decided once, from the state before the step
+        step_interval = cal_interval  # per_step mode: decided once, from the state before the step
         for _block in range(layout.depth):
             if not method.caches:
                 row.append("F")
@@ -167,17 +167,25 @@ def build_plan(cfg: CacheConfig, layout: BlockLayout, num_steps: int) -> Plan:
         cycles = dict(cfg.module_cycles)
         missing = [m for m in modules if m not in cycles]
         if missing:
-            raise ValueError(f"CacheConfig.module_cycles has no pattern for modules {missing} of this model "
-                             f"(modules: {modules})")
+            raise ValueError(
+                f"CacheConfig.module_cycles has no pattern for modules {missing} of this model (modules: {modules})"
+            )
         block_types = tuple(tuple("" for _ in range(layout.depth)) for _ in range(num_steps))
         for p in range(num_steps):
             s = layout.reference_step(p, num_steps)
-            step_letters = [method.cycle_letter("F" if p < cfg.warmup_full_steps else cycles[m][s % len(cycles[m])])
-                            for m in modules]
+            step_letters = [
+                method.cycle_letter("F" if p < cfg.warmup_full_steps else cycles[m][s % len(cycles[m])])
+                for m in modules
+            ]
             step_actions, step_ratios = [], []
             for block in range(layout.depth):
-                a_row, r_row = zip(*(_module_action(cfg, layout, letter, m, s, num_steps, block)
-                                     for letter, m in zip(step_letters, modules)))
+                a_row, r_row = zip(
+                    *(
+                        _module_action(cfg, layout, letter, m, s, num_steps, block)
+                        for letter, m in zip(step_letters, modules, strict=True)
+                    ),
+                    strict=True,
+                )
                 step_actions.append(tuple(a_row))
                 step_ratios.append(tuple(r_row))
             actions.append(tuple(step_actions))
@@ -190,26 +198,28 @@ def build_plan(cfg: CacheConfig, layout: BlockLayout, num_steps: int) -> Plan:
         s = layout.reference_step(p, num_steps)
         step_actions, step_ratios = [], []
         for block in range(layout.depth):
-            a_row, r_row = zip(*(_module_action(cfg, layout, letters[p][block], m, s, num_steps, block)
-                                 for m in modules))
+            a_row, r_row = zip(
+                *(_module_action(cfg, layout, letters[p][block], m, s, num_steps, block) for m in modules),
+                strict=True,
+            )
             step_actions.append(tuple(a_row))
             step_ratios.append(tuple(r_row))
         actions.append(tuple(step_actions))
         ratios.append(tuple(step_ratios))
         trunk.append(letters[p][-1] == "A")
-    return Plan(cfg, layout, num_steps, tuple(tuple(r) for r in letters), tuple(actions), tuple(ratios),
-                tuple(trunk))
+    return Plan(cfg, layout, num_steps, tuple(tuple(r) for r in letters), tuple(actions), tuple(ratios), tuple(trunk))
 
 
-def _module_action(cfg: CacheConfig, layout: BlockLayout, letter: str, module: str, s: int, num_steps: int,
-                   block: int) -> tuple[Action, float]:
+def _module_action(
+    cfg: CacheConfig, layout: BlockLayout, letter: str, module: str, s: int, num_steps: int, block: int
+) -> tuple[Action, float]:
     if letter != "T":
         return _TYPE_TO_ACTION[letter], (1.0 if letter == "F" else 0.0)
     r = cfg.ratio_schedule.ratio(cfg.fresh_ratio, s, num_steps, block, layout.depth, module)
-    if r >= 1.0:                       # every token fresh: the module is simply computed
+    if r >= 1.0:  # every token fresh: the module is simply computed
         return Action.FULL, 1.0
     if module not in layout.tokenwise:
-        return Action.REUSE, 0.0       # self-attention cannot be recomputed token-wise: reuse it
+        return Action.REUSE, 0.0  # self-attention cannot be recomputed token-wise: reuse it
     # r <= 0 stays a partial step of ratio 0: no token is recomputed (the engine reuses the output and traces
     # a reuse) but every token's staleness counter still advances, as in the reference's conservative steps.
     return Action.PARTIAL, r

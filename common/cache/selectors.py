@@ -40,8 +40,9 @@ def score_from_stat(kind: str, stat: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"no score for statistic kind {kind!r}")
 
 
-def random_score(batch: int, tokens: int, generator: torch.Generator, device: torch.device,
-                 cfg_halves: bool) -> torch.Tensor:
+def random_score(
+    batch: int, tokens: int, generator: torch.Generator, device: torch.device, cfg_halves: bool
+) -> torch.Tensor:
     """U(0,1) scores; with ``cfg_halves`` the second half of the batch repeats the first."""
     rows = batch // 2 if cfg_halves else batch
     score = torch.rand(rows, tokens, generator=generator, device=generator.device).to(device)
@@ -71,10 +72,10 @@ def spatial_bonus(score: torch.Tensor, grid: tuple[int, int], cell: int, bonus: 
     padded = score.new_full((b, hc * cell, wc * cell), float("-inf"))
     padded[:, :h, :w] = score.view(b, h, w)
     cells = padded.view(b, hc, cell, wc, cell).permute(0, 1, 3, 2, 4).reshape(b, hc, wc, cell * cell)
-    arg = cells.argmax(dim=-1)                                     # (b, hc, wc) position inside each cell
+    arg = cells.argmax(dim=-1)  # (b, hc, wc) position inside each cell
     rows = torch.arange(hc, device=score.device)[:, None] * cell + arg // cell
     cols = torch.arange(wc, device=score.device)[None, :] * cell + arg % cell
-    winners = (rows * w + cols).reshape(b, -1)                      # token index of each cell's best
+    winners = (rows * w + cols).reshape(b, -1)  # token index of each cell's best
     best = score.gather(1, winners)
     return score.scatter_add(1, winners, bonus * best)
 

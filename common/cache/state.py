@@ -11,10 +11,10 @@ from .taylor import TaylorTerms
 
 @dataclass
 class ModuleState:
-    out: torch.Tensor | None = None          # last output, pre-gate, (B, N, C)
-    counter: torch.Tensor | None = None      # (B, N) partial steps since each token was last computed
-    taylor: TaylorTerms | None = None        # the method's forecaster, if it has one
-    ref_input: torch.Tensor | None = None    # module input at the last full step (similarity selector)
+    out: torch.Tensor | None = None  # last output, pre-gate, (B, N, C)
+    counter: torch.Tensor | None = None  # (B, N) partial steps since each token was last computed
+    taylor: TaylorTerms | None = None  # the method's forecaster, if it has one
+    ref_input: torch.Tensor | None = None  # module input at the last full step (similarity selector)
 
     def tensors(self) -> list[torch.Tensor | None]:
         taylor = self.taylor.tensors() if self.taylor is not None else []

@@ -39,5 +39,5 @@ class TaylorTerms:
         dt = step - self.step
         out = self.terms[0]
         for i in range(1, len(self.terms)):
-            out = out + self.terms[i] * (dt ** i / math.factorial(i))
+            out = out + self.terms[i] * (dt**i / math.factorial(i))
         return out

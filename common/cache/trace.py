@@ -9,23 +9,28 @@ import numpy as np
 
 from .plan import Action, Plan
 
-NOT_RUN = -1   # trace value of a module the model never called in that step
+NOT_RUN = -1  # trace value of a module the model never called in that step
 
 
 @dataclass
 class Trace:
     modules: tuple[str, ...]
-    step_labels: list[int]          # the reference step index of each evaluation
-    actions: np.ndarray             # (K, depth, modules) int8, Action values or NOT_RUN
-    tokens: np.ndarray              # (K, depth, modules) int64, tokens computed (N for full, k for partial)
+    step_labels: list[int]  # the reference step index of each evaluation
+    actions: np.ndarray  # (K, depth, modules) int8, Action values or NOT_RUN
+    tokens: np.ndarray  # (K, depth, modules) int64, tokens computed (N for full, k for partial)
     trunk_reused: list[bool]
 
     @classmethod
     def empty(cls, plan: Plan) -> Trace:
         k, d, m = plan.num_steps, plan.layout.depth, len(plan.layout.modules)
         labels = [plan.layout.reference_step(p, k) for p in range(k)]
-        return cls(plan.layout.modules, labels, np.full((k, d, m), NOT_RUN, dtype=np.int8),
-                   np.zeros((k, d, m), dtype=np.int64), [False] * k)
+        return cls(
+            plan.layout.modules,
+            labels,
+            np.full((k, d, m), NOT_RUN, dtype=np.int8),
+            np.zeros((k, d, m), dtype=np.int64),
+            [False] * k,
+        )
 
     def record(self, p: int, block: int, module: int, action: Action, tokens: int) -> None:
         self.actions[p, block, module] = int(action)
@@ -51,7 +56,7 @@ class Trace:
         """Compact text table: 'step:letters' entries, ``columns`` per line, in evaluation order."""
         cells = [f"{self.step_labels[p]:>3}:{self.step_letters(p):<7}" for p in range(self.num_steps)]
         header = "modules: " + "/".join(self.modules) + "  (F full, T partial, R reuse, A skip, P forecast)"
-        return "\n".join([header] + [" ".join(cells[i:i + columns]) for i in range(0, len(cells), columns)])
+        return "\n".join([header] + [" ".join(cells[i : i + columns]) for i in range(0, len(cells), columns)])
 
     def fraction_computed(self) -> float:
         """Fraction of module-token evaluations actually computed, relative to no caching."""
@@ -62,14 +67,19 @@ class Trace:
         return float(self.tokens.sum()) / (full * n)
 
     def to_dict(self) -> dict:
-        return {"modules": list(self.modules), "step_labels": self.step_labels,
-                "actions": self.actions.tolist(), "tokens": self.tokens.tolist(),
-                "trunk_reused": self.trunk_reused,
-                "legend": {int(a): a.name for a in Action} | {NOT_RUN: "NOT_RUN"}}
+        return {
+            "modules": list(self.modules),
+            "step_labels": self.step_labels,
+            "actions": self.actions.tolist(),
+            "tokens": self.tokens.tolist(),
+            "trunk_reused": self.trunk_reused,
+            "legend": {int(a): a.name for a in Action} | {NOT_RUN: "NOT_RUN"},
+        }
 
     def save_heatmap(self, path: str | Path, title: str = "") -> Path:
         """One panel per module: steps (x) by blocks (y), coloured by action; partial cells show k/N shading."""
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         from matplotlib.colors import ListedColormap
@@ -78,7 +88,7 @@ class Trace:
         path.parent.mkdir(parents=True, exist_ok=True)
         n_mod = len(self.modules)
         fig, axes = plt.subplots(n_mod, 1, figsize=(max(6, self.num_steps * 0.18), 1.6 + 1.8 * n_mod), squeeze=False)
-        colors = ["#d62728", "#ff7f0e", "#1f77b4", "#e0e0e0", "#2ca02c", "#ffffff"]   # F T R A P, not run
+        colors = ["#d62728", "#ff7f0e", "#1f77b4", "#e0e0e0", "#2ca02c", "#ffffff"]  # F T R A P, not run
         cmap = ListedColormap(colors)
         for m, ax in enumerate(axes[:, 0]):
             grid = self.actions[:, :, m].T.astype(float)

@@ -64,19 +64,20 @@ CFG_THRESHOLD = 1.0
 # diffusers turns a 0/1 encoder mask into a bias of 0 (keep) / -10000 (discard)
 # (PixArtTransformer2DModel.forward); anything below half of that is a discarded key.
 DISCARD_BIAS_THRESHOLD = -5000.0
-HANDLE_ATTRIBUTE = "_duca_cache"            # where the handle lives on the transformer
+HANDLE_ATTRIBUTE = "_duca_cache"  # where the handle lives on the transformer
 
 
 # ------------------------------------------------------------------------------------------------
 # Families: which diffusers transformers, which block type, which engine layout
 # ------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Family:
-    name: str                  # the preset family ("dit", "pixart")
-    norm_type: str             # BasicTransformerBlock.norm_type of its blocks
+    name: str  # the preset family ("dit", "pixart")
+    norm_type: str  # BasicTransformerBlock.norm_type of its blocks
     layout: Callable[[int], BlockLayout]
-    shares_value_norm: bool    # PixArt's reference averages ||v|| over the CFG halves; DiT's does not
+    shares_value_norm: bool  # PixArt's reference averages ||v|| over the CFG halves; DiT's does not
 
 
 def dit_layout(depth: int) -> BlockLayout:
@@ -86,20 +87,30 @@ def dit_layout(depth: int) -> BlockLayout:
 
 def pixart_layout(depth: int) -> BlockLayout:
     """PixArt-alpha: self-attention, cross-attention, MLP; the last two are token-wise (as ``pixart_duca``)."""
-    return BlockLayout(depth, ("attn", "cross_attn", "mlp"), tokenwise=("cross_attn", "mlp"), self_attn="attn",
-                       cross_attn="cross_attn", step_counts_down=False)
+    return BlockLayout(
+        depth,
+        ("attn", "cross_attn", "mlp"),
+        tokenwise=("cross_attn", "mlp"),
+        self_attn="attn",
+        cross_attn="cross_attn",
+        step_counts_down=False,
+    )
 
 
-FAMILIES = {"DiTTransformer2DModel": Family("dit", "ada_norm_zero", dit_layout, shares_value_norm=False),
-            "PixArtTransformer2DModel": Family("pixart", "ada_norm_single", pixart_layout, shares_value_norm=True)}
+FAMILIES = {
+    "DiTTransformer2DModel": Family("dit", "ada_norm_zero", dit_layout, shares_value_norm=False),
+    "PixArtTransformer2DModel": Family("pixart", "ada_norm_single", pixart_layout, shares_value_norm=True),
+}
 
 
 def _family_of(transformer) -> Family:
     for cls in type(transformer).__mro__:
         if cls.__name__ in FAMILIES:
             return FAMILIES[cls.__name__]
-    raise TypeError(f"apply_cache supports diffusers' {' and '.join(FAMILIES)} (DiTPipeline, PixArtAlphaPipeline); "
-                    f"got a {type(transformer).__name__}")
+    raise TypeError(
+        f"apply_cache supports diffusers' {' and '.join(FAMILIES)} (DiTPipeline, PixArtAlphaPipeline); "
+        f"got a {type(transformer).__name__}"
+    )
 
 
 def _check_blocks(transformer, family: Family) -> None:
@@ -115,13 +126,16 @@ def _check_blocks(transformer, family: Family) -> None:
         if (family.name == "pixart") != (block.attn2 is not None):
             problems.append("a cross-attention layout that does not match the model family")
         if problems:
-            raise ValueError(f"transformer block {i} has {', '.join(problems)}; the cache adapter implements "
-                             f"the DiT and PixArt-alpha blocks only")
+            raise ValueError(
+                f"transformer block {i} has {', '.join(problems)}; the cache adapter implements "
+                f"the DiT and PixArt-alpha blocks only"
+            )
 
 
 # ------------------------------------------------------------------------------------------------
 # Selector statistics: a diffusers-style attention processor, called when the engine asks for one
 # ------------------------------------------------------------------------------------------------
+
 
 class StatAttnProcessor:
     """Attention as diffusers' ``AttnProcessor2_0`` computes it, plus the statistic the engine asks for.
@@ -133,12 +147,22 @@ class StatAttnProcessor:
     Returns ``(output, statistic)``. ``share_halves`` averages value norms over the two CFG halves.
     """
 
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, *, stat: str, cfg_halves: bool = False,
-                 share_halves: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        stat: str,
+        cfg_halves: bool = False,
+        share_halves: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if attn.spatial_norm is not None or attn.group_norm is not None or hidden_states.ndim != 3:
-            raise ValueError("the cache adapter's attention statistics support token sequences (B, N, C) "
-                             "without spatial or group norm (the DiT and PixArt-alpha attention)")
+            raise ValueError(
+                "the cache adapter's attention statistics support token sequences (B, N, C) "
+                "without spatial or group norm (the DiT and PixArt-alpha attention)"
+            )
         b = hidden_states.shape[0]
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         bias = None
@@ -157,7 +181,7 @@ class StatAttnProcessor:
             k = attn.norm_k(k)
         if stat == "value_norm":
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=0.0, is_causal=False)
-            statistic = v.float().norm(dim=-1)                                     # (B, H, N)
+            statistic = v.float().norm(dim=-1)  # (B, H, N)
             if share_halves and cfg_halves:
                 statistic = statistic.view(2, b // 2, *statistic.shape[1:]).mean(0).repeat(2, 1, 1)
         elif stat == "attention_received" and bias is None:
@@ -170,11 +194,14 @@ class StatAttnProcessor:
             probs = scores.softmax(dim=-1)
             out = probs.to(v.dtype) @ v
             if stat == "attention_received":
-                statistic = probs.mean(dim=1).sum(dim=1)                            # (B, N)
+                statistic = probs.mean(dim=1).sum(dim=1)  # (B, N)
             else:
-                keep = (torch.ones(b, k.shape[2], device=q.device) if bias is None
-                        else (bias[:, 0, 0, :] > DISCARD_BIAS_THRESHOLD).float())
-                statistic = cross_attention_entropy(probs, keep, cfg_halves)       # (B, n)
+                keep = (
+                    torch.ones(b, k.shape[2], device=q.device)
+                    if bias is None
+                    else (bias[:, 0, 0, :] > DISCARD_BIAS_THRESHOLD).float()
+                )
+                statistic = cross_attention_entropy(probs, keep, cfg_halves)  # (B, n)
         else:
             raise ValueError(f"the cache adapter cannot compute the selector statistic {stat!r}")
         out = out.transpose(1, 2).reshape(b, -1, attn.heads * head_dim).to(q.dtype)
@@ -191,6 +218,7 @@ def _feed_forward(block, x: torch.Tensor) -> torch.Tensor:
     chunk = block._chunk_size
     if chunk is not None and x.shape[block._chunk_dim] % chunk == 0:
         from diffusers.models.attention import _chunked_feed_forward
+
         return _chunked_feed_forward(block.ff, x, block._chunk_dim, chunk)
     return block.ff(x)
 
@@ -198,6 +226,7 @@ def _feed_forward(block, x: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------
 # The wrapped block forwards: the diffusers block's own computation, through the engine
 # ------------------------------------------------------------------------------------------------
+
 
 def _dit_block(block, cache, run_cfg: bool, hidden_states, timestep, class_labels, kwargs) -> torch.Tensor:
     """``BasicTransformerBlock`` with ``norm_type="ada_norm_zero"`` (DiT), op for op."""
@@ -220,28 +249,41 @@ def _dit_block(block, cache, run_cfg: bool, hidden_states, timestep, class_label
     return residual(cache, "mlp", x, mlp, gate_mlp.unsqueeze(1))
 
 
-def _pixart_block(block, cache, run_cfg: bool, hidden_states, timestep, attention_mask, encoder_hidden_states,
-                  encoder_attention_mask, kwargs) -> torch.Tensor:
+def _pixart_block(
+    block,
+    cache,
+    run_cfg: bool,
+    hidden_states,
+    timestep,
+    attention_mask,
+    encoder_hidden_states,
+    encoder_attention_mask,
+    kwargs,
+) -> torch.Tensor:
     """``BasicTransformerBlock`` with ``norm_type="ada_norm_single"`` (PixArt-alpha), op for op."""
     if cache.skip:
         return hidden_states
     b = hidden_states.shape[0]
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
-        block.scale_shift_table[None] + timestep.reshape(b, 6, -1)).chunk(6, dim=1)
+        block.scale_shift_table[None] + timestep.reshape(b, 6, -1)
+    ).chunk(6, dim=1)
 
     def attn(t: torch.Tensor, stat: str | None):
         normed = block.norm1(t) * (1 + scale_msa) + shift_msa
         if stat is None:
             return block.attn1(normed, encoder_hidden_states=None, attention_mask=attention_mask, **kwargs)
-        return STAT_PROCESSOR(block.attn1, normed, attention_mask=attention_mask, stat=stat, cfg_halves=run_cfg,
-                              share_halves=True)
+        return STAT_PROCESSOR(
+            block.attn1, normed, attention_mask=attention_mask, stat=stat, cfg_halves=run_cfg, share_halves=True
+        )
 
     def cross_attn(t: torch.Tensor, stat: str | None):
         if stat is None:
-            return block.attn2(t, encoder_hidden_states=encoder_hidden_states, attention_mask=encoder_attention_mask,
-                               **kwargs)
-        return STAT_PROCESSOR(block.attn2, t, encoder_hidden_states, encoder_attention_mask, stat=stat,
-                              cfg_halves=run_cfg)
+            return block.attn2(
+                t, encoder_hidden_states=encoder_hidden_states, attention_mask=encoder_attention_mask, **kwargs
+            )
+        return STAT_PROCESSOR(
+            block.attn2, t, encoder_hidden_states, encoder_attention_mask, stat=stat, cfg_halves=run_cfg
+        )
 
     def mlp(t: torch.Tensor, stat: str | None):
         return _feed_forward(block, block.norm2(t) * (1 + scale_mlp) + shift_mlp)
@@ -255,16 +297,17 @@ def _pixart_block(block, cache, run_cfg: bool, hidden_states, timestep, attentio
 # The handle
 # ------------------------------------------------------------------------------------------------
 
+
 class DiffusersCache:
     """The engine attached to one diffusers transformer: its :class:`FeatureCache` and sessions."""
 
     def __init__(self, transformer, config: CacheConfig, family: Family, profile: bool = False) -> None:
         self.transformer = transformer
         self.family = family
-        self.profile = profile                   # pipeline calls time the engine's own work (last_timers)
+        self.profile = profile  # pipeline calls time the engine's own work (last_timers)
         self.feature_cache = FeatureCache(config, family.layout(len(transformer.transformer_blocks)))
         self._calls = 0
-        self._lazy: dict | None = None          # set while a pipeline call waits for its first forward
+        self._lazy: dict | None = None  # set while a pipeline call waits for its first forward
         self._stack: contextlib.ExitStack | None = None
         self._hook = None
 
@@ -277,12 +320,14 @@ class DiffusersCache:
         return (side, side)
 
     @contextlib.contextmanager
-    def session(self, num_steps: int, *, cfg_halves: bool, grid: tuple[int, int] | None = None,
-                profile: bool = False) -> Iterator:
+    def session(
+        self, num_steps: int, *, cfg_halves: bool, grid: tuple[int, int] | None = None, profile: bool = False
+    ) -> Iterator:
         """One sampling run of ``num_steps`` transformer calls; each call is the next step. The state is
         dropped when the block exits, also on an exception."""
-        with self.feature_cache.session(num_steps, grid=grid or self.default_grid(), cfg_halves=cfg_halves,
-                                        profile=profile) as run:
+        with self.feature_cache.session(
+            num_steps, grid=grid or self.default_grid(), cfg_halves=cfg_halves, profile=profile
+        ) as run:
             self._calls = 0
             try:
                 yield run
@@ -310,17 +355,26 @@ class DiffusersCache:
             patch = self.transformer.config.patch_size
             timesteps = getattr(self._lazy["scheduler"], "timesteps", None)
             if timesteps is None:
-                raise RuntimeError("the pipeline's scheduler has no timesteps at the first transformer call; "
-                                   "cannot size the cache session")
-            self._stack.enter_context(self.session(len(timesteps), cfg_halves=self._lazy["cfg_halves"],
-                                                   grid=(hidden.shape[-2] // patch, hidden.shape[-1] // patch),
-                                                   profile=self.profile))
+                raise RuntimeError(
+                    "the pipeline's scheduler has no timesteps at the first transformer call; "
+                    "cannot size the cache session"
+                )
+            self._stack.enter_context(
+                self.session(
+                    len(timesteps),
+                    cfg_halves=self._lazy["cfg_halves"],
+                    grid=(hidden.shape[-2] // patch, hidden.shape[-1] // patch),
+                    profile=self.profile,
+                )
+            )
         run = self.feature_cache.active
         if run is not None:
             if self._calls >= run.plan.num_steps:
-                raise RuntimeError(f"transformer call {self._calls + 1} in a cache session of {run.plan.num_steps} "
-                                   f"steps: the adapter expects one transformer call per step (per scheduler "
-                                   f"timestep in a pipeline call); open a session with the right num_steps")
+                raise RuntimeError(
+                    f"transformer call {self._calls + 1} in a cache session of {run.plan.num_steps} "
+                    f"steps: the adapter expects one transformer call per step (per scheduler "
+                    f"timestep in a pipeline call); open a session with the right num_steps"
+                )
             run.set_step(self._calls)
             self._calls += 1
 
@@ -348,12 +402,28 @@ class DiffusersCache:
         plain = type(block).forward.__get__(block)
         fc, family = self.feature_cache, self.family
 
-        def forward(hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
-                    timestep=None, cross_attention_kwargs=None, class_labels=None, added_cond_kwargs=None):
+        def forward(
+            hidden_states,
+            attention_mask=None,
+            encoder_hidden_states=None,
+            encoder_attention_mask=None,
+            timestep=None,
+            cross_attention_kwargs=None,
+            class_labels=None,
+            added_cond_kwargs=None,
+        ):
             step = fc.current_step()
             if step is None:
-                return plain(hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask, timestep,
-                             cross_attention_kwargs, class_labels, added_cond_kwargs)
+                return plain(
+                    hidden_states,
+                    attention_mask,
+                    encoder_hidden_states,
+                    encoder_attention_mask,
+                    timestep,
+                    cross_attention_kwargs,
+                    class_labels,
+                    added_cond_kwargs,
+                )
             kwargs = dict(cross_attention_kwargs or {})
             if kwargs.pop("gligen", None) is not None:
                 raise ValueError("GLIGEN inputs are not supported by the cache adapter")
@@ -361,8 +431,17 @@ class DiffusersCache:
             if family.name == "dit":
                 out = _dit_block(block, cache, run_cfg, hidden_states, timestep, class_labels, kwargs)
             else:
-                out = _pixart_block(block, cache, run_cfg, hidden_states, timestep, attention_mask,
-                                    encoder_hidden_states, encoder_attention_mask, kwargs)
+                out = _pixart_block(
+                    block,
+                    cache,
+                    run_cfg,
+                    hidden_states,
+                    timestep,
+                    attention_mask,
+                    encoder_hidden_states,
+                    encoder_attention_mask,
+                    kwargs,
+                )
             return step.trunk(out) if last else out
 
         return forward
@@ -371,6 +450,7 @@ class DiffusersCache:
 # ------------------------------------------------------------------------------------------------
 # The pipeline wrapper: a same-named subclass whose __call__ opens the session
 # ------------------------------------------------------------------------------------------------
+
 
 def _cfg_halves_of(original_call, pipe, args, kwargs) -> bool:
     params = inspect.signature(original_call).parameters
@@ -393,8 +473,16 @@ def _cached_class(cls: type) -> type:
 
     __call__.__doc__ = original_call.__doc__
     # Same name and module, so save_pretrained writes the original class name and repr() reads the same.
-    return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__,
-                                       "__qualname__": cls.__qualname__, "_duca_original_class": cls})
+    return type(
+        cls.__name__,
+        (cls,),
+        {
+            "__call__": __call__,
+            "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+            "_duca_original_class": cls,
+        },
+    )
 
 
 def _split_target(target):
@@ -404,8 +492,10 @@ def _split_target(target):
         return target, transformer
     if hasattr(target, "transformer_blocks"):
         return None, target
-    raise TypeError(f"apply_cache takes a diffusers pipeline with a .transformer (DiTPipeline, PixArtAlphaPipeline) "
-                    f"or the transformer itself; got a {type(target).__name__}")
+    raise TypeError(
+        f"apply_cache takes a diffusers pipeline with a .transformer (DiTPipeline, PixArtAlphaPipeline) "
+        f"or the transformer itself; got a {type(target).__name__}"
+    )
 
 
 def _resolve_config(family: Family, preset: str | None, config: CacheConfig | None) -> CacheConfig:
@@ -417,13 +507,16 @@ def _resolve_config(family: Family, preset: str | None, config: CacheConfig | No
         return config
     chosen = get_preset(preset)
     if chosen.model != family.name:
-        raise ValueError(f"preset {preset!r} is for {chosen.model} models but this transformer is a {family.name} "
-                         f"model; use a preset whose name starts with '{family.name}-'")
+        raise ValueError(
+            f"preset {preset!r} is for {chosen.model} models but this transformer is a {family.name} "
+            f"model; use a preset whose name starts with '{family.name}-'"
+        )
     return chosen.config
 
 
-def apply_cache(target, preset: str | None = None, *, config: CacheConfig | None = None,
-                profile: bool = False) -> DiffusersCache:
+def apply_cache(
+    target, preset: str | None = None, *, config: CacheConfig | None = None, profile: bool = False
+) -> DiffusersCache:
     """Attach the cache engine to a diffusers DiT / PixArt-alpha pipeline (or its transformer).
 
     Give a preset name (``"dit-duca-n3-r95"``, ``"pixart-duca-r25"``, ...: ``duca_common.cache.presets``) or a

@@ -12,6 +12,11 @@ Plan rule (pure, no tensors):
   ``module_cycles``     whether ``interval_rule="module_cycles"`` (one F/T/A pattern per module) applies;
   ``cycle_letter(l)``   then maps each pattern letter (ToCa turns ``"A"`` into ``"T"``).
   ``params``            extra parameters with their defaults, read from ``CacheConfig.params``;
+  ``token_wise``        its conservative steps recompute a fraction of tokens, so the fresh ratio, the selector,
+                        the ratio schedule and the staleness bonus apply (the flags layer and the tables ask this);
+  ``default_order``     the expansion order O used when none is given (None: the method takes no order);
+  ``paper_defaults``    token-wise methods: the ``fresh_ratio`` and ``selector`` of their DiT rows in the paper,
+                        the defaults of a method string such as ``duca:n=4`` in the benchmark and table scripts;
   ``validate(config)``  raises ``ValueError`` on a config the method cannot run.
 
 Step behaviour (per block and module, tensors of shape (B, N, C)):
@@ -62,6 +67,9 @@ class CacheMethod:
     forecaster: ClassVar[type[TaylorTerms] | None] = None
     reuse_as: ClassVar[Action] = Action.REUSE
     params: ClassVar[Mapping[str, object]] = {}
+    token_wise: ClassVar[bool] = False
+    default_order: ClassVar[int | None] = None
+    paper_defaults: ClassVar[Mapping[str, float | str]] = {}
 
     # -- plan rule -------------------------------------------------------------------------------
     def non_full_letter(self, r: int) -> str:

@@ -10,7 +10,7 @@ from ..actions import Action
 from ..dualca import FORECASTER, TrunkForecast
 from ..state import ModuleState
 from .base import CacheMethod
-from .duca import dual_letter
+from .duca import DUCA_PAPER_DEFAULTS, dual_letter
 
 if TYPE_CHECKING:
     from ..config import CacheConfig
@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 class DualCa(CacheMethod):
     name = "dualca"
     forecaster = FORECASTER
+    token_wise = True
+    default_order = 1  # the order of its preset (dit-dualca-n5-r95): first-order forecasts were the best on digits
+    paper_defaults = DUCA_PAPER_DEFAULTS  # DuCa's token rules, with forecasts in place of reuse
     reuse_as = Action.FORECAST
 
     def non_full_letter(self, r: int) -> str:
@@ -26,7 +29,7 @@ class DualCa(CacheMethod):
 
     def before_partial(self, state: ModuleState, p: int, config: CacheConfig) -> None:
         if state.taylor is not None:
-            state.out = state.taylor.forecast(p).clone()   # unselected tokens: forecast, not the stale output
+            state.out = state.taylor.forecast(p).clone()  # unselected tokens: forecast, not the stale output
 
     def new_trunk(self) -> TrunkForecast:
         return TrunkForecast()

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from .base import CacheMethod
 
+# DuCa's DiT rows (paper.md section 2, Table 3): cache ratio R = 95%, tokens by value norm (V-caching)
+DUCA_PAPER_DEFAULTS: dict[str, float | str] = {"fresh_ratio": 0.05, "selector": "value_norm"}
+
 
 def dual_letter(r: int) -> str:
     """DuCa's step type ``r`` steps into a cycle (also dualca's)."""
@@ -15,6 +18,8 @@ def dual_letter(r: int) -> str:
 class Duca(CacheMethod):
     name = "duca"
     module_cycles = True
+    token_wise = True
+    paper_defaults = DUCA_PAPER_DEFAULTS
 
     def non_full_letter(self, r: int) -> str:
         return dual_letter(r)

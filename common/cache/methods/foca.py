@@ -10,3 +10,4 @@ from .taylorseer import TaylorSeer
 class Foca(TaylorSeer):
     name = "foca"
     forecaster = CalibratedTerms
+    default_order = 2  # the order of its preset (dit-foca-n5-o2)

@@ -9,3 +9,4 @@ from .taylorseer import TaylorSeer
 class HiCache(TaylorSeer):
     name = "hicache"
     forecaster = HermiteTerms
+    default_order = 2  # the order of its preset (dit-hicache-n5-o2)

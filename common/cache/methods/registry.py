@@ -13,8 +13,10 @@ def register_method(method: CacheMethod, *, replace: bool = False) -> CacheMetho
     """Make ``method`` available as ``CacheConfig(method=method.name)``. Returns it (usable as a decorator
     on an instance factory). A name already taken is an error unless ``replace=True``."""
     if not isinstance(method, CacheMethod):
-        raise TypeError(f"register_method takes a CacheMethod instance, got {type(method).__name__}; "
-                        f"subclass duca_common.cache.CacheMethod and pass an instance")
+        raise TypeError(
+            f"register_method takes a CacheMethod instance, got {type(method).__name__}; "
+            f"subclass duca_common.cache.CacheMethod and pass an instance"
+        )
     name = method.name
     if not (isinstance(name, str) and name.isidentifier() and name.lower() == name):
         raise ValueError(f"method name {name!r} is invalid: allowed a lower-case identifier (set the class's name)")
@@ -39,8 +41,10 @@ def get_method(name: str) -> CacheMethod:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown cache method {name!r}: allowed one of {available_methods()} "
-                         f"(register new ones with duca_common.cache.register_method)") from None
+        raise ValueError(
+            f"unknown cache method {name!r}: allowed one of {available_methods()} "
+            f"(register new ones with duca_common.cache.register_method)"
+        ) from None
 
 
 def available_methods() -> tuple[str, ...]:

@@ -12,6 +12,7 @@ class TaylorSeer(CacheMethod):
     name = "taylorseer"
     keeps_output = False
     forecaster = TaylorTerms
+    default_order = 3  # the published DiT rows use O = 3 (paper.md section 2)
 
     def non_full_letter(self, r: int) -> str:
         return "P"

@@ -4,12 +4,18 @@ top-scored fraction of tokens, the others reuse. With module cycles an aggressiv
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import ClassVar
+
 from .base import CacheMethod
 
 
 class Toca(CacheMethod):
     name = "toca"
     module_cycles = True
+    token_wise = True
+    # ToCa's DiT rows (paper.md section 2): cache ratio R = 93%, tokens by the attention they receive
+    paper_defaults: ClassVar[Mapping[str, float | str]] = {"fresh_ratio": 0.07, "selector": "attention_received"}
 
     def non_full_letter(self, r: int) -> str:
         return "T"
