@@ -43,14 +43,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
-
 from duca_common.cache import get_method, measured_flops, reference_flops, speedup
 from duca_common.errors import UsageError
 from duca_common.outputs import check_output_dir
 from duca_common.runtime import pick_device
+from tqdm.auto import tqdm
 
-from .measure import WALL_CPU_DISAGREEMENT, Series, Case, compare, interleaved, wall_warning
+from .measure import WALL_CPU_DISAGREEMENT, Case, Series, compare, interleaved, wall_warning
 from .methods import MethodSpec, MethodSpecError, paper_grid, parse_methods, peer_grid
 from .report import environment, fmt, markdown_table, sig, write_csv, write_json
 from .targets import TARGET_HELP, Target, TargetError, build_target
