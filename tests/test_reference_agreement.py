@@ -13,7 +13,7 @@ import pytest
 import torch
 from dit_duca.diffusion import create_diffusion
 from dit_duca.models import DiT
-from duca_common.cache import FeatureCache, get_preset
+from duca_common.cache import get_preset
 from duca_scripts import reference_fixtures as rf
 from reference_runs import (
     first_difference,
@@ -92,7 +92,7 @@ def run_pixart(model, geo: rf.PixArtGeometry, meta: dict, preset: str):
     from duca_common.text import TextEmbedding
     from pixart_duca.pipeline import cfg_caption, sample
 
-    model.feature_cache = FeatureCache(get_preset(preset).config, model.feature_cache.layout)
+    model.configure_cache(get_preset(preset).config)
     z, caption, mask = rf.pixart_inputs(geo)
     with record_selections() as found:
         out = sample(model, z, cfg_caption(model, TextEmbedding(caption, mask)), num_steps=meta["steps"],
@@ -161,7 +161,7 @@ def run_opensora(model, geo: rf.OpenSoraGeometry, meta: dict, method: str):
     from opensora_duca.pipeline import cfg_caption
     from opensora_duca.rflow import rflow_sample
 
-    model.feature_cache = FeatureCache(opensora_config(method), model.feature_cache.layout)
+    model.configure_cache(opensora_config(method))
     z, caption, mask = rf.opensora_inputs(geo)
     cap = cfg_caption(model, caption, mask)
     kwargs = dict(fps=torch.tensor([geo.fps] * 2), height=torch.tensor([float(geo.pixels)] * 2),
