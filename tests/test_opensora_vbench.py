@@ -149,13 +149,32 @@ def fake_model_cache(root: Path) -> dict[str, str]:
             "HF_HOME": str(root / "hf"), "HF_HUB_CACHE": str(root / "hf" / "hub")}
 
 
+def with_fake_detectron2(root: Path, env: dict[str, str]) -> dict[str, str]:
+    """``env`` with an importable stand-in ``detectron2`` (the GRiT dimensions' library) on PYTHONPATH."""
+    (root / "detectron2").mkdir(parents=True, exist_ok=True)
+    (root / "detectron2" / "__init__.py").write_text("")
+    return {**env, "PYTHONPATH": f"{root}{os.pathsep}{env.get('PYTHONPATH', os.environ.get('PYTHONPATH', ''))}"}
+
+
 def run_calc(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(VBENCH_DIR / "calc_vbench.py"), *args], env={**os.environ, **env},
                           capture_output=True, text=True, timeout=120)
 
 
-def test_scorer_reports_missing_model_files_before_reading_videos(tmp_path):
+def test_scorer_reports_missing_detectron2_before_anything(tmp_path):
+    """Without detectron2 (it builds from github.com) the four GRiT dimensions are refused up front, naming the
+    fix; the other dimensions do not need it."""
     env = fake_model_cache(tmp_path / "cache")
+    res = run_calc(str(tmp_path / "no-videos-here"), "--offline", env=env)
+    assert res.returncode == 2 and "Traceback" not in res.stderr and res.stderr.count("\n") == 1
+    assert ("detectron2 (for multiple_objects, spatial_relationship, object_class, color) is not installed"
+            in res.stderr) and "--start/--end" in res.stderr and "VBench model file" not in res.stderr
+    res = run_calc(str(tmp_path / "no-videos-here"), "--offline", "--start", "0", "--end", "6", env=env)
+    assert res.returncode == 2 and "detectron2" not in res.stderr and "VBench model file(s) missing" in res.stderr
+
+
+def test_scorer_reports_missing_model_files_before_reading_videos(tmp_path):
+    env = with_fake_detectron2(tmp_path / "libs", fake_model_cache(tmp_path / "cache"))
     res = run_calc(str(tmp_path / "no-videos-here"), "--offline", env=env)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     err = res.stderr
@@ -200,7 +219,7 @@ def test_tiny_vbench_run_end_to_end_on_cpu(weights, tmp_path, monkeypatch, capsy
     assert all((out / n).stat().st_mtime_ns == stamps[n] for n in names[2:])
     # the scorer's checks: model files present (empty stand-ins), every expected video found, a videos-only view
     cache = tmp_path / "cache"
-    env = fake_model_cache(cache)
+    env = with_fake_detectron2(tmp_path / "libs", fake_model_cache(cache))
     roots = {"vbench": cache / "vbench", "torch": cache / "torch", "clip": cache / "home" / ".cache" / "clip",
              "hf": cache / "hf" / "hub"}
     for _, root, rel, _, _ in _model_files():
@@ -278,6 +297,7 @@ def test_scorer_calls_vbench_with_the_reference_settings_and_resumes(tmp_path):
     (videos / "run.json").write_text("{}")
     cache = tmp_path / "cache"
     env = {**fake_model_cache(cache), "PYTHONPATH": f"{tmp_path / 'fake'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = with_fake_detectron2(tmp_path / "libs", env)
     for _, root, rel, _, _ in _model_files():
         target = {"vbench": cache / "vbench", "torch": cache / "torch", "clip": cache / "home" / ".cache" / "clip",
                   "hf": cache / "hf" / "hub"}[root] / rel

@@ -8,7 +8,8 @@ the project's cannot share). It scores the 16 dimensions the reference scores, w
 dimension ``evaluate(name=dim, dimension_list=[dim], mode="vbench_standard", local=False, read_frame=False,
 imaging_quality_preprocessing_mode="longer")``, one result file per dimension. Before any video is read:
 
-1. every model file VBench 0.1.5 will load for the chosen dimensions is looked up where VBench expects it; with
+1. detectron2 must be importable when a GRiT dimension (object_class, multiple_objects, color,
+   spatial_relationship) is chosen; every model file VBench 0.1.5 will load for the chosen dimensions is looked up where VBench expects it; with
    ``--offline`` (or HF_HUB_OFFLINE=1 / VBENCH_OFFLINE=1) a missing one stops the run with its name, the
    dimensions that need it, the path and the download address; online, VBench downloads it itself;
 2. every expected video ``{prompt}-{k}.mp4`` (k = 0..4) of the chosen dimensions must exist (VBench would only
@@ -104,6 +105,22 @@ def missing_models(dimensions: list[str]) -> list[str]:
     return lines
 
 
+# VBench 0.1.5 scores these four with GRiT, which imports detectron2 (built from GitHub by setup_env.sh).
+GRIT_DIMENSIONS = ("multiple_objects", "spatial_relationship", "object_class", "color")
+DETECTRON2_FIX = ("pip install --no-build-isolation 'detectron2 @ git+https://github.com/facebookresearch/detectron2.git"
+                  "@ff53992' in the VBench environment (needs github.com), or score the others with --start/--end")
+
+
+def missing_libraries(dimensions: list[str]) -> list[str]:
+    """One line per library the chosen dimensions import and the VBench environment lacks."""
+    import importlib.util
+
+    grit = [d for d in dimensions if d in GRIT_DIMENSIONS]
+    if grit and importlib.util.find_spec("detectron2") is None:
+        return [f"detectron2 (for {', '.join(grit)}) is not installed; {DETECTRON2_FIX}"]
+    return []
+
+
 def expected_videos(full_info: list[dict], dimensions: list[str]) -> list[str]:
     names: list[str] = []
     for entry in full_info:
@@ -153,7 +170,10 @@ def run(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as err:
         raise Stop(f"--full-info {args.full_info} cannot be read as VBench's prompt list ({err})") from None
 
-    missing = missing_models(dimensions)                    # 1. models, before any video
+    libraries = missing_libraries(dimensions)               # 1. libraries and models, before any video
+    if libraries:
+        raise Stop(" | ".join(libraries))
+    missing = missing_models(dimensions)
     if missing and args.offline:
         raise Stop(f"{len(missing)} VBench model file(s) missing and downloads are off: " + " | ".join(missing))
     for line in missing:

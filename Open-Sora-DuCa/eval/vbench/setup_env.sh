@@ -48,6 +48,16 @@ if [[ -n "${TORCH_SPEC:-}" ]]; then
     run $PIP install $TORCH_SPEC ${PIP_EXTRA:-}
 fi
 run $PIP install "$VBENCH_SPEC" "${EXTRA_SPECS[@]}"
-run $PIP install --no-build-isolation "$DETECTRON2_SPEC"
+# detectron2 builds from GitHub: where github.com cannot be reached the other 12 dimensions still score, so a
+# failure here is reported at the end instead of stopping the script (calc.sh refuses the four GRiT dimensions
+# up front until detectron2 is installed).
+DETECTRON2_OK=1
+run $PIP install --no-build-isolation "$DETECTRON2_SPEC" || DETECTRON2_OK=0
 run "$ENV_DIR/bin/python" -c "import numpy, transformers, vbench; assert numpy.__version__ < '2', numpy.__version__; assert transformers.__version__ == '4.33.2', transformers.__version__; print('VBench environment ready:', numpy.__version__, transformers.__version__)"
 echo "score with: bash $HERE/calc.sh VIDEO_DIR   (VBENCH_ENV=$ENV_DIR if not the default)"
+if [[ $DETECTRON2_OK -eq 0 ]]; then
+    echo "warning: detectron2 could not be installed (it builds from github.com); object_class, multiple_objects," \
+         "color and spatial_relationship cannot be scored until it is: rerun this script where github.com is" \
+         "reachable. The other 12 dimensions score now (calc.sh VIDEO_DIR --start 0 --end 6, then --start 10)." >&2
+    exit 3
+fi
