@@ -161,11 +161,11 @@ def run_benchmark(opts: BenchOptions) -> dict:
     peers = [s for s in specs if s.is_peer]
     if peers:
         from .peers import check_peer_support
-        check_peer_support(opts.model)
+        check_peer_support(opts.model, [s.peer for s in peers])
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
     if opts.flops_only and peers:
-        raise BenchError("--flops-only counts on the meta device; cache-dit peers decide from values: drop them")
+        raise BenchError("--flops-only counts on the meta device; peers decide from values: drop them")
     device = torch.device("meta" if opts.flops_only else opts.device)
     target = build_target(opts.model, device=device, ckpt=None if opts.flops_only else opts.ckpt,
                           cfg_scale=opts.cfg_scale)

@@ -22,6 +22,18 @@ A method is written one of three ways on the command line:
       cachedit-foca:rdt=0.16          # cache-dit's FoCa calibrator (BDF2 predictor + Heun corrector)
       cachedit-dmd:rdt=0.16           # cache-dit's DMD (exponential-basis) calibrator
 
+* a peer baseline from diffusers' own cache hooks (``duca_scripts.diffusers_peers``), run on the diffusers
+  copy of our DiT (``DiTTransformer2DModel``, same weights); each setting defaults to diffusers' own default::
+
+      diffusers-fbcache:t=0.08        # FirstBlockCache: t = threshold on the first block's residual change
+      diffusers-pab:skip=2,lo=100,hi=800   # Pyramid Attention Broadcast: attention computed every skip-th
+                                           # evaluation while lo < timestep < hi (skip=1 never skips)
+      diffusers-taylorseer:interval=4,o=1,warmup=3   # TaylorSeerCache on every block's attention and MLP:
+                                           # computed every interval-th step after warmup steps, order o
+      diffusers-magcache:t=0.06,k=3,r=0.2  # MagCache: t = accumulated-error threshold, k = most consecutive
+                                           # skipped steps, r = retention ratio (first r x steps computed);
+                                           # its magnitude ratios are calibrated on the model first
+
 Every spec parses into a :class:`MethodSpec` before any model is built, so a typo fails in
 milliseconds with the list of what is allowed.
 """
@@ -36,6 +48,9 @@ from duca_common.cache.flags import method_choices, method_config, settings_text
 
 ENGINE_METHODS = method_choices()          # the engine's registry (duca_common.cache.flags.method_choices)
 PEER_METHODS = ("cachedit-dbcache", "cachedit-taylorseer", "cachedit-foca", "cachedit-dmd")
+DIFFUSERS_PEER_METHODS = ("diffusers-fbcache", "diffusers-pab", "diffusers-taylorseer", "diffusers-magcache")
+# Family names of peers start with one of these (tables and plots tell peers from project methods by it).
+PEER_FAMILY_PREFIXES = ("cachedit-", "diffusers-")
 
 # Defaults of a method string come from the method (duca_common.cache.methods): token-wise methods take
 # their paper rows' R and selector (ToCa R=93% by attention received, DuCa R=95% by value norm; paper.md
@@ -73,6 +88,68 @@ class PeerSettings:
     max_cached: int = -1            # max_cached_steps (-1: unlimited)
 
 
+# diffusers 0.42.1's defaults (FirstBlockCacheConfig.threshold; PyramidAttentionBroadcastConfig's spatial
+# timestep range, and the skip range of 2 it falls back to; TaylorSeerCacheConfig.cache_interval /
+# max_order / disable_cache_before_step; MagCacheConfig.threshold / max_skip_steps / retention_ratio);
+# tests/test_scripts_diffusers_peers.py checks them against the installed diffusers.
+DIFFUSERS_FBC_THRESHOLD = 0.05
+DIFFUSERS_PAB_SKIP = 2
+DIFFUSERS_PAB_TIMESTEPS = (100, 800)
+DIFFUSERS_TAYLORSEER_INTERVAL = 5
+DIFFUSERS_TAYLORSEER_ORDER = 1
+DIFFUSERS_TAYLORSEER_WARMUP = 3
+DIFFUSERS_MAGCACHE_THRESHOLD = 0.06
+DIFFUSERS_MAGCACHE_MAX_SKIP = 3
+DIFFUSERS_MAGCACHE_RETENTION = 0.2
+DIFFUSERS_DEFAULT_THRESHOLD = {"fbcache": DIFFUSERS_FBC_THRESHOLD, "magcache": DIFFUSERS_MAGCACHE_THRESHOLD}
+
+
+@dataclass(frozen=True)
+class DiffusersPeerSettings:
+    """Settings of one diffusers cache hook (``kind``: fbcache, pab, taylorseer, magcache); each kind reads
+    only its own fields (:data:`DIFFUSERS_KEYS`)."""
+
+    kind: str
+    threshold: float | None = None                  # fbcache / magcache threshold (None: that hook's default)
+    skip: int = DIFFUSERS_PAB_SKIP                  # pab: spatial_attention_block_skip_range
+    lo: int = DIFFUSERS_PAB_TIMESTEPS[0]            # pab: spatial_attention_timestep_skip_range
+    hi: int = DIFFUSERS_PAB_TIMESTEPS[1]
+    interval: int = DIFFUSERS_TAYLORSEER_INTERVAL   # taylorseer: cache_interval
+    order: int = DIFFUSERS_TAYLORSEER_ORDER         # taylorseer: max_order
+    warmup: int = DIFFUSERS_TAYLORSEER_WARMUP       # taylorseer: disable_cache_before_step
+    max_skip: int = DIFFUSERS_MAGCACHE_MAX_SKIP     # magcache: max_skip_steps
+    retention: float = DIFFUSERS_MAGCACHE_RETENTION  # magcache: retention_ratio
+
+    def __post_init__(self) -> None:
+        if self.threshold is None and self.kind in DIFFUSERS_DEFAULT_THRESHOLD:
+            object.__setattr__(self, "threshold", DIFFUSERS_DEFAULT_THRESHOLD[self.kind])
+
+    def describe(self) -> str:
+        """The settings that matter for this kind, for tables."""
+        if self.kind == "pab":
+            return f"skip={self.skip}, {self.lo} < t < {self.hi}"
+        if self.kind == "taylorseer":
+            return f"interval={self.interval}, O={self.order}, warm-up {self.warmup}"
+        if self.kind == "magcache":
+            return f"t={self.threshold:g}, K={self.max_skip}, retention {self.retention:g}"
+        return f"t={self.threshold:g}"
+
+
+# Per diffusers peer: method-string key -> (field, type, smallest allowed value, what it means).
+DIFFUSERS_KEYS: dict[str, dict[str, tuple[str, type, float, str]]] = {
+    "diffusers-fbcache": {"t": ("threshold", float, 0.0, "the relative residual change of the first block")},
+    "diffusers-pab": {"skip": ("skip", int, 1, "attention computed every skip-th evaluation; 1 never skips"),
+                      "lo": ("lo", int, -1, "lower end (exclusive) of the timesteps where attention may be reused"),
+                      "hi": ("hi", int, 0, "upper end (exclusive) of the timesteps where attention may be reused")},
+    "diffusers-taylorseer": {"interval": ("interval", int, 1, "steps between full computations; 1 never skips"),
+                             "o": ("order", int, 1, "Taylor order"),
+                             "warmup": ("warmup", int, 1, "first steps computed in full (at least one)")},
+    "diffusers-magcache": {"t": ("threshold", float, 0.0, "the accumulated magnitude-ratio error"),
+                           "k": ("max_skip", int, 0, "most consecutive skipped steps; 0 never skips"),
+                           "r": ("retention", float, 0.0, "fraction of the first steps always computed, in [0, 1]")},
+}
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """One row of a benchmark or table: a label, the engine config (or peer settings) and a setting string."""
@@ -81,7 +158,7 @@ class MethodSpec:
     family: str                     # "none", "fora", "toca", "duca", "taylorseer", "cachedit-dbcache", ...
     setting: str                    # human-readable, e.g. "N=3, R=95%"
     config: CacheConfig = field(default_factory=CacheConfig)
-    peer: PeerSettings | None = None
+    peer: PeerSettings | DiffusersPeerSettings | None = None
     paper_row: str = ""
 
     @property
@@ -100,7 +177,8 @@ def _parse_kv(label: str, body: str, allowed: set[str]) -> dict[str, str]:
             raise MethodSpecError(f"method {label!r}: setting {part!r} is not key=value")
         key, value = (s.strip() for s in part.split("=", 1))
         if key not in allowed:
-            raise MethodSpecError(f"method {label!r}: unknown setting {key!r}; allowed: {', '.join(sorted(allowed)) or 'none'}")
+            raise MethodSpecError(f"method {label!r}: unknown setting {key!r}; "
+                                  f"allowed: {', '.join(sorted(allowed)) or 'none'}")
         out[key] = value
     return out
 
@@ -109,7 +187,8 @@ def _number(label: str, key: str, value: str, kind: type) -> float | int:
     try:
         return kind(value)
     except ValueError:
-        raise MethodSpecError(f"method {label!r}: {key}={value!r} is not {'an integer' if kind is int else 'a number'}") from None
+        what = "an integer" if kind is int else "a number"
+        raise MethodSpecError(f"method {label!r}: {key}={value!r} is not {what}") from None
 
 
 def _engine_spec(label: str, method: str, kv: dict[str, str]) -> MethodSpec:
@@ -120,7 +199,8 @@ def _engine_spec(label: str, method: str, kv: dict[str, str]) -> MethodSpec:
     if "r" in kv:
         r = float(_number(label, "r", kv["r"], float))
         if not 0.0 <= r <= 1.0:
-            raise MethodSpecError(f"method {label!r}: r={r} is the cache ratio R and must be in [0, 1] (R=0.95 means 95%)")
+            raise MethodSpecError(f"method {label!r}: r={r} is the cache ratio R and must be in [0, 1] "
+                                  f"(R=0.95 means 95%)")
         settings["fresh_ratio"] = round(1.0 - r, 6)
     if "sel" in kv:
         if kv["sel"] not in SELECTORS:
@@ -149,6 +229,29 @@ def _peer_spec(label: str, family: str, kv: dict[str, str]) -> MethodSpec:
     return MethodSpec(label, family, setting, CacheConfig(method="none"), peer=peer)
 
 
+def _diffusers_spec(label: str, family: str, kv: dict[str, str]) -> MethodSpec:
+    keys = DIFFUSERS_KEYS[family]
+    values: dict = {"kind": family.split("-", 1)[1]}
+    for key, text in kv.items():
+        name, kind, minimum, meaning = keys[key]
+        value = _number(label, key, text, kind)
+        if not value >= minimum:          # also refuses nan
+            raise MethodSpecError(f"method {label!r}: {key}={text} must be >= {minimum:g} ({key}: {meaning})")
+        values[name] = value
+    peer = DiffusersPeerSettings(**values)
+    if peer.kind == "pab" and not peer.lo < peer.hi:
+        raise MethodSpecError(f"method {label!r}: lo={peer.lo} must be below hi={peer.hi} (attention is reused "
+                              f"while lo < timestep < hi)")
+    if peer.kind == "magcache" and peer.retention > 1:
+        raise MethodSpecError(f"method {label!r}: r={peer.retention:g} is a fraction of the steps; use 0 <= r <= 1")
+    return MethodSpec(label, family, peer.describe(), CacheConfig(method="none"), peer=peer)
+
+
+def is_peer_family(family: str) -> bool:
+    """True for a peer's family name (cache-dit or diffusers), False for the project's methods and 'none'."""
+    return family.startswith(PEER_FAMILY_PREFIXES)
+
+
 def parse_method(text: str) -> MethodSpec:
     """Parse one method string (preset name, ``method[:k=v,...]`` or a cache-dit peer)."""
     label = text.strip()
@@ -161,9 +264,11 @@ def parse_method(text: str) -> MethodSpec:
         return _engine_spec(label, name, _parse_kv(label, body, allowed_keys(name)))
     if name in PEER_METHODS:
         return _peer_spec(label, name, _parse_kv(label, body, {"fn", "bn", "rdt", "warmup", "o", "max"}))
+    if name in DIFFUSERS_PEER_METHODS:
+        return _diffusers_spec(label, name, _parse_kv(label, body, set(DIFFUSERS_KEYS[name])))
     raise MethodSpecError(f"unknown method {label!r}: use a preset ({', '.join(sorted(PRESETS))}), "
                           f"an engine method ({', '.join(ENGINE_METHODS)}) with optional ':n=3,r=0.95,...', "
-                          f"or a peer ({', '.join(PEER_METHODS)})")
+                          f"or a peer ({', '.join(PEER_METHODS + DIFFUSERS_PEER_METHODS)})")
 
 
 def parse_methods(texts: list[str], *, model_family: str = "dit") -> list[MethodSpec]:

@@ -6,7 +6,11 @@
 
 Every row samples the same ``--images`` (noise and labels seeded by ``--seed``) with DDIM ``--steps``;
 each engine method runs at cycle lengths ``--intervals`` and each cache-dit peer at residual thresholds
-``--thresholds``, so the rows span about 1.5x to 6x FLOPs speed-up. Ranking the methods needs scores
+``--thresholds``, so the rows span about 1.5x to 6x FLOPs speed-up. diffusers' own cache hooks run on the
+diffusers copy of the DiT (``duca_scripts.diffusers_peers``, same sampler and seeds): FirstBlockCache at
+``--thresholds`` (the same relative residual change as cache-dit's), Pyramid Attention Broadcast and
+TaylorSeerCache at ``--intervals`` (attention every N-th evaluation; a full step every N steps), MagCache at
+``--magcache-thresholds``. Ranking the methods needs scores
 against the uncached run of the same seeds (``dit_duca.digits_metrics.fidelity_scores``): PSNR, the
 paired feature distance in the digits classifier's penultimate space, and the Frechet distance between
 the cached set and the uncached set in that space; the class accuracy is reported next to them.
@@ -38,7 +42,8 @@ from duca_common.cache.selectors import fresh_token_count
 from duca_common.measure import Case, interleaved
 from tqdm.auto import tqdm
 
-from .methods import MethodSpec, MethodSpecError, parse_methods
+from .methods import MethodSpec, MethodSpecError, is_peer_family, parse_methods
+from .peers import PeerError
 from .report import environment, fmt, markdown_table, write_csv, write_json
 from .reproduce_table import WARMUP_STEPS, Row, TableOptions, _sample_all
 from .targets import TargetError, build_target
@@ -66,6 +71,18 @@ PEER_FAMILIES = (("cachedit-dbcache", "cachedit-dbcache:fn=1,bn=0,rdt={t:g}"),
                  ("cachedit-taylorseer", "cachedit-taylorseer:fn=1,bn=0,rdt={t:g},o=1"),
                  ("cachedit-foca", "cachedit-foca:fn=1,bn=0,rdt={t:g}"),
                  ("cachedit-dmd", "cachedit-dmd:fn=1,bn=0,rdt={t:g}"))
+# diffusers' hooks (duca_scripts.diffusers_peers): (family, method string, the option its {x} runs over).
+# PAB may reuse attention at every timestep of the 1000-step schedule (-1 < t < 1000; diffusers' default
+# (100, 800) keeps a third of the steps full), since even then it stops at ~1.5x (it skips attention only).
+# TaylorSeerCache at diffusers' defaults (O=1, 3 warm-up steps). MagCache with at most 10 consecutive skipped
+# steps and 2 retained first steps (r=0.04): at diffusers' K=3 and r=0.2 it cannot pass 2.5x (10 full
+# first steps, then at most 3 of every 4 skipped); its threshold is then the knob, as MagCache intends.
+DIFFUSERS_FAMILIES = (("diffusers-fbcache", "diffusers-fbcache:t={x:g}", "thresholds"),
+                      ("diffusers-pab", "diffusers-pab:skip={x},lo=-1,hi=1000", "intervals"),
+                      ("diffusers-taylorseer", "diffusers-taylorseer:interval={x},o=1", "intervals"),
+                      ("diffusers-magcache", "diffusers-magcache:t={x:g},k=10,r=0.04", "magcache_thresholds"))
+# MagCache thresholds (accumulated magnitude-ratio error): ~1.4x to ~6x on the digits model.
+DEFAULT_MAGCACHE_THRESHOLDS = (0.01, 0.03, 0.06, 0.12, 0.25, 0.5)
 # Case labels of the repeated uncached timings (a method label never starts with '#').
 BASELINE_CASE = "#uncached-"
 SCORES = ("psnr", "feature_distance", "frechet_to_uncached")
@@ -87,13 +104,18 @@ def engine_methods() -> tuple[str, ...]:
     return METHODS
 
 
-def grid(intervals: tuple[int, ...], thresholds: tuple[float, ...], peers: bool) -> list[tuple[str, str]]:
-    """(family, method string) of every row; the new methods only when the engine provides them."""
+def grid(intervals: tuple[int, ...], thresholds: tuple[float, ...], peers: bool, cachedit: bool = True,
+         magcache_thresholds: tuple[float, ...] = DEFAULT_MAGCACHE_THRESHOLDS) -> list[tuple[str, str]]:
+    """(family, method string) of every row; the new methods only when the engine provides them; the peers
+    unless ``peers`` is False (cache-dit's unless ``cachedit`` is False)."""
     have = set(engine_methods())
     families = list(PAPER_FAMILIES) + [f for f in NEW_FAMILIES if f[1].split(":")[0] in have]
     rows = [("none", "none")] + [(fam, text.format(n=n)) for fam, text in families for n in intervals]
-    if peers:
+    if peers and cachedit:
         rows += [(fam, text.format(t=t)) for fam, text in PEER_FAMILIES for t in thresholds]
+    if peers:
+        values = {"thresholds": thresholds, "intervals": intervals, "magcache_thresholds": magcache_thresholds}
+        rows += [(fam, text.format(x=x)) for fam, text, option in DIFFUSERS_FAMILIES for x in values[option]]
     return rows
 
 
@@ -106,7 +128,9 @@ class ParetoOptions:
     seed: int = 0
     intervals: tuple[int, ...] = DEFAULT_INTERVALS
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    magcache_thresholds: tuple[float, ...] = DEFAULT_MAGCACHE_THRESHOLDS
     peers: bool = True
+    cachedit: bool = True
     baseline_every: int = DEFAULT_BASELINE_EVERY
     threads: int | None = 1
     out: Path = Path("results/pareto")
@@ -124,6 +148,8 @@ class ParetoOptions:
             raise ParetoError(f"--intervals must be integers >= 1, got {self.intervals}")
         if self.peers and (not self.thresholds or min(self.thresholds) <= 0):
             raise ParetoError(f"--thresholds must be > 0, got {self.thresholds}")
+        if self.peers and (not self.magcache_thresholds or min(self.magcache_thresholds) <= 0):
+            raise ParetoError(f"--magcache-thresholds must be > 0, got {self.magcache_thresholds}")
         if self.ckpt is not None and not Path(self.ckpt).is_file():
             raise ParetoError(f"--ckpt {self.ckpt} does not exist")
 
@@ -155,8 +181,8 @@ def goal_verdicts(front: dict[str, dict[float, float | None]], score: str = "psn
     sign = 1.0 if HIGHER_IS_BETTER[score] else -1.0
     verdicts = []
     for x in GOAL_SPEEDUPS:
-        ours = {f: v[x] for f, v in front.items() if not f.startswith("cachedit") and v[x] is not None}
-        peers = {f: v[x] for f, v in front.items() if f.startswith("cachedit") and v[x] is not None}
+        ours = {f: v[x] for f, v in front.items() if not is_peer_family(f) and v[x] is not None}
+        peers = {f: v[x] for f, v in front.items() if is_peer_family(f) and v[x] is not None}
         best_ours = max(ours, key=lambda f: sign * ours[f]) if ours else None
         best_peer = max(peers, key=lambda f: sign * peers[f]) if peers else None
         met = (best_ours is not None and (best_peer is None or sign * ours[best_ours] > sign * peers[best_peer]))
@@ -210,12 +236,12 @@ def run_pareto(opts: ParetoOptions) -> dict:
     opts.validate()
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
-    plan = grid(opts.intervals, opts.thresholds, opts.peers)
+    plan = grid(opts.intervals, opts.thresholds, opts.peers, opts.cachedit, opts.magcache_thresholds)
     specs = parse_methods([text for _, text in plan], model_family="dit")
     family = {text: fam for fam, text in plan}
-    if any(s.is_peer for s in specs):
-        from .peers import check_peer_support
-        check_peer_support(opts.model)
+    peers = [s.peer for s in specs if s.is_peer]
+    from .peers import check_peer_support, prepare_peers
+    check_peer_support(opts.model, peers)
     target = build_target(opts.model, ckpt=opts.ckpt)
     classifier = load_default_classifier()
     opts.out.mkdir(parents=True, exist_ok=True)
@@ -249,6 +275,7 @@ def run_pareto(opts: ParetoOptions) -> dict:
         return Case(label, lambda: _sample_all(target, spec, table, noise, labels, rows[spec.label]), setup=setup)
 
     with torch.inference_mode(), tqdm(total=len(order), desc=f"{opts.images} images per row") as bar:
+        prepare_peers(target, peers, opts.steps)            # untimed: the diffusers copy, MagCache's calibration
         target.configure(specs[0].config)                   # untimed warm-up: first-call allocations
         target.sample(noise[:1], labels[:1], min(WARMUP_STEPS, opts.steps))
         series = interleaved([case(label, spec) for label, spec, _ in order], repeats=1, device=target.device,
@@ -297,7 +324,8 @@ def run_pareto(opts: ParetoOptions) -> dict:
                      f"{spec_info.grid_size[0] * spec_info.grid_size[1]} tokens, {len(spec_info.blocks)} blocks x "
                      f"{spec_info.hidden_size})",
             "rows": out_rows, "baseline_timings": baselines,
-            "frontier": {s: {f: {str(x): v for x, v in vals.items()} for f, vals in fr.items()} for s, fr in fronts.items()},
+            "frontier": {s: {f: {str(x): v for x, v in vals.items()} for f, vals in fr.items()}
+                         for s, fr in fronts.items()},
             "goals": {s: goal_verdicts(fronts[s], s) for s in SCORES}}
     return data
 
@@ -315,7 +343,8 @@ def render(data: dict) -> str:
         front = data["frontier"][score]
         digits = 2 if score != "feature_distance" else 4
         cells = [[fam] + [fmt(front[fam][str(x)], digits) for x in FRONTIER_SPEEDUPS] for fam in front]
-        parts.append(f"{names[score]}:\n\n" + markdown_table(["method"] + [f"{x:g}x" for x in FRONTIER_SPEEDUPS], cells))
+        header = ["method"] + [f"{x:g}x" for x in FRONTIER_SPEEDUPS]
+        parts.append(f"{names[score]}:\n\n" + markdown_table(header, cells))
         goals = data["goals"][score]
         lines = [f"- {g['speedup']:g}x: best project method {g['best_project']} ({fmt(g['project_score'], digits)}), "
                  f"best peer {g['best_peer'] or 'none measured'} ({fmt(g['peer_score'], digits)}): "
@@ -341,11 +370,11 @@ def pareto_plot(data: dict, path: Path) -> Path:
               ("cpu_speedup", "psnr", "PSNR vs uncached (dB)")]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.8))
     families = list(dict.fromkeys(r["family"] for r in rows if r["family"] != "none"))
-    for ax, (xkey, ykey, ylabel) in zip(axes, panels):
+    for ax, (xkey, ykey, ylabel) in zip(axes, panels, strict=True):
         for fam in families:
             pts = sorted((r[xkey], r[ykey]) for r in rows if r["family"] == fam and r[ykey] is not None
                          and r[xkey] is not None and math.isfinite(r[ykey]))
-            style = "--" if fam.startswith("cachedit") else "-"
+            style = ":" if fam.startswith("diffusers") else "--" if is_peer_family(fam) else "-"
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", markersize=3, label=fam)
         ax.set_xlabel("FLOPs speed-up (reference formula)" if xkey == "flops_speedup"
                       else "CPU-time speed-up (interleaved uncached timings)")
@@ -355,8 +384,9 @@ def pareto_plot(data: dict, path: Path) -> Path:
             ax.axvline(g, color="grey", alpha=0.25)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"{data['model']}: fidelity to the uncached run against speed-up "
-                 f"({data['options']['images']} images, DDIM-{data['options']['steps']}); dashed: cache-dit", fontsize=10)
+    o = data["options"]
+    fig.suptitle(f"{data['model']}: fidelity to the uncached run against speed-up ({o['images']} images, "
+                 f"DDIM-{o['steps']}); dashed: cache-dit, dotted: diffusers hooks", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -365,8 +395,8 @@ def pareto_plot(data: dict, path: Path) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n", 2)[2])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     d = ParetoOptions()
     p.add_argument("--model", default=d.model, help="digits (the embedded model; --ckpt for another export)")
     p.add_argument("--ckpt", default=None, help="embedded DiT safetensors (default: the shipped 64-token model)")
@@ -375,7 +405,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--intervals", type=int, nargs="+", default=list(d.intervals))
     p.add_argument("--thresholds", type=float, nargs="+", default=list(d.thresholds))
-    p.add_argument("--no-peers", action="store_true", help="engine methods only (no cache-dit)")
+    p.add_argument("--magcache-thresholds", type=float, nargs="+", default=list(d.magcache_thresholds),
+                   help="diffusers MagCache thresholds (accumulated magnitude-ratio error)")
+    p.add_argument("--no-peers", action="store_true", help="engine methods only (no cache-dit, no diffusers hooks)")
+    p.add_argument("--no-cachedit", action="store_true",
+                   help="drop the cache-dit peers (they need the 'peers' extra; the diffusers hooks need nothing)")
     p.add_argument("--baseline-every", type=int, default=d.baseline_every)
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--out", type=Path, default=d.out)
@@ -385,12 +419,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     opts = ParetoOptions(model=args.model, ckpt=args.ckpt, images=args.images, steps=args.steps, seed=args.seed,
-                         intervals=tuple(args.intervals), thresholds=tuple(args.thresholds), peers=not args.no_peers,
+                         intervals=tuple(args.intervals), thresholds=tuple(args.thresholds),
+                         magcache_thresholds=tuple(args.magcache_thresholds), peers=not args.no_peers,
+                         cachedit=not args.no_cachedit,
                          baseline_every=args.baseline_every, threads=args.threads, out=args.out)
     t0 = time.perf_counter()
     try:
         data = run_pareto(opts)
-    except (ParetoError, MethodSpecError, TargetError) as exc:
+    except (ParetoError, MethodSpecError, TargetError, PeerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     data["total_seconds"] = time.perf_counter() - t0

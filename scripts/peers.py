@@ -16,10 +16,9 @@ MLP on all tokens), a skipped block 0. The residual comparison is not counted, a
 scoring is not. Measured FLOPs are not reported for peers: cache-dit decides from the values, so the
 run cannot be replayed on the meta device.
 
-diffusers' ``FirstBlockCache`` (``model.enable_cache(FirstBlockCacheConfig(...))``) needs a
-``diffusers.models.cache_utils.CacheMixin`` model and blocks registered in diffusers'
-``TransformerBlockRegistry``; our DiT is a plain ``torch.nn.Module``, so it does not apply without a
-wrapper, and it is not part of the table (docs/results.md).
+diffusers' own cache hooks (FirstBlockCache, Pyramid Attention Broadcast, TaylorSeerCache, MagCache) run on
+the diffusers copy of our DiT: ``duca_scripts.diffusers_peers``. :func:`attach_peer` and
+:func:`check_peer_support` take either kind of peer.
 """
 
 from __future__ import annotations
@@ -30,18 +29,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-
 from duca_common.cache import TransformerDims
 from duca_common.cache.accounting import adaln_flops, layernorm_flops, mlp_flops, self_attention_flops
+from duca_common.errors import UsageError
 
-from .methods import PeerSettings
+from .methods import DiffusersPeerSettings, PeerSettings
 
 CACHE_DIT_VERSION = "1.5.3"
 INSTALL_HINT = f'pip install -e ".[peers]"  (installs cache-dit=={CACHE_DIT_VERSION})'
 
 
-class PeerError(RuntimeError):
-    """A peer baseline that cannot run here; the message says why and what to install."""
+class PeerError(UsageError):
+    """A peer baseline that cannot run here; the message says why and what to install (the CLIs exit 2)."""
 
 
 def _import_cache_dit():
@@ -53,12 +52,24 @@ def _import_cache_dit():
     return cache_dit
 
 
-def check_peer_support(model_name: str) -> None:
-    """Fail early (before any model is built) when peers cannot run on this model or environment."""
-    _import_cache_dit()
-    if model_name.lower().startswith("pixart"):
-        raise PeerError("cache-dit peers are wired for our DiT only (PixArt blocks take a caption and mask; "
-                        "not adapted here)")
+def check_peer_support(model_name: str, peers: list | None = None) -> None:
+    """Fail early (before any model is built) when ``peers`` (default: a cache-dit peer) cannot run on this
+    model or environment. diffusers is a dependency, so only cache-dit peers need the extra."""
+    peers = [PeerSettings("dbcache")] if peers is None else peers
+    if any(isinstance(p, PeerSettings) for p in peers):
+        _import_cache_dit()
+    if peers and model_name.lower().startswith("pixart"):
+        raise PeerError("peers are wired for our DiT only (PixArt blocks take a caption and mask; not adapted "
+                        "here): drop the cachedit-/diffusers- methods")
+
+
+def prepare_peers(target, peers: list, steps: int) -> None:
+    """One-off work of the peers before anything is timed (the diffusers conversion, MagCache calibration)."""
+    from .diffusers_peers import prepare
+
+    for peer in peers:
+        if isinstance(peer, DiffusersPeerSettings):
+            prepare(target, peer, steps)
 
 
 @dataclass
@@ -106,11 +117,18 @@ def calibrator_config(peer: PeerSettings):
 
 
 @contextlib.contextmanager
-def attach_peer(target, peer: PeerSettings, steps: int) -> Iterator[PeerRun]:
-    """Wrap ``target.model`` with cache-dit for the duration of the block; records the blocks that ran.
-
-    Inside, ``target.sample`` runs without the engine's session (cache-dit hooks the blocks instead).
+def attach_peer(target, peer: PeerSettings | DiffusersPeerSettings, steps: int) -> Iterator:
+    """Inside the block ``target.sample`` runs the peer; yields its record (``reference_flops(dims)``,
+    ``table()``, ``evaluations``). A diffusers peer runs the diffusers copy of the model
+    (``duca_scripts.diffusers_peers.attach_diffusers_peer``); a cache-dit peer wraps ``target.model`` with
+    cache-dit and records the blocks that ran, without the engine's session (cache-dit hooks the blocks).
     """
+    if isinstance(peer, DiffusersPeerSettings):
+        from .diffusers_peers import attach_diffusers_peer
+
+        with attach_diffusers_peer(target, peer, steps) as record:
+            yield record
+        return
     cache_dit = _import_cache_dit()
     model = target.model
     depth = len(model.blocks)

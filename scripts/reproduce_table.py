@@ -206,7 +206,7 @@ def run_table(opts: TableOptions) -> dict:
     specs = parse_methods(opts.method_list(), model_family=family)
     if any(s.is_peer for s in specs):
         from .peers import check_peer_support
-        check_peer_support(opts.model)
+        check_peer_support(opts.model, [s.peer for s in specs if s.is_peer])
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
     target = build_target(opts.model, device=opts.device, ckpt=opts.ckpt, cfg_scale=opts.cfg_scale)

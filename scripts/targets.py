@@ -20,11 +20,10 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-
 from duca_common.cache import CacheConfig, FeatureCache, TransformerDims
 
 # The DiT-XL/2 256 px shape (models.md A.1): 32x32 latents of the SD VAE, 4 channels, 1000 classes.
@@ -67,6 +66,7 @@ class Target:
     run_loop: Callable[..., torch.Tensor]         # (model, noise, labels, steps, profile, progress, session)
     is_pixel_model: bool = False                  # samples are images in [-1, 1] (no VAE)
     engine_sessions: bool = True                  # False: sample() runs plain forwards (see without_engine)
+    peer_state: dict = field(default_factory=dict)  # what peers build once per target (duca_scripts.diffusers_peers)
 
     @property
     def device(self) -> torch.device:
@@ -115,6 +115,18 @@ class Target:
             yield
         finally:
             self.engine_sessions = before
+
+    @contextlib.contextmanager
+    def using_model(self, model: torch.nn.Module) -> Iterator[None]:
+        """Inside the block ``sample`` runs ``model`` (a stand-in with the same sampling interface, e.g. the
+        diffusers copy of a DiT) without engine sessions."""
+        before = self.model
+        self.model = model
+        try:
+            with self.without_engine():
+                yield
+        finally:
+            self.model = before
 
 
 # ------------------------------------------------------------------------------------------------ DiT
@@ -181,8 +193,8 @@ def _load_dit_ckpt(model: torch.nn.Module, ckpt: Path) -> None:
 
 def _pixart_target(device: torch.device) -> Target:
     try:
-        from pixart_duca.model import PixArt, pixart_xl_2
         from duca_common.layers import Caption
+        from pixart_duca.model import PixArt, pixart_xl_2
         from pixart_duca.pipeline import sample as pixart_sample
     except ImportError as exc:        # the PixArt stack is optional for the benchmark
         raise TargetError(f"PixArt-XL/2 needs the pixart_duca package ({exc})") from exc
