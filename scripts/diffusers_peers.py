@@ -32,14 +32,18 @@ The peers (method strings in ``duca_scripts.methods``):
   :data:`MAGCACHE_CALIBRATION_IMAGES` images of another seed (:data:`MAGCACHE_CALIBRATION_SEED`), with
   diffusers' calibration formula (mean over tokens of ``|r_t| / |r_{t-1}|``; a test checks the numbers
   against ``MagCacheConfig(calibrate=True)``).
+* ``diffusers-fastercache`` -- ``FasterCacheConfig(unconditional_batch_skip_range=uncond,
+  spatial_attention_block_skip_range=skip)`` with diffusers' default timestep ranges, frequency weights and
+  attention weight (0.5), ``tensor_format="BCHW"``: inside its timestep range the transformer runs the
+  conditional half only, except every ``uncond``-th evaluation, and the unconditional output is the
+  conditional one plus the last measured low/high-frequency difference (FFT of the output); while it does,
+  each block's self-attention is computed every ``skip``-th call and otherwise extrapolated from its last two
+  outputs. Its CFG cache reads the batch as ``[uncond, cond]`` and splits the inputs it is told the names of:
+  the copy swaps our ``[cond, uncond]`` halves around the call, and ``class_labels`` joins diffusers' list.
+  The FFTs are not counted.
 
 Not included, and why:
 
-* ``FasterCacheConfig``: its CFG cache assumes the batch ``[uncond, cond]`` and splits only the keyword
-  inputs it names (``hidden_states``, ``timestep``, ...), not ``class_labels``; its timestep ranges and
-  frequency weights are CogVideoX's. Running it on our ``[cond, uncond]`` DiT batch means reordering the batch
-  and choosing those constants for this model, which is new model-specific tuning, not diffusers' method as
-  shipped.
 * ``SeaCacheConfig``: its indicator filters video latents ``(C, T, H, W)`` with a flow-matching noise model
   (signal ``1 - sigma``, ``sigma`` in [0, 1] from the scheduler through ``cache_context``) and needs a
   ``raw_vision_callback`` adapter per model; our DDIM is variance-preserving (signal ``sqrt(abar)``), so it
@@ -64,6 +68,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -80,6 +85,11 @@ CACHE_CONTEXT = "cfg_batch"
 # diffusers' TaylorSeerCache on our DiT: every block's self-attention and MLP (re.fullmatch patterns).
 TAYLORSEER_MODULES = (r"transformer_blocks\.\d+\.attn1", r"transformer_blocks\.\d+\.ff")
 TAYLORSEER_FACTORS_DTYPE = torch.float32
+# FasterCache on our DiT: the output is an image-shaped (B, C, H, W) tensor; the inputs its CFG cache splits
+# into halves (diffusers' list, plus our condition); the attention weight is diffusers' default.
+FASTERCACHE_TENSOR_FORMAT = "BCHW"
+FASTERCACHE_SPLIT_INPUTS = ("hidden_states", "timestep", "class_labels")
+FASTERCACHE_ATTENTION_WEIGHT = 0.5
 # MagCache calibration: an uncached run on a few images of a seed the tables do not use (they use seed 0).
 MAGCACHE_CALIBRATION_IMAGES = 4
 MAGCACHE_CALIBRATION_SEED = 1234
@@ -144,7 +154,8 @@ class DiffusersDiT(torch.nn.Module):
         self.cfg_channels = model.cfg_channels
         self.grid_size = model.grid_size
         self.depth = model.depth
-        self.current_timestep: float | None = None     # PAB's timestep callback reads it
+        self.current_timestep: float | None = None     # PAB's / FasterCache's timestep callback reads it
+        self.uncond_first = False                       # FasterCache: present the CFG batch as [uncond, cond]
         self.magcache_ratios: dict[int, list[float]] = {}  # per step count, calibrated once
 
     # DiT's own CFG (the batch [cond, uncond], the guided channels); it calls self.forward below.
@@ -152,8 +163,14 @@ class DiffusersDiT(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.current_timestep = float(t.flatten()[0])
+        swap = None
+        if self.uncond_first:                   # swapping the halves is its own inverse
+            half = len(x) // 2
+            swap = torch.cat([torch.arange(half, len(x)), torch.arange(half)]).to(x.device)
+            x, t, y = x[swap], t[swap], y[swap]
         with self.transformer.cache_context(CACHE_CONTEXT):
-            return self.transformer(hidden_states=x, timestep=t, class_labels=y).sample
+            out = self.transformer(hidden_states=x, timestep=t, class_labels=y).sample
+        return out if swap is None else out[swap]
 
 
 def diffusers_twin(target) -> DiffusersDiT:
@@ -251,6 +268,7 @@ def magcache_ratios(target, twin: DiffusersDiT, steps: int) -> list[float]:
 def hook_config(target, twin: DiffusersDiT, peer: DiffusersPeerSettings, steps: int):
     """The diffusers cache config of ``peer`` (a fresh object per run: diffusers may fill in its fields)."""
     from diffusers.hooks import (
+        FasterCacheConfig,
         FirstBlockCacheConfig,
         MagCacheConfig,
         PyramidAttentionBroadcastConfig,
@@ -271,7 +289,15 @@ def hook_config(target, twin: DiffusersDiT, peer: DiffusersPeerSettings, steps: 
     if peer.kind == "magcache":
         return MagCacheConfig(threshold=peer.threshold, max_skip_steps=peer.max_skip, retention_ratio=peer.retention,
                               num_inference_steps=steps, mag_ratios=magcache_ratios(target, twin, steps))
-    raise DiffusersPeerError(f"unknown diffusers peer kind {peer.kind!r}; known: fbcache, pab, taylorseer, magcache")
+    if peer.kind == "fastercache":
+        return FasterCacheConfig(unconditional_batch_skip_range=peer.uncond,
+                                 spatial_attention_block_skip_range=peer.skip,
+                                 current_timestep_callback=lambda: twin.current_timestep,
+                                 attention_weight_callback=lambda module: FASTERCACHE_ATTENTION_WEIGHT,
+                                 tensor_format=FASTERCACHE_TENSOR_FORMAT,
+                                 _unconditional_conditional_input_kwargs_identifiers=list(FASTERCACHE_SPLIT_INPUTS))
+    raise DiffusersPeerError(f"unknown diffusers peer kind {peer.kind!r}; known: fbcache, pab, taylorseer, magcache, "
+                             f"fastercache")
 
 
 def prepare(target, peer: DiffusersPeerSettings, steps: int) -> None:
@@ -287,9 +313,30 @@ def attach_diffusers_peer(target, peer: DiffusersPeerSettings, steps: int) -> It
     (fresh state) and records what it computed; the hook is disabled on exit, also when sampling raises."""
     twin = diffusers_twin(target)
     config = hook_config(target, twin, peer, steps)
-    twin.transformer.enable_cache(config)
+    with _quiet(EXPERIMENTAL_WARNING_LOGGERS):
+        twin.transformer.enable_cache(config)
+    twin.uncond_first = peer.kind == "fastercache"
     try:
         with recording(twin) as record, target.using_model(twin):
             yield record
     finally:
+        twin.uncond_first = False
         twin.transformer.disable_cache()
+
+
+# diffusers warns at every enable_cache that FasterCache is experimental; said once in the docs instead.
+EXPERIMENTAL_WARNING_LOGGERS = ("diffusers.hooks.faster_cache",)
+
+
+@contextlib.contextmanager
+def _quiet(names: tuple[str, ...]) -> Iterator[None]:
+    """Warnings of the named loggers are dropped inside the block."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)

@@ -33,6 +33,9 @@ A method is written one of three ways on the command line:
       diffusers-magcache:t=0.06,k=3,r=0.2  # MagCache: t = accumulated-error threshold, k = most consecutive
                                            # skipped steps, r = retention ratio (first r x steps computed);
                                            # its magnitude ratios are calibrated on the model first
+      diffusers-fastercache:uncond=5,skip=2  # FasterCache: the unconditional half computed every uncond-th
+                                           # evaluation (else approximated from the conditional one), and
+                                           # then attention every skip-th call; diffusers' timestep ranges
 
 Every spec parses into a :class:`MethodSpec` before any model is built, so a typo fails in
 milliseconds with the list of what is allowed.
@@ -48,7 +51,8 @@ from duca_common.cache.flags import method_choices, method_config, settings_text
 
 ENGINE_METHODS = method_choices()          # the engine's registry (duca_common.cache.flags.method_choices)
 PEER_METHODS = ("cachedit-dbcache", "cachedit-taylorseer", "cachedit-foca", "cachedit-dmd")
-DIFFUSERS_PEER_METHODS = ("diffusers-fbcache", "diffusers-pab", "diffusers-taylorseer", "diffusers-magcache")
+DIFFUSERS_PEER_METHODS = ("diffusers-fbcache", "diffusers-pab", "diffusers-taylorseer", "diffusers-magcache",
+                          "diffusers-fastercache")
 # Family names of peers start with one of these (tables and plots tell peers from project methods by it).
 PEER_FAMILY_PREFIXES = ("cachedit-", "diffusers-")
 
@@ -90,7 +94,8 @@ class PeerSettings:
 
 # diffusers 0.42.1's defaults (FirstBlockCacheConfig.threshold; PyramidAttentionBroadcastConfig's spatial
 # timestep range, and the skip range of 2 it falls back to; TaylorSeerCacheConfig.cache_interval /
-# max_order / disable_cache_before_step; MagCacheConfig.threshold / max_skip_steps / retention_ratio);
+# max_order / disable_cache_before_step; MagCacheConfig.threshold / max_skip_steps / retention_ratio;
+# FasterCacheConfig.unconditional_batch_skip_range and spatial_attention_block_skip_range);
 # tests/test_scripts_diffusers_peers.py checks them against the installed diffusers.
 DIFFUSERS_FBC_THRESHOLD = 0.05
 DIFFUSERS_PAB_SKIP = 2
@@ -101,17 +106,19 @@ DIFFUSERS_TAYLORSEER_WARMUP = 3
 DIFFUSERS_MAGCACHE_THRESHOLD = 0.06
 DIFFUSERS_MAGCACHE_MAX_SKIP = 3
 DIFFUSERS_MAGCACHE_RETENTION = 0.2
+DIFFUSERS_FASTERCACHE_UNCOND = 5
+DIFFUSERS_FASTERCACHE_SKIP = 2
 DIFFUSERS_DEFAULT_THRESHOLD = {"fbcache": DIFFUSERS_FBC_THRESHOLD, "magcache": DIFFUSERS_MAGCACHE_THRESHOLD}
 
 
 @dataclass(frozen=True)
 class DiffusersPeerSettings:
-    """Settings of one diffusers cache hook (``kind``: fbcache, pab, taylorseer, magcache); each kind reads
+    """Settings of one diffusers cache hook (``kind``: fbcache, pab, taylorseer, magcache, fastercache); each reads
     only its own fields (:data:`DIFFUSERS_KEYS`)."""
 
     kind: str
     threshold: float | None = None                  # fbcache / magcache threshold (None: that hook's default)
-    skip: int = DIFFUSERS_PAB_SKIP                  # pab: spatial_attention_block_skip_range
+    skip: int = DIFFUSERS_PAB_SKIP                  # pab, fastercache: spatial_attention_block_skip_range
     lo: int = DIFFUSERS_PAB_TIMESTEPS[0]            # pab: spatial_attention_timestep_skip_range
     hi: int = DIFFUSERS_PAB_TIMESTEPS[1]
     interval: int = DIFFUSERS_TAYLORSEER_INTERVAL   # taylorseer: cache_interval
@@ -119,6 +126,7 @@ class DiffusersPeerSettings:
     warmup: int = DIFFUSERS_TAYLORSEER_WARMUP       # taylorseer: disable_cache_before_step
     max_skip: int = DIFFUSERS_MAGCACHE_MAX_SKIP     # magcache: max_skip_steps
     retention: float = DIFFUSERS_MAGCACHE_RETENTION  # magcache: retention_ratio
+    uncond: int = DIFFUSERS_FASTERCACHE_UNCOND      # fastercache: unconditional_batch_skip_range
 
     def __post_init__(self) -> None:
         if self.threshold is None and self.kind in DIFFUSERS_DEFAULT_THRESHOLD:
@@ -132,6 +140,8 @@ class DiffusersPeerSettings:
             return f"interval={self.interval}, O={self.order}, warm-up {self.warmup}"
         if self.kind == "magcache":
             return f"t={self.threshold:g}, K={self.max_skip}, retention {self.retention:g}"
+        if self.kind == "fastercache":
+            return f"uncond every {self.uncond}, attention skip={self.skip}"
         return f"t={self.threshold:g}"
 
 
@@ -147,6 +157,10 @@ DIFFUSERS_KEYS: dict[str, dict[str, tuple[str, type, float, str]]] = {
     "diffusers-magcache": {"t": ("threshold", float, 0.0, "the accumulated magnitude-ratio error"),
                            "k": ("max_skip", int, 0, "most consecutive skipped steps; 0 never skips"),
                            "r": ("retention", float, 0.0, "fraction of the first steps always computed, in [0, 1]")},
+    "diffusers-fastercache": {"uncond": ("uncond", int, 1, "unconditional half computed every uncond-th evaluation; "
+                                                          "1 never approximates it"),
+                              "skip": ("skip", int, 1, "attention computed every skip-th call while the "
+                                                       "unconditional half is approximated")},
 }
 
 

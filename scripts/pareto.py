@@ -10,7 +10,8 @@ each engine method runs at cycle lengths ``--intervals`` and each cache-dit peer
 diffusers copy of the DiT (``duca_scripts.diffusers_peers``, same sampler and seeds): FirstBlockCache at
 ``--thresholds`` (the same relative residual change as cache-dit's), Pyramid Attention Broadcast and
 TaylorSeerCache at ``--intervals`` (attention every N-th evaluation; a full step every N steps), MagCache at
-``--magcache-thresholds``. Ranking the methods needs scores
+``--magcache-thresholds``, FasterCache with its unconditional half computed every N-th evaluation
+(``--intervals``). Ranking the methods needs scores
 against the uncached run of the same seeds (``dit_duca.digits_metrics.fidelity_scores``): PSNR, the
 paired feature distance in the digits classifier's penultimate space, and the Frechet distance between
 the cached set and the uncached set in that space; the class accuracy is reported next to them.
@@ -77,10 +78,13 @@ PEER_FAMILIES = (("cachedit-dbcache", "cachedit-dbcache:fn=1,bn=0,rdt={t:g}"),
 # TaylorSeerCache at diffusers' defaults (O=1, 3 warm-up steps). MagCache with at most 10 consecutive skipped
 # steps and 2 retained first steps (r=0.04): at diffusers' K=3 and r=0.2 it cannot pass 2.5x (10 full
 # first steps, then at most 3 of every 4 skipped); its threshold is then the knob, as MagCache intends.
+# FasterCache at diffusers' defaults, its unconditional half computed every N-th evaluation (N = --intervals);
+# it approximates the unconditional half only below timestep 641, so it stays below ~2x.
 DIFFUSERS_FAMILIES = (("diffusers-fbcache", "diffusers-fbcache:t={x:g}", "thresholds"),
                       ("diffusers-pab", "diffusers-pab:skip={x},lo=-1,hi=1000", "intervals"),
                       ("diffusers-taylorseer", "diffusers-taylorseer:interval={x},o=1", "intervals"),
-                      ("diffusers-magcache", "diffusers-magcache:t={x:g},k=10,r=0.04", "magcache_thresholds"))
+                      ("diffusers-magcache", "diffusers-magcache:t={x:g},k=10,r=0.04", "magcache_thresholds"),
+                      ("diffusers-fastercache", "diffusers-fastercache:uncond={x}", "intervals"))
 # MagCache thresholds (accumulated magnitude-ratio error): ~1.4x to ~6x on the digits model.
 DEFAULT_MAGCACHE_THRESHOLDS = (0.01, 0.03, 0.06, 0.12, 0.25, 0.5)
 # Case labels of the repeated uncached timings (a method label never starts with '#').

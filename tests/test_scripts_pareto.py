@@ -3,7 +3,6 @@
 import csv
 
 import pytest
-
 from duca_scripts import pareto
 from duca_scripts.report import parse_markdown_table
 
@@ -30,6 +29,9 @@ def test_goal_verdicts_compare_best_project_method_with_best_peer():
     assert v[3.0]["best_project"] == "taylorseer" and v[3.0]["project_score"] == 38.0 and v[3.0]["met"]
     assert v[4.0]["met"] is False and v[4.0]["best_peer"] == "cachedit-dmd"     # 37 < 37.5
     assert v[5.0]["met"] and not v[5.0]["peer_measured"]                     # no peer reaches 5x
+    front["diffusers-magcache"] = {x: 38.5 for x in pareto.FRONTIER_SPEEDUPS}         # diffusers hooks are peers
+    v = {g["speedup"]: g for g in pareto.goal_verdicts(front, "psnr")}
+    assert v[3.0]["best_peer"] == "diffusers-magcache" and v[3.0]["met"] is False    # 38 < 38.5
     dist = pareto.goal_verdicts({"a": {x: 0.1 for x in pareto.FRONTIER_SPEEDUPS},
                                  "cachedit-b": {x: 0.2 for x in pareto.FRONTIER_SPEEDUPS}}, "feature_distance")
     assert all(g["met"] for g in dist)                                        # lower is better for distances
@@ -40,6 +42,7 @@ def test_goal_verdicts_compare_best_project_method_with_best_peer():
     (["--images", "1"], "images must be >= 2"),
     (["--intervals", "0"], "intervals"),
     (["--ckpt", "/nonexistent.safetensors"], "does not exist"),
+    (["--magcache-thresholds", "0"], "--magcache-thresholds must be > 0"),
 ])
 def test_bad_options_exit_2_naming_the_problem(argv, words, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -48,12 +51,13 @@ def test_bad_options_exit_2_naming_the_problem(argv, words, tmp_path, capsys):
 
 
 def test_small_frontier_run_writes_every_family(tmp_path):
-    peers = [] if HAVE_CACHE_DIT else ["--no-peers"]
+    peers = [] if HAVE_CACHE_DIT else ["--no-cachedit"]
     data = pareto.main(["--images", "3", "--steps", "6", "--intervals", "3", "--thresholds", "0.5",
-                        "--baseline-every", "4", "--out", str(tmp_path), *peers])
+                        "--magcache-thresholds", "0.3", "--baseline-every", "4", "--out", str(tmp_path), *peers])
     rows = data["rows"]
     families = {r["family"] for r in rows}
     expected = {f for f, _ in pareto.PAPER_FAMILIES + pareto.NEW_FAMILIES}
+    expected |= {f for f, _, _ in pareto.DIFFUSERS_FAMILIES}          # diffusers' hooks need no extra
     if HAVE_CACHE_DIT:
         expected |= {f for f, _ in pareto.PEER_FAMILIES}
     assert families == expected | {"none"}
@@ -70,6 +74,15 @@ def test_small_frontier_run_writes_every_family(tmp_path):
     with open(tmp_path / "frontier.csv", newline="") as f:
         assert {r["family"] for r in csv.DictReader(f)} == expected
     assert (tmp_path / "pareto.png").stat().st_size > 10_000 and (tmp_path / "rows.csv").is_file()
+
+
+def test_grid_runs_the_diffusers_hooks_over_their_options():
+    labels = [text for _, text in pareto.grid((2, 8), (0.04, 1.0), peers=True, cachedit=False,
+                                              magcache_thresholds=(0.06,))]
+    assert {"diffusers-fbcache:t=0.04", "diffusers-fbcache:t=1", "diffusers-pab:skip=8,lo=-1,hi=1000",
+            "diffusers-taylorseer:interval=2,o=1", "diffusers-magcache:t=0.06,k=10,r=0.04"} <= set(labels)
+    assert not any(text.startswith("cachedit") for text in labels)
+    assert not any(text.startswith("diffusers") for _, text in pareto.grid((2,), (0.1,), peers=False))
 
 
 def test_flops_from_the_plan_equal_a_recorded_run():
