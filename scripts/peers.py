@@ -16,8 +16,8 @@ MLP on all tokens), a skipped block 0. The residual comparison is not counted, a
 scoring is not. Measured FLOPs are not reported for peers: cache-dit decides from the values, so the
 run cannot be replayed on the meta device.
 
-diffusers' own cache hooks (FirstBlockCache, Pyramid Attention Broadcast, TaylorSeerCache, MagCache) run on
-the diffusers copy of our DiT: ``duca_scripts.diffusers_peers``. :func:`attach_peer` and
+diffusers' own cache hooks (FirstBlockCache, Pyramid Attention Broadcast, TaylorSeerCache, MagCache,
+FasterCache) run on the diffusers copy of our DiT: ``duca_scripts.diffusers_peers``. :func:`attach_peer` and
 :func:`check_peer_support` take either kind of peer.
 """
 

@@ -8,6 +8,7 @@ import ast
 import pytest
 import torch
 from diffusers.hooks import (
+    FasterCacheConfig,
     FirstBlockCacheConfig,
     MagCacheConfig,
     PyramidAttentionBroadcastConfig,
@@ -23,8 +24,9 @@ STEPS = 10
 IMAGES = 2
 # Settings that skip work on the tiny DiT in 10 steps, and settings that never skip.
 SKIPPING = ["diffusers-fbcache:t=1", "diffusers-pab:skip=3,lo=-1,hi=1000", "diffusers-taylorseer:interval=3,warmup=2",
-            "diffusers-magcache:t=1,k=3,r=0.2"]
-NEVER = ["diffusers-fbcache:t=0", "diffusers-pab:skip=1", "diffusers-taylorseer:interval=1", "diffusers-magcache:k=0"]
+            "diffusers-magcache:t=1,k=3,r=0.2", "diffusers-fastercache:uncond=3"]
+NEVER = ["diffusers-fbcache:t=0", "diffusers-pab:skip=1", "diffusers-taylorseer:interval=1", "diffusers-magcache:k=0",
+         "diffusers-fastercache:uncond=1"]
 # The diffusers copy computes our forward with separate q/k/v projections; on the tiny model it is bit for bit.
 PARITY_ATOL = 1e-6
 
@@ -67,6 +69,9 @@ def test_our_defaults_are_the_installed_diffusers_defaults():
     mc = MagCacheConfig(calibrate=True)
     assert (methods.DIFFUSERS_MAGCACHE_THRESHOLD, methods.DIFFUSERS_MAGCACHE_MAX_SKIP,
             methods.DIFFUSERS_MAGCACHE_RETENTION) == (mc.threshold, mc.max_skip_steps, mc.retention_ratio)
+    fc = FasterCacheConfig()
+    assert (methods.DIFFUSERS_FASTERCACHE_UNCOND, methods.DIFFUSERS_FASTERCACHE_SKIP) == (
+        fc.unconditional_batch_skip_range, fc.spatial_attention_block_skip_range)
 
 
 def test_method_strings_parse_to_settings():
@@ -78,6 +83,8 @@ def test_method_strings_parse_to_settings():
     assert (pab.kind, pab.skip, pab.lo, pab.hi) == ("pab", 4, -1, 1000)
     ts = parse_method("diffusers-taylorseer:interval=4,o=2,warmup=1").peer
     assert (ts.kind, ts.interval, ts.order, ts.warmup) == ("taylorseer", 4, 2, 1)
+    fc = parse_method("diffusers-fastercache:uncond=4,skip=3")
+    assert (fc.peer.kind, fc.peer.uncond, fc.peer.skip) == ("fastercache", 4, 3)
     mc = parse_method("diffusers-magcache:t=0.1,k=5,r=0.1")
     assert (mc.peer.threshold, mc.peer.max_skip, mc.peer.retention) == (0.1, 5, 0.1)
     assert mc.setting == "t=0.1, K=5, retention 0.1"
@@ -95,7 +102,8 @@ def test_method_strings_parse_to_settings():
     ("diffusers-taylorseer:o=x", "o='x' is not an integer"),
     ("diffusers-magcache:r=1.5", "use 0 <= r <= 1"),
     ("diffusers-magcache:k=-1", "k=-1 must be >= 0"),
-    ("diffusers-fastercache", "unknown method"),
+    ("diffusers-fastercache:uncond=0", "uncond=0 must be >= 1"),
+    ("diffusers-seacache", "unknown method"),
 ])
 def test_bad_settings_name_the_problem(text, words):
     with pytest.raises(MethodSpecError) as exc:
@@ -159,6 +167,9 @@ def test_flops_follow_the_parts_that_ran(target, inputs):
     assert [] in mag.evaluations and "-" in mag.table()
     _, ts = _run(target, "diffusers-taylorseer:interval=3,warmup=2", inputs)
     assert {p for b, p, n in ts.evaluations[2]} == {"adaln", "norm"}
+    _, fc = _run(target, "diffusers-fastercache:uncond=3", inputs)      # the conditional half alone, some steps
+    batches = [{n for _, _, n in ev} for ev in fc.evaluations]
+    assert {2 * IMAGES} in batches and {IMAGES} in batches
 
 
 def test_taylorseer_hooks_every_attention_and_mlp(target):
