@@ -374,12 +374,15 @@ def pareto_plot(data: dict, path: Path) -> Path:
               ("cpu_speedup", "psnr", "PSNR vs uncached (dB)")]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.8))
     families = list(dict.fromkeys(r["family"] for r in rows if r["family"] != "none"))
+    # 20 distinct colours: the default cycle of 10 repeats once the peers are in the plot
+    colours = plt.get_cmap("tab20").colors
     for ax, (xkey, ykey, ylabel) in zip(axes, panels, strict=True):
-        for fam in families:
+        for i, fam in enumerate(families):
             pts = sorted((r[xkey], r[ykey]) for r in rows if r["family"] == fam and r[ykey] is not None
                          and r[xkey] is not None and math.isfinite(r[ykey]))
             style = ":" if fam.startswith("diffusers") else "--" if is_peer_family(fam) else "-"
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", markersize=3, label=fam)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", markersize=3, label=fam,
+                    color=colours[i % len(colours)])
         ax.set_xlabel("FLOPs speed-up (reference formula)" if xkey == "flops_speedup"
                       else "CPU-time speed-up (interleaved uncached timings)")
         ax.set_ylabel(ylabel)
