@@ -65,7 +65,7 @@ class FidelityScores:
 
 def to_classifier_size(images: torch.Tensor, classifier: DigitsClassifier) -> torch.Tensor:
     """``images`` at the classifier's side: unchanged when they already are, 2^k average pooling when their
-    side is the classifier's times a power of two (32 -> 16 for the 256-token model), else an error."""
+    side is the classifier's times a power of two (e.g. 32 -> 16), else an error."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise InputError(f"images must be a (N, C, H, W) tensor in [-1, 1], got {shape}")

@@ -22,6 +22,11 @@ from .models import DiT
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_EMBEDDED_PATH = WEIGHTS_DIR / "digits_dit.safetensors"
+# The second operating point (issue 16): the same digits at 16x16 pixels with patch 1, so 256 tokens per
+# image as DiT-XL/2 at 256 px (docs/embedded.md, "A second operating point with 256 tokens").
+EMBEDDED_256_PATH = WEIGHTS_DIR / "digits256_dit.safetensors"
+# The shipped models by the name the benchmark, table and frontier scripts take (--model).
+EMBEDDED_MODELS = {"digits": DEFAULT_EMBEDDED_PATH, "digits256": EMBEDDED_256_PATH}
 METADATA_KIND = "duca-dit"
 
 

@@ -1,8 +1,7 @@
 """The quality-per-FLOP frontier on an embedded model: every method and peer, same seeds, one table and plot.
 
     python -m duca_scripts.pareto --model digits --out docs/results/pareto_digits16
-    python -m duca_scripts.pareto --model digits --ckpt DiT-DuCa/weights/digits32_dit.safetensors \\
-        --out docs/results/pareto_digits32
+    python -m duca_scripts.pareto --model digits256 --out docs/results/pareto_digits256
 
 Every row samples the same ``--images`` (noise and labels seeded by ``--seed``) with DDIM ``--steps``;
 each engine method runs at cycle lengths ``--intervals`` and each cache-dit peer at residual thresholds
@@ -140,9 +139,10 @@ class ParetoOptions:
     out: Path = Path("results/pareto")
 
     def validate(self) -> None:
-        if self.model != "digits":
-            raise ParetoError(f"--model {self.model!r}: the frontier needs the digits classifier; use --model digits "
-                              f"(with --ckpt for the 256-token model)")
+        from dit_duca.embedded import EMBEDDED_MODELS
+        if self.model not in EMBEDDED_MODELS:
+            raise ParetoError(f"--model {self.model!r}: the frontier needs the digits classifier; use --model "
+                              f"{' or '.join(EMBEDDED_MODELS)} (--ckpt for another export of the trainer)")
         for name in ("images", "steps", "baseline_every"):
             if getattr(self, name) < 1:
                 raise ParetoError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -405,7 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     d = ParetoOptions()
-    p.add_argument("--model", default=d.model, help="digits (the embedded model; --ckpt for another export)")
+    p.add_argument("--model", default=d.model,
+                   help="digits or digits256 (the embedded models, 64 / 256 tokens; --ckpt for another export)")
     p.add_argument("--ckpt", default=None, help="embedded DiT safetensors (default: the shipped 64-token model)")
     p.add_argument("--images", type=int, default=d.images)
     p.add_argument("--steps", type=int, default=d.steps)

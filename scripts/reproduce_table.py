@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from dit_duca.embedded import EMBEDDED_MODELS
 from duca_common.cache import get_method, measured_flops, reference_flops, speedup
 from duca_common.errors import UsageError
 from duca_common.outputs import check_output_dir
@@ -213,7 +214,7 @@ def run_table(opts: TableOptions) -> dict:
     opts.out.mkdir(parents=True, exist_ok=True)
     if opts.protocol == "fid50k":
         return write_fid50k_plan(opts, specs, target)
-    judge = DigitsJudge() if opts.model == "digits" else None
+    judge = DigitsJudge() if opts.model in EMBEDDED_MODELS else None
 
     rows = {s.label: Row(s.label, s.family, s.setting) for s in specs}
     heat_dir = opts.out / "heatmaps"
@@ -281,7 +282,7 @@ def _summarise(opts: TableOptions, specs: list[MethodSpec], rows: dict[str, Row]
         })
     return {"options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
             "environment": environment(target.device), "model": target.name, "protocol": opts.protocol,
-            "quality_metrics": "digits accuracy + Frechet distance (dit_duca.digits_metrics)" if opts.model == "digits"
+            "quality_metrics": "digits accuracy + Frechet distance (dit_duca.digits_metrics)" if opts.model in EMBEDDED_MODELS
             else "PSNR/SSIM against the uncached samples only (no quality judge for this model)",
             "measurement": (f"interleaved: {opts.repeats} round(s), every method once per round; speed-up = ratio "
                             f"of medians, (min-max) = the per-round ratios; wall time flagged unreliable when wall "

@@ -10,7 +10,8 @@ Names (``--model``):
 
 * any DiT config name (``DiT-XL/2``, ``DiT-S/2``, ...): random weights (the official initialisation)
   at the shape of a 256 px model (32x32 latents, 4 channels, 1000 classes), or ``--ckpt`` weights;
-* ``digits``: the embedded digits DiT shipped with the package (``dit_duca.embedded``);
+* ``digits``: the embedded digits DiT shipped with the package (``dit_duca.embedded``, 64 tokens);
+  ``digits256``: the shipped 256-token digits DiT (16x16 pixels, patch 1);
 * ``tiny``: a 2-block random DiT on 8x8 latents for tests and smoke runs;
 * ``PixArt-XL/2``: random weights at 256 px (``pixart_duca``), with a synthetic caption.
 """
@@ -45,7 +46,8 @@ TINY_KWARGS = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, de
 PIXART_BENCH_TEXT_TOKENS = 20
 PIXART_IMAGE_SIZE = 256
 
-TARGET_HELP = "a DiT config (DiT-XL/2, DiT-S/2, ...), 'digits' (embedded model), 'tiny', or 'PixArt-XL/2'"
+TARGET_HELP = ("a DiT config (DiT-XL/2, DiT-S/2, ...), 'digits' / 'digits256' (embedded models, 64 / 256 tokens), "
+               "'tiny', or 'PixArt-XL/2'")
 
 
 class TargetError(ValueError):
@@ -244,9 +246,10 @@ def build_target(name: str, *, device: str | torch.device = "cpu", ckpt: str | N
         target = _dit_target(name, lambda: DiT(**TINY_KWARGS), cfg_scale or DIT_CFG_SCALE, False, device)
         randomize_zero_init(target.model)
         return target
-    if name == "digits":
-        from dit_duca.embedded import DEFAULT_EMBEDDED_PATH, DiTSpec, read_metadata
-        path = Path(ckpt) if ckpt is not None else DEFAULT_EMBEDDED_PATH
+    from dit_duca.embedded import EMBEDDED_MODELS
+    if name in EMBEDDED_MODELS:
+        from dit_duca.embedded import DiTSpec, read_metadata
+        path = Path(ckpt) if ckpt is not None else EMBEDDED_MODELS[name]
         if not path.is_file():
             raise TargetError(f"the embedded digits DiT is missing at {path}; train it with "
                               f"`python -m dit_duca.train --export {path}` (docs/embedded.md)")

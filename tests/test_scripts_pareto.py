@@ -38,7 +38,7 @@ def test_goal_verdicts_compare_best_project_method_with_best_peer():
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["--model", "tiny"], "digits classifier"),
+    (["--model", "tiny"], "use --model digits or digits256"),
     (["--images", "1"], "images must be >= 2"),
     (["--intervals", "0"], "intervals"),
     (["--ckpt", "/nonexistent.safetensors"], "does not exist"),
@@ -48,6 +48,11 @@ def test_bad_options_exit_2_naming_the_problem(argv, words, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         pareto.main(argv + ["--out", str(tmp_path)])
     assert exc.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_both_shipped_models_are_accepted(tmp_path):
+    for name in ("digits", "digits256"):
+        pareto.ParetoOptions(model=name, out=tmp_path).validate()          # raises ParetoError otherwise
 
 
 def test_small_frontier_run_writes_every_family(tmp_path):
