@@ -44,7 +44,11 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != self.img_size:
             raise ValueError(f"input size {tuple(x.shape[-2:])} does not match the model's {self.img_size}")
-        return self.proj(x).flatten(2).transpose(1, 2)
+        # contiguous (B, N, C): the transposed view would set the memory layout of the whole residual stream (an
+        # elementwise op keeps its first operand's layout), and every residual add / fused addcmul mixing it with
+        # a contiguous module output runs on a slow strided path (DiT-XL/2 on CPU: ~3% of a DuCa run; same values
+        # bit for bit, docs/benchmarks.md)
+        return self.proj(x).flatten(2).transpose(1, 2).contiguous()
 
 
 class LabelEmbedder(nn.Module):

@@ -167,7 +167,9 @@ class PatchEmbed3D(nn.Module):
         pt, ph, pw = self.patch
         _, _, t, h, w = x.shape
         x = F.pad(x, (0, (-w) % pw, 0, (-h) % ph, 0, (-t) % pt))
-        return self.proj(x).flatten(2).transpose(1, 2)                      # (B, T*H*W, C), (t, h, w) order
+        # (B, T*H*W, C) in (t, h, w) order, contiguous: the transposed view would set the layout of the residual
+        # stream (see dit_duca.models.PatchEmbed)
+        return self.proj(x).flatten(2).transpose(1, 2).contiguous()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from duca_common.cache.attention_score import sdpa_and_received
 from duca_common.errors import UsageError, run_or_exit
 from duca_common.measure import Case, compare, interleaved
 
-from .report import environment, markdown_table, write_json
+from .report import environment, markdown_table, write_report
 
 # DiT-S/2 (models.md A.1): hidden 384 = 6 heads x 64; batch 2 is one image with its CFG twin.
 DIT_S_HEADS, DIT_S_HEAD_DIM, CFG_BATCH = 6, 64, 2
@@ -129,10 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     run_or_exit(lambda: _check(args))
     data = run(args.tokens, args.repeats, args.warmup, args.device, args.threads)
     md = render(data)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "attention_score.json", data)
-    (args.out / "attention_score.md").write_text(md + "\n")
-    print(md)
+    write_report(args.out, "attention_score", data, md + "\n")
     print(f"wrote {args.out}/attention_score.json and .md", file=sys.stderr)
     return data
 

@@ -44,7 +44,7 @@ from duca_common.cache.plan import build_plan
 from duca_common.errors import UsageError, run_or_exit
 from duca_common.measure import Case, compare, interleaved
 
-from .report import environment, markdown_table, sig, write_json
+from .report import environment, markdown_table, sig, write_report
 
 WORKLOADS = ("dit256", "dit512", "pixart1024", "opensora480p")
 DEFAULT_BUDGET_S = 540          # 9 of the 10 minutes a GPU slot gives: model building and writing need the rest
@@ -346,10 +346,7 @@ def main(argv: list[str] | None = None) -> dict:
     run_or_exit(lambda: _check(opts))
     data = run(opts)
     md = render(data)
-    opts.out.mkdir(parents=True, exist_ok=True)
-    write_json(opts.out / "gpu_bench.json", data)
-    (opts.out / "gpu_bench.md").write_text(md)
-    print(md)
+    write_report(opts.out, "gpu_bench", data, md)
     print(f"wrote {opts.out}/gpu_bench.json and gpu_bench.md ({data['total_seconds']:.0f} s)", file=sys.stderr)
     return data
 

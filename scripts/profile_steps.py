@@ -74,8 +74,8 @@ def run(opts: argparse.Namespace) -> dict:
     target = build_target(opts.model, device="cpu")
     spec = [s for s in parse_methods([opts.method]) if not s.is_baseline][0]
     model = target.model
-    noise, labels = target.noise(1, 0), target.labels(1)
-    dims = target.dims(1)
+    noise, labels = target.noise(opts.images, 0), target.labels(opts.images)
+    dims = target.dims(opts.images)
     with torch.inference_mode():
         target.configure(parse_methods([])[0].config)
         target.sample(noise, labels, 1)                               # warm-up forward (untimed)
@@ -110,7 +110,7 @@ def run(opts: argparse.Namespace) -> dict:
     total_t, total_f = sum(times), sum(flops)
     base_step = statistics.mean(base_times) if base_times else full_time
     data = {"environment": environment(torch.device("cpu")), "model": opts.model, "method": spec.label,
-            "steps": opts.steps, "per_step_cpu_seconds": times, "per_step_tflops": [f / 1e12 for f in flops],
+            "steps": opts.steps, "images": opts.images, "per_step_cpu_seconds": times, "per_step_tflops": [f / 1e12 for f in flops],
             "uncached_step_cpu_seconds": base_times, "rows": rows, "trace": trace.table(),
             "run_cpu_seconds": total_t, "run_tflops": total_f / 1e12,
             "cpu_speedup_estimate": base_step * opts.steps / total_t,
@@ -156,7 +156,8 @@ def profile_ops(target, spec, noise, labels, trace, kinds, opts) -> dict[str, li
 
 
 def render(data: dict) -> str:
-    head = (f"**{data['model']}**, {data['method']}, {data['steps']} steps, CPU seconds per model evaluation "
+    head = (f"**{data['model']}**, {data['method']}, {data['steps']} steps, {data['images']} image(s) + CFG twin, "
+            f"CPU seconds per model evaluation "
             f"({data['environment']['threads']} threads)\n\n")
     def f(v, spec):
         return "-" if v is None else format(v, spec)
@@ -182,12 +183,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--model", default="DiT-XL/2", help=TARGET_HELP)
     p.add_argument("--method", default="dit-duca-n3-r95")
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--images", type=int, default=1, help="images per step (the forward batch is twice this: CFG)")
     p.add_argument("--baseline-steps", type=int, default=0, help="uncached forwards timed first (0: none)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--profile-ops", action="store_true")
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--out", type=Path, default=None, help="folder for profile.json / profile.md")
     opts = p.parse_args(argv)
+    if opts.images < 1 or opts.steps < 1:
+        p.error(f"--images and --steps must be >= 1, got {opts.images} and {opts.steps}")
     data = run(opts)
     md = render(data)
     print(md)

@@ -41,6 +41,14 @@ def write_json(path: Path, data: dict) -> Path:
     return runtime.write_json(path, _jsonable(data))
 
 
+def write_report(out: Path, stem: str, data: dict, md: str) -> None:
+    """A benchmark's result: ``<out>/<stem>.json`` and ``<out>/<stem>.md``, and the table printed."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / f"{stem}.json", data)
+    (out / f"{stem}.md").write_text(md)
+    print(md)
+
+
 def fmt(value, digits: int = 2, suffix: str = "") -> str:
     if value is None:
         return "-"

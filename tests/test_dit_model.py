@@ -153,3 +153,31 @@ def test_attention_map_path_matches_sdpa():
     out_map, received = attn(x, stat="attention_received")
     torch.testing.assert_close(out_sdpa, out_map, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(received.sum(-1), torch.full((2,), 16.0))   # each query's row sums to 1
+
+
+def _block_inputs_contiguous(blocks, run) -> list[bool]:
+    """Whether each block's residual-stream input was contiguous during ``run()``."""
+    seen: list[bool] = []
+    hooks = [b.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous())) for b in blocks]
+    try:
+        run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def test_residual_stream_is_contiguous_in_every_block():
+    """The patch embedding hands the blocks a contiguous (B, N, C) stream: its transposed view would set the
+    layout of every residual op after it (docs/benchmarks.md, issue 14.3)."""
+    model = tiny_dit()
+    x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([999, 10]), torch.tensor([1, 2])
+    assert _block_inputs_contiguous(model.blocks, lambda: model(x, t, y)) == [True] * len(model.blocks)
+    # and under the engine, through full, conservative and aggressive steps
+    model.configure_cache(get_preset("dit-duca-readme").config)
+    z = torch.randn(1, 1, 8, 8)
+    zz = torch.cat([z, z])
+    seen = _block_inputs_contiguous(model.blocks, lambda: create_diffusion("10").ddim_sample_loop(
+        model.forward_with_cfg, zz.shape, noise=zz, model_kwargs=dict(y=torch.tensor([1, 10]), cfg_scale=1.5),
+        feature_cache=model.feature_cache, grid=model.grid_size, cfg_halves=True))
+    assert len(seen) > 0 and all(seen)

@@ -218,3 +218,10 @@ def test_other_methods_run_on_stdit3(cache, step5):
     trace = model.feature_cache.last_trace
     assert trace.step_letters(5) == step5 and not any(trace.trunk_reused)
     assert 0 < (outs[0] - outs[1]).abs().max() < 0.5 * outs[0].abs().max()
+
+
+def test_patch_embedding_output_is_contiguous():
+    """As for DiT (docs/benchmarks.md, issue 14.3): the residual stream starts contiguous."""
+    model = tiny_stdit3()
+    out = model.x_embedder(torch.randn(2, TINY.in_channels, *LATENT))
+    assert out.shape == (2, 3 * 2 * 3, TINY.hidden_size) and out.is_contiguous()       # LATENT: 3 x 2 x 3 tokens

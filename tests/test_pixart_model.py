@@ -251,3 +251,15 @@ def test_flops_xl_256_duca_readme_setting():
     assert full == pytest.approx(11.86e12, rel=0.01)
     assert 1.7 < full / reference_flops(trace, dims) < 2.1
     assert 0.8 < measured / reference_flops(trace, dims) < 1.1      # the counter sees about what the formula says
+
+
+def test_residual_stream_is_contiguous_in_every_block():
+    """As for DiT (docs/benchmarks.md, issue 14.3): the patch embedding's transposed view is made contiguous."""
+    model = tiny_model()
+    seen: list[bool] = []
+    hooks = [b.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous())) for b in model.blocks]
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([999.0, 10.0])
+    model(x, t, pack_caption(torch.randn(2, 120, T5_DIM), (torch.arange(120) < 7).float().repeat(2, 1)))
+    for h in hooks:
+        h.remove()
+    assert seen == [True] * len(model.blocks)

@@ -1,0 +1,178 @@
+"""Time per FLOP of a DiT block's products against the number of rows they run on (issue 14.3).
+
+    python -m duca_scripts.bench_row_efficiency --model DiT-XL/2 --threads 1 --out docs/results/dit_xl2_row_efficiency
+
+A conservative step of a token-wise method runs each block's MLP on the k recomputed tokens of every
+image only (DuCa R=95% at 256 tokens: k = 12, so 24 rows for one image with its CFG twin), and a full step
+runs it on every token (512 rows). The FLOPs model charges both at the same rate; on a CPU the product
+with few rows streams the same weights for far fewer FLOPs. This benchmark measures that rate directly,
+on ``depth`` distinct weight sets (one per block, as in the model, so the weights come from memory and not
+from the cache), for:
+
+* ``mlp``: ``fc2(gelu(fc1(x)))`` at each of ``--rows`` and at the full-step row count;
+* ``adaLN``: the modulation product ``linear(silu(c))`` on the rows of one step (the batch) and on the rows
+  of every step at once (``--steps`` x batch): what computing every step's modulation before sampling
+  would cost, against ``--steps`` separate products.
+
+Timed the project's one way (``duca_common.measure``: interleaved rounds, CPU time beside wall, the
+spread). Efficiency = GFLOP/s of the row count / GFLOP/s of the full-step row count; "s beyond the FLOPs
+share" = the product's time minus the time it would take at the full-step rate. Writes
+``<out>/row_efficiency.json`` and ``.md`` and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from dit_duca.models import DiT_models
+
+from duca_common.errors import UsageError, run_or_exit
+from duca_common.measure import Case, interleaved
+
+from .report import environment, markdown_table, write_report
+
+# One image with its CFG twin (the benchmarks' setting, docs/benchmarks.md), 32x32 latents with patch 2
+# (256 px): 256 tokens per image.
+DEFAULT_IMAGES = 1
+LATENT_SIZE_256PX = 32
+# DuCa R=95% recomputes k = int(0.05 x 256) = 12 tokens per image in a conservative step: 24 rows for one
+# image with its CFG twin, 48 / 96 / 192 rows for 2 / 4 / 8 images
+DUCA_TOKENS_PER_IMAGE = 12
+DEFAULT_ROWS = tuple(2 * DUCA_TOKENS_PER_IMAGE * n for n in (1, 2, 4, 8))
+DEFAULT_STEPS = 20                    # the DiT-XL/2 CPU benchmark's DDIM steps (docs/benchmarks.md)
+
+
+def dims_of(model: str) -> tuple[int, int, int, int]:
+    """(depth, hidden, mlp hidden, tokens per image) of a DiT config, from its constructor on the meta device."""
+    if model not in DiT_models:
+        raise UsageError(f"--model {model!r}: choose a DiT config ({', '.join(DiT_models)})")
+    with torch.device("meta"):
+        m = DiT_models[model](input_size=LATENT_SIZE_256PX)
+    block = m.blocks[0]
+    return len(m.blocks), block.mlp.fc1.in_features, block.mlp.fc1.out_features, m.x_embedder.num_patches
+
+
+def mlp_flops(rows: int, hidden: int, mlp_hidden: int, depth: int) -> int:
+    return 2 * 2 * rows * hidden * mlp_hidden * depth            # fc1 and fc2, multiply-add = 2 FLOPs
+
+
+def adaln_flops(rows: int, hidden: int, depth: int) -> int:
+    return 2 * rows * hidden * 6 * hidden * depth
+
+
+def run(model: str, images: int, rows: list[int], steps: int, repeats: int, warmup: int,
+        threads: int | None) -> dict:
+    if threads:
+        torch.set_num_threads(threads)
+    depth, hidden, mlp_hidden, tokens = dims_of(model)
+    batch = 2 * images                                            # CFG twin
+    full_rows = batch * tokens
+    g = torch.Generator().manual_seed(0)
+
+    def weights(n_out: int, n_in: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(torch.randn(n_out, n_in, generator=g) * n_in ** -0.5, torch.zeros(n_out)) for _ in range(depth)]
+
+    fc1, fc2, ada = weights(mlp_hidden, hidden), weights(hidden, mlp_hidden), weights(6 * hidden, hidden)
+
+    def mlp(x: torch.Tensor) -> None:
+        for (w1, b1), (w2, b2) in zip(fc1, fc2):
+            F.linear(F.gelu(F.linear(x, w1, b1), approximate="tanh"), w2, b2)
+
+    def adaln(c: torch.Tensor) -> None:
+        for w, b in ada:
+            F.linear(F.silu(c), w, b)
+
+    mlp_rows = sorted(set(rows) | {full_rows})
+    cases, flops = [], {}
+    for r in mlp_rows:
+        x = torch.randn(r, hidden, generator=g)
+        cases.append(Case(f"mlp:{r}", fn=lambda x=x: mlp(x)))
+        flops[f"mlp:{r}"] = mlp_flops(r, hidden, mlp_hidden, depth)
+    for r in (batch, steps * batch):
+        c = torch.randn(r, hidden, generator=g)
+        cases.append(Case(f"adaLN:{r}", fn=lambda c=c: adaln(c)))
+        flops[f"adaLN:{r}"] = adaln_flops(r, hidden, depth)
+    with torch.inference_mode():
+        series = interleaved(cases, repeats=repeats, warmup=warmup, keep_results=False)
+
+    def seconds(label: str) -> float:
+        s = series[label]
+        return s.cpu.median if s.cpus else s.wall.median
+
+    full_rate = flops[f"mlp:{full_rows}"] / seconds(f"mlp:{full_rows}")
+    out_rows = []
+    for label, s in series.items():
+        product, r = label.split(":")
+        t = seconds(label)
+        rate = flops[label] / t
+        out_rows.append({"product": product, "rows": int(r), "cpu_seconds": s.cpus, "wall_seconds": s.walls,
+                         "seconds": t, "gflops": flops[label] / 1e9, "gflop_per_s": rate / 1e9,
+                         "efficiency_vs_full_step": rate / full_rate,
+                         "seconds_beyond_flops_share": t - flops[label] / full_rate})
+    per_step, all_steps = seconds(f"adaLN:{batch}"), seconds(f"adaLN:{steps * batch}")
+    return {"environment": environment(torch.device("cpu")), "model": model, "depth": depth, "hidden": hidden,
+            "mlp_hidden": mlp_hidden, "tokens_per_image": tokens, "images": images, "full_step_rows": full_rows,
+            "steps": steps, "repeats": repeats, "warmup": warmup, "rows": out_rows,
+            "adaln_per_run_seconds": {"one product per step": steps * per_step, "every step at once": all_steps}}
+
+
+def render(data: dict) -> str:
+    env = data["environment"]
+    head = (f"**{data['model']}**: {data['depth']} blocks, hidden {data['hidden']}, MLP {data['mlp_hidden']}; "
+            f"{data['images']} image(s) + CFG twin x {data['tokens_per_image']} tokens = {data['full_step_rows']} "
+            f"rows in a full step; {data['repeats']} interleaved rounds after {data['warmup']} warm-up, "
+            f"{env['threads']} thread(s); time = CPU seconds (median) over all blocks\n\n")
+    cells = [[r["product"], str(r["rows"]), f"{r['seconds']:.3f}", f"{r['gflop_per_s']:.1f}",
+              f"{r['efficiency_vs_full_step']:.2f}", f"{r['seconds_beyond_flops_share']:+.3f}"] for r in data["rows"]]
+    table = markdown_table(["product", "rows", "CPU s (all blocks)", "GFLOP/s", "efficiency vs full step",
+                            "s beyond the FLOPs share"], cells)
+    a = data["adaln_per_run_seconds"]
+    tail = (f"\nadaLN modulation for a {data['steps']}-step run: {a['one product per step']:.3f} s as one product "
+            f"per step, {a['every step at once']:.3f} s as one product for every step at once\n")
+    return head + table + tail
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="DiT-XL/2", help="a DiT config (shapes only; random weights)")
+    p.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="images per step (rows x2 for CFG)")
+    p.add_argument("--rows", type=int, nargs="+", default=list(DEFAULT_ROWS), help="MLP row counts to time")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="sampling steps for the adaLN comparison")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", type=Path, default=Path("results/row_efficiency"))
+    return p
+
+
+def _check(args: argparse.Namespace) -> None:
+    from duca_common.outputs import check_output_dir
+
+    dims_of(args.model)
+    for name in ("images", "steps", "repeats"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if any(r < 1 for r in args.rows):
+        raise UsageError(f"--rows must be >= 1, got {args.rows}")
+    if args.warmup < 0:
+        raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
+    check_output_dir(args.out, "--out")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    run_or_exit(lambda: _check(args))
+    data = run(args.model, args.images, args.rows, args.steps, args.repeats, args.warmup, args.threads)
+    md = render(data)
+    write_report(args.out, "row_efficiency", data, md)
+    print(f"wrote {args.out}/row_efficiency.json and .md", file=sys.stderr)
+    return data
+
+
+if __name__ == "__main__":
+    main()

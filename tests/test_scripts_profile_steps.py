@@ -1,0 +1,33 @@
+"""The per-step-kind profile (issue 14.3): step kinds, FLOPs per step, the batch, outputs."""
+
+import json
+
+import pytest
+from duca_scripts import profile_steps
+
+
+def test_step_kinds_add_up_to_the_run(tmp_path):
+    data = profile_steps.main(["--model", "tiny", "--method", "duca:n=3,r=0.5", "--steps", "7", "--images", "2",
+                               "--baseline-steps", "1", "--out", str(tmp_path)])
+    assert data["images"] == 2 and len(data["per_step_cpu_seconds"]) == 7
+    assert len(data["uncached_step_cpu_seconds"]) == 1
+    kinds = {r["kind"]: r for r in data["rows"]}
+    # DuCa's cycle of 3: a full step, then conservative and aggressive steps alternate
+    assert set(kinds) == {"full", "conservative", "aggressive"}
+    assert sum(r["steps"] for r in data["rows"]) == 7
+    assert kinds["full"]["time_per_flop_vs_full"] == pytest.approx(1.0)
+    assert kinds["aggressive"]["tflops_mean"] == 0.0
+    assert 0 < kinds["conservative"]["flops_fraction_of_full"] < 1
+    assert sum(data["per_step_tflops"]) == pytest.approx(data["run_tflops"])
+    # the batch reaches the model: twice the images (CFG), so a full step's FLOPs double from 1 to 2 images
+    one = profile_steps.main(["--model", "tiny", "--method", "duca:n=3,r=0.5", "--steps", "7", "--images", "1"])
+    full_one = {r["kind"]: r for r in one["rows"]}["full"]["tflops_mean"]
+    assert kinds["full"]["tflops_mean"] == pytest.approx(2 * full_one)
+    saved = json.loads((tmp_path / "profile.json").read_text())
+    assert saved["images"] == 2 and "2 image(s) + CFG twin" in (tmp_path / "profile.md").read_text()
+
+
+def test_bad_counts_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        profile_steps.main(["--model", "tiny", "--images", "0"])
+    assert exc.value.code == 2 and "--images and --steps must be >= 1" in capsys.readouterr().err

@@ -1,0 +1,45 @@
+"""The row-efficiency benchmark (issue 14.3): FLOPs per product, the full-step reference, outputs, bad flags."""
+
+import json
+
+import pytest
+from duca_scripts import bench_row_efficiency as bench
+
+
+def test_flops_and_the_full_step_reference(tmp_path):
+    depth, hidden, mlp_hidden, tokens = bench.dims_of("DiT-S/2")
+    assert (depth, hidden, mlp_hidden, tokens) == (12, 384, 1536, 256)        # models.md A.1, 256 px
+    data = bench.main(["--model", "DiT-S/2", "--rows", "4", "24", "--steps", "3", "--repeats", "1",
+                       "--warmup", "0", "--threads", "1", "--out", str(tmp_path)])
+    rows = {(r["product"], r["rows"]): r for r in data["rows"]}
+    full = 2 * tokens                                                          # one image + its CFG twin
+    assert data["full_step_rows"] == full
+    assert set(rows) == {("mlp", 4), ("mlp", 24), ("mlp", full), ("adaLN", 2), ("adaLN", 6)}
+    assert rows[("mlp", full)]["efficiency_vs_full_step"] == pytest.approx(1.0)
+    assert rows[("mlp", full)]["seconds_beyond_flops_share"] == pytest.approx(0.0, abs=1e-12)
+    assert rows[("mlp", 24)]["gflops"] == pytest.approx(4 * 24 * hidden * mlp_hidden * depth / 1e9)
+    assert rows[("adaLN", 6)]["gflops"] == pytest.approx(2 * 6 * hidden * 6 * hidden * depth / 1e9)
+    for r in data["rows"]:
+        assert r["seconds"] > 0 and len(r["cpu_seconds"]) == 1
+        # time = FLOPs at the full-step rate + the part beyond it
+        full_rate = rows[("mlp", full)]["gflop_per_s"]
+        assert r["seconds"] == pytest.approx(r["gflops"] / full_rate + r["seconds_beyond_flops_share"])
+    per_run = data["adaln_per_run_seconds"]
+    assert per_run["one product per step"] == pytest.approx(3 * rows[("adaLN", 2)]["seconds"])
+    assert per_run["every step at once"] == pytest.approx(rows[("adaLN", 6)]["seconds"])
+    saved = json.loads((tmp_path / "row_efficiency.json").read_text())
+    assert saved["model"] == "DiT-S/2" and len(saved["rows"]) == 5
+    assert "| mlp | 24 |" in (tmp_path / "row_efficiency.md").read_text()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--model", "PixArt-XL/2"], "choose a DiT config"),
+    (["--rows", "0"], "--rows must be >= 1"),
+    (["--steps", "0"], "--steps must be >= 1"),
+    (["--warmup", "-1"], "--warmup must be >= 0"),
+])
+def test_bad_flags_exit_2_before_any_work(argv, words, tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        bench.main(argv + ["--out", str(out)])
+    assert exc.value.code == 2 and words in capsys.readouterr().err and not out.exists()
