@@ -10,6 +10,7 @@ A method is written one of three ways on the command line:
       toca:n=3,r=0.93            # R is the cache ratio, fresh ratio = 1 - R
       duca:n=5,r=0.95,sel=value_norm
       taylorseer:n=4,o=3
+      taylorseer:n=4,o=3,warmup=3  # the first 3 steps always full, then the cycle (any caching method)
 
   Which settings a method takes, and their defaults, are the method's (``duca_common.cache.methods``):
   token-wise methods (ToCa, DuCa, dualca) take ``r`` and ``sel`` and use the DiT reference rules (models.md
@@ -67,12 +68,12 @@ PAPER_GRID_METHODS = ("fora", "toca", "duca", "taylorseer")
 
 
 def allowed_keys(method: str) -> set[str]:
-    """The settings a method string takes: N always, R and the selector for token-wise methods, O for
-    methods with an expansion order."""
+    """The settings a method string takes: N and the warm-up (first steps always full) always, R and the
+    selector for token-wise methods, O for methods with an expansion order."""
     rules = get_method(method)
     if not rules.caches:
         return set()
-    return {"n"} | ({"r", "sel"} if rules.token_wise else set()) | ({"o"} if rules.default_order is not None else set())
+    return {"n", "warmup"} | ({"r", "sel"} if rules.token_wise else set()) | ({"o"} if rules.default_order is not None else set())
 
 
 class MethodSpecError(ValueError):
@@ -220,11 +221,15 @@ def _engine_spec(label: str, method: str, kv: dict[str, str]) -> MethodSpec:
         if kv["sel"] not in SELECTORS:
             raise MethodSpecError(f"method {label!r}: sel={kv['sel']!r} is not one of {', '.join(SELECTORS)}")
         settings["selector"] = kv["sel"]
+    warmup = int(_number(label, "warmup", kv["warmup"], int)) if "warmup" in kv else 0
     try:
         config = method_config("dit", method, **settings)
+        if warmup:
+            config = config.replace(warmup_full_steps=warmup)
     except ValueError as exc:
         raise MethodSpecError(f"method {label!r}: {exc}") from None
-    return MethodSpec(label, method, settings_text(config), config)
+    setting = settings_text(config) + (f", warm-up {config.warmup_full_steps}" if config.warmup_full_steps else "")
+    return MethodSpec(label, method, setting, config)
 
 
 def _peer_spec(label: str, family: str, kv: dict[str, str]) -> MethodSpec:

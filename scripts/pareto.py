@@ -108,12 +108,15 @@ def engine_methods() -> tuple[str, ...]:
 
 
 def grid(intervals: tuple[int, ...], thresholds: tuple[float, ...], peers: bool, cachedit: bool = True,
-         magcache_thresholds: tuple[float, ...] = DEFAULT_MAGCACHE_THRESHOLDS) -> list[tuple[str, str]]:
+         magcache_thresholds: tuple[float, ...] = DEFAULT_MAGCACHE_THRESHOLDS,
+         engine_warmup: int = 0) -> list[tuple[str, str]]:
     """(family, method string) of every row; the new methods only when the engine provides them; the peers
-    unless ``peers`` is False (cache-dit's unless ``cachedit`` is False)."""
+    unless ``peers`` is False (cache-dit's unless ``cachedit`` is False). ``engine_warmup`` > 0 makes the
+    first that many steps of every engine method full (``warmup=``), the families keeping their names."""
     have = set(engine_methods())
     families = list(PAPER_FAMILIES) + [f for f in NEW_FAMILIES if f[1].split(":")[0] in have]
-    rows = [("none", "none")] + [(fam, text.format(n=n)) for fam, text in families for n in intervals]
+    warm = f",warmup={engine_warmup}" if engine_warmup else ""
+    rows = [("none", "none")] + [(fam, text.format(n=n) + warm) for fam, text in families for n in intervals]
     if peers and cachedit:
         rows += [(fam, text.format(t=t)) for fam, text in PEER_FAMILIES for t in thresholds]
     if peers:
@@ -135,6 +138,7 @@ class ParetoOptions:
     peers: bool = True
     cachedit: bool = True
     baseline_every: int = DEFAULT_BASELINE_EVERY
+    engine_warmup: int = 0              # first steps always full for every engine method (0: none, the paper's)
     threads: int | None = 1
     out: Path = Path("results/pareto")
 
@@ -146,6 +150,8 @@ class ParetoOptions:
         for name in ("images", "steps", "baseline_every"):
             if getattr(self, name) < 1:
                 raise ParetoError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.engine_warmup < 0:
+            raise ParetoError(f"--engine-warmup must be >= 0, got {self.engine_warmup}")
         if self.images < 2:
             raise ParetoError("--images must be >= 2 (the Frechet distance needs a covariance)")
         if not self.intervals or min(self.intervals) < 1:
@@ -240,7 +246,8 @@ def run_pareto(opts: ParetoOptions) -> dict:
     opts.validate()
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
-    plan = grid(opts.intervals, opts.thresholds, opts.peers, opts.cachedit, opts.magcache_thresholds)
+    plan = grid(opts.intervals, opts.thresholds, opts.peers, opts.cachedit, opts.magcache_thresholds,
+                opts.engine_warmup)
     specs = parse_methods([text for _, text in plan], model_family="dit")
     family = {text: fam for fam, text in plan}
     peers = [s.peer for s in specs if s.is_peer]
@@ -419,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cachedit", action="store_true",
                    help="drop the cache-dit peers (they need the 'peers' extra; the diffusers hooks need nothing)")
     p.add_argument("--baseline-every", type=int, default=d.baseline_every)
+    p.add_argument("--engine-warmup", type=int, default=d.engine_warmup,
+                   help="first steps always full for every engine method (diffusers' TaylorSeerCache uses 3)")
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--out", type=Path, default=d.out)
     return p
@@ -430,7 +439,8 @@ def main(argv: list[str] | None = None) -> dict:
                          intervals=tuple(args.intervals), thresholds=tuple(args.thresholds),
                          magcache_thresholds=tuple(args.magcache_thresholds), peers=not args.no_peers,
                          cachedit=not args.no_cachedit,
-                         baseline_every=args.baseline_every, threads=args.threads, out=args.out)
+                         baseline_every=args.baseline_every, engine_warmup=args.engine_warmup,
+                         threads=args.threads, out=args.out)
     t0 = time.perf_counter()
     try:
         data = run_pareto(opts)

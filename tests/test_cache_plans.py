@@ -104,6 +104,19 @@ def test_fixed_interval_methods(method, letter):
     assert {plan.step_summary(p) for p in range(50)} == {"F", letter}
 
 
+@pytest.mark.parametrize("rule", ["fixed", "dit"])
+def test_warmup_full_steps_apply_under_every_interval_rule(rule):
+    """The first ``warmup_full_steps`` evaluations are full under the fixed and DiT rules too (not only with
+    module cycles, where OpenSora's preset uses it); the cycle continues after them."""
+    base = CacheConfig(method="taylorseer", interval=4, interval_rule=rule)
+    plain, warm = build_plan(base, DIT_LAYOUT, 20), build_plan(base.replace(warmup_full_steps=3), DIT_LAYOUT, 20)
+    assert [warm.step_summary(p) for p in range(3)] == ["F", "F", "F"]
+    assert [plain.step_summary(p) for p in range(3)] != ["F", "F", "F"]            # the warm-up changes something
+    assert warm.count(Action.FULL) > plain.count(Action.FULL)
+    if rule == "fixed":                  # after the warm-up the fixed cycle is the one without it
+        assert [warm.step_summary(p) for p in range(3, 20)] == [plain.step_summary(p) for p in range(3, 20)]
+
+
 def test_none_and_cycle_length_one_are_all_full():
     for cfg in (CacheConfig(), CacheConfig(method="duca", interval=1), CacheConfig(method="toca", interval=1)):
         plan = build_plan(cfg, DIT_LAYOUT, 12)

@@ -35,6 +35,9 @@ def test_engine_method_strings():
     assert (ts.config.interval, ts.config.taylor_order) == (4, 2)
     peer = parse_method("cachedit-dbcache:fn=2,bn=1,rdt=0.2")
     assert peer.is_peer and (peer.peer.fn, peer.peer.bn, peer.peer.rdt) == (2, 1, 0.2)
+    warm = parse_method("taylorseer:n=4,o=3,warmup=3")                  # any caching method takes a warm-up
+    assert warm.config.warmup_full_steps == 3 and warm.setting == "N=4, O=3, warm-up 3"
+    assert parse_method("taylorseer:n=4,o=3").config.warmup_full_steps == 0
 
 
 @pytest.mark.parametrize("text, words", [
@@ -44,6 +47,9 @@ def test_engine_method_strings():
     ("fora:n=x", "not an integer"),
     ("duca:sel=magic", "sel='magic'"),
     ("fora:n=0", "interval"),
+    ("fora:n=3,warmup=x", "warmup='x' is not an integer"),
+    ("fora:n=3,warmup=-1", "warmup_full_steps=-1 is invalid"),
+    ("none:warmup=3", "unknown setting 'warmup'"),
 ])
 def test_bad_method_strings_name_the_problem(text, words):
     with pytest.raises(MethodSpecError, match=words):

@@ -50,6 +50,17 @@ def test_bad_options_exit_2_naming_the_problem(argv, words, tmp_path, capsys):
     assert exc.value.code == 2 and words in capsys.readouterr().err
 
 
+def test_engine_warmup_reaches_every_engine_row_and_no_peer():
+    rows = pareto.grid((3,), (0.5,), True, engine_warmup=3)
+    engine = [text for fam, text in rows if fam != "none" and not fam.startswith(("cachedit", "diffusers"))]
+    peers = [text for fam, text in rows if fam.startswith(("cachedit", "diffusers"))]
+    assert engine and all(text.endswith(",warmup=3") for text in engine)
+    assert peers and not any("warmup=3" in text for text in peers)
+    assert pareto.grid((3,), (0.5,), True) == [(f, t.replace(",warmup=3", "")) for f, t in rows]
+    with pytest.raises(pareto.ParetoError, match="--engine-warmup must be >= 0"):
+        pareto.ParetoOptions(engine_warmup=-1).validate()
+
+
 def test_both_shipped_models_are_accepted(tmp_path):
     for name in ("digits", "digits256"):
         pareto.ParetoOptions(model=name, out=tmp_path).validate()          # raises ParetoError otherwise

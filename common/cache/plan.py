@@ -140,7 +140,7 @@ def _block_type_letters(cfg: CacheConfig, layout: BlockLayout, num_steps: int) -
                 interval = cfg.interval if first else (cal_interval if cfg.plan_mode == "reference" else step_interval)
             else:
                 interval = cfg.interval
-            if first or s % interval == 0:
+            if first or p < cfg.warmup_full_steps or s % interval == 0:
                 row.append("F")
                 if cfg.interval_rule == "dit":
                     cal_interval = _dit_interval(cfg, s, num_steps)
