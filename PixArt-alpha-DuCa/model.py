@@ -124,10 +124,8 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch, stride=patch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # contiguous (B, N, C): the transposed view would set the memory layout of the whole residual stream (an
-        # elementwise op keeps its first operand's layout), and every residual add / fused addcmul mixing it with
-        # a contiguous module output runs on a slow strided path (DiT-XL/2 on CPU: ~3% of a DuCa run; same values
-        # bit for bit, docs/benchmarks.md)
+        # contiguous (B, N, C): the transposed view would set the layout of the residual stream (see
+        # dit_duca.models.PatchEmbed)
         return self.proj(x).flatten(2).transpose(1, 2).contiguous()
 
 

@@ -110,7 +110,8 @@ def run(opts: argparse.Namespace) -> dict:
     total_t, total_f = sum(times), sum(flops)
     base_step = statistics.mean(base_times) if base_times else full_time
     data = {"environment": environment(torch.device("cpu")), "model": opts.model, "method": spec.label,
-            "steps": opts.steps, "images": opts.images, "per_step_cpu_seconds": times, "per_step_tflops": [f / 1e12 for f in flops],
+            "steps": opts.steps, "images": opts.images, "per_step_cpu_seconds": times,
+            "per_step_tflops": [f / 1e12 for f in flops],
             "uncached_step_cpu_seconds": base_times, "rows": rows, "trace": trace.table(),
             "run_cpu_seconds": total_t, "run_tflops": total_f / 1e12,
             "cpu_speedup_estimate": base_step * opts.steps / total_t,
