@@ -246,9 +246,8 @@ def build_target(name: str, *, device: str | torch.device = "cpu", ckpt: str | N
         target = _dit_target(name, lambda: DiT(**TINY_KWARGS), cfg_scale or DIT_CFG_SCALE, False, device)
         randomize_zero_init(target.model)
         return target
-    from dit_duca.embedded import EMBEDDED_MODELS
+    from dit_duca.embedded import EMBEDDED_MODELS, DiTSpec, read_metadata
     if name in EMBEDDED_MODELS:
-        from dit_duca.embedded import DiTSpec, read_metadata
         path = Path(ckpt) if ckpt is not None else EMBEDDED_MODELS[name]
         if not path.is_file():
             raise TargetError(f"the embedded digits DiT is missing at {path}; train it with "
