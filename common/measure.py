@@ -15,11 +15,15 @@ the packages import each other.
   ``time.perf_counter``.
 * Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` after a reset, minus what was allocated
   before the run (so the model's weights are not counted). On CPU there is no allocator counter to
-  reset, and ``ru_maxrss`` is a lifetime peak, so a background thread samples the resident set size
-  (``/proc/self/statm``, Linux) every ``RSS_SAMPLE_SECONDS`` and the peak minus the RSS at the start
-  is reported. It misses spikes shorter than the sampling period and counts memory the allocator
-  keeps after freeing, so read it as an estimate; the cache's own bytes come exactly from the engine
-  (``feature_cache.last_peak_bytes``).
+  reset, so a background thread samples every ``RSS_SAMPLE_SECONDS`` the bytes the C library has handed
+  out and not freed (``duca_common.allocator.bytes_in_use``, glibc's ``mallinfo2``: the CPU analogue of
+  ``memory_allocated``), and the peak minus the value at the start is reported. Off glibc it samples the
+  resident set size (``/proc/self/statm``, Linux) instead, which also counts memory the allocator keeps
+  after freeing. Either misses spikes shorter than the sampling period, so read it as an estimate; the
+  cache's own bytes come exactly from the engine (``feature_cache.last_peak_bytes``).
+* The CPU allocator: under ``DUCA_CPU_ALLOCATOR=retain`` ``interleaved`` first asks glibc to keep freed
+  memory in the process (``duca_common.allocator``); by default glibc is left as it is, because the A/B
+  did not move a speed-up on the quiet machine (docs/benchmarks.md, "The CPU allocator").
 * CPU time: on CPU each run also records the process's CPU seconds (``time.process_time``, less the
   memory poller's own CPU time). On a machine shared with other jobs, wall-clock time stretches with
   the load but CPU time barely does, so ratios of CPU seconds are the steadier comparison; with
@@ -39,10 +43,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["RSS_SAMPLE_SECONDS", "WALL_CPU_DISAGREEMENT", "Case", "RssPeak", "Series", "Speedup", "Summary", "Timed",
+from .allocator import bytes_in_use, retain_freed_memory
+
+__all__ = ["RSS_SAMPLE_SECONDS", "WALL_CPU_DISAGREEMENT", "Case", "MemoryPeak", "Series", "Speedup", "Summary", "Timed",
            "compare", "interleaved", "timed_run", "wall_warning"]
 
-# RSS sampling period of the CPU peak-memory estimate: short enough to see one DiT-XL/2 forward
+# Sampling period of the CPU peak-memory estimate: short enough to see one DiT-XL/2 forward
 # (~4 s on CPU, environment.md) many times over, long enough to cost nothing.
 RSS_SAMPLE_SECONDS = 0.002
 STATM = "/proc/self/statm"
@@ -53,11 +59,23 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-class RssPeak:
-    """Peak resident-set growth while the ``with`` body runs (CPU). ``delta`` is None off Linux."""
+def _cpu_memory_probe() -> tuple[Callable[[], int], str] | None:
+    """How CPU memory is read: the C library's bytes in use (glibc), else the resident set (Linux), else None."""
+    if bytes_in_use() is not None:
+        return lambda: bytes_in_use() or 0, "heap bytes in use (glibc mallinfo2)"
+    if os.path.exists(STATM):
+        return _rss_bytes, "resident set size"
+    return None
+
+
+class MemoryPeak:
+    """Peak growth of CPU memory in use while the ``with`` body runs (see the module text for what is
+    read; ``source`` names it). ``delta`` is None where neither probe exists."""
 
     def __init__(self) -> None:
-        self.available = os.path.exists(STATM)
+        probe = _cpu_memory_probe()
+        self.available = probe is not None
+        self._read, self.source = probe if probe is not None else (lambda: 0, "none")
         self.delta: int | None = None
         self._peak = 0
         self._stop = threading.Event()
@@ -66,13 +84,13 @@ class RssPeak:
     def _poll(self) -> None:
         t0 = time.thread_time()
         while not self._stop.is_set():
-            self._peak = max(self._peak, _rss_bytes())
+            self._peak = max(self._peak, self._read())
             time.sleep(RSS_SAMPLE_SECONDS)
         self.poller_cpu_seconds = time.thread_time() - t0
 
-    def __enter__(self) -> "RssPeak":
+    def __enter__(self) -> "MemoryPeak":
         if self.available:
-            self._start = _rss_bytes()
+            self._start = self._read()
             self._peak = self._start
             self._thread = threading.Thread(target=self._poll, daemon=True)
             self._thread.start()
@@ -82,7 +100,7 @@ class RssPeak:
         if self.available:
             self._stop.set()
             self._thread.join()
-            self._peak = max(self._peak, _rss_bytes())
+            self._peak = max(self._peak, self._read())
             self.delta = self._peak - self._start
 
 
@@ -110,7 +128,7 @@ def timed_run(fn: Callable[[], object], device: torch.device, track_memory: bool
         c0, t0 = time.process_time(), time.perf_counter()
         result = fn()
         return Timed(time.perf_counter() - t0, None, result, time.process_time() - c0)
-    with RssPeak() as rss:
+    with MemoryPeak() as rss:
         c0, t0 = time.process_time(), time.perf_counter()
         result = fn()
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -215,6 +233,8 @@ def interleaved(cases: Sequence[Case], *, repeats: int, warmup: int = 0, device:
     if len(set(labels)) != len(labels):
         raise ValueError(f"case labels must be unique, got {labels}")
     device = torch.device(device)
+    if device.type == "cpu":
+        retain_freed_memory()
     series = {c.label: Series(c.label) for c in cases}
 
     def call(case: Case, timed_round: bool) -> None:

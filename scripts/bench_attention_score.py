@@ -12,7 +12,8 @@ twin, 6 heads of 64 channels) at 256 / 1024 / 4096 tokens (``--tokens``), three 
 * ``sdpa``: SDPA alone (what a full step costs with value-norm or random selection), for reference.
 
 Timed the project's one way (``duca_common.measure``: interleaved rounds, CPU beside wall, the spread);
-peak memory is the resident-set growth sampled during each call (CPU; CUDA: the allocator's peak).
+peak memory is the growth of heap bytes in use sampled during each call (CPU, ``duca_common.measure``;
+CUDA: the allocator's peak).
 Writes ``<out>/attention_score.json`` and ``.md`` and prints the table.
 """
 

@@ -12,7 +12,7 @@ PixArt), VAE excluded. Per method:
 * wall-clock: ``--warmup`` untimed runs, then ``--repeats`` timed runs; the methods are interleaved
   (round robin) so a change of machine load hits all of them alike. Median, min, max, stdev, and the
   speed-up both as ratio of medians and as median of per-repeat ratios;
-* peak memory above the start of the run (CUDA allocator; CPU: sampled RSS, see ``measure.py``) and the
+* peak memory above the start of the run (CUDA allocator; CPU: sampled heap bytes in use, see ``measure.py``) and the
   bytes the cache holds at its peak (``feature_cache.last_peak_bytes``);
 * the engine's own time (``session(profile=True)``: token scoring, gather/scatter, cache writes), as
   seconds and as a fraction of the run. On CPU the timed runs are the profiled runs (profiling only

@@ -8,8 +8,9 @@ real DDIM loop, records the CPU time of every model evaluation and its reference
 module computed), conservative (some modules reused or partially recomputed), aggressive (every block
 skipped). For each kind: the mean CPU seconds, the mean FLOPs, and the time per FLOP relative to the
 full step (1.00 = as fast per FLOP as a full step; above 1 = time the FLOPs model does not see). With
-``--profile-ops`` one step of each kind is profiled with ``torch.profiler`` and the top operators are
-listed. A full forward of DiT-XL/2 takes ~4-8 s on the project's CPU, so profile a few steps, not runs.
+``--profile-ops`` one typical step of each kind (CPU time nearest the kind's median) is profiled with
+``torch.profiler`` and the top operators are listed. A full forward of DiT-XL/2 takes ~4-8 s on the
+project's CPU, so profile a few steps, not runs.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from duca_common.allocator import retain_freed_memory
 from duca_common.cache import reference_flops
 from duca_common.cache.plan import Action
 from duca_common.cache.trace import NOT_RUN
@@ -71,6 +73,7 @@ def timed_forwards(model: torch.nn.Module) -> list[float]:
 def run(opts: argparse.Namespace) -> dict:
     if opts.threads:
         torch.set_num_threads(opts.threads)
+    retain_freed_memory()                      # as every interleaved timing does (duca_common.allocator)
     target = build_target(opts.model, device="cpu")
     spec = [s for s in parse_methods([opts.method]) if not s.is_baseline][0]
     model = target.model
@@ -118,17 +121,26 @@ def run(opts: argparse.Namespace) -> dict:
             "flops_speedup": (full_flops * opts.steps / total_f) if full_flops else None}
     data["cpu_over_flops"] = data["cpu_speedup_estimate"] / data["flops_speedup"] if data["flops_speedup"] else None
     if opts.profile_ops:
-        data["ops"] = profile_ops(target, spec, noise, labels, trace, kinds, opts)
+        typical = {k: typical_step(ps, times) for k, ps in kinds.items() if ps}
+        data["profiled_steps"] = typical
+        data["ops"] = profile_ops(target, spec, noise, labels, trace, typical, opts)
     return data
 
 
-def profile_ops(target, spec, noise, labels, trace, kinds, opts) -> dict[str, list[dict]]:
-    """torch.profiler op table of the first step of each kind (the run is replayed up to that step)."""
+def typical_step(steps: list[int], times: list[float]) -> int:
+    """The step of ``steps`` whose CPU time is nearest the kind's median: a kind's first step can be
+    atypical (DiT-XL/2 DuCa: the first conservative steps recompute 0 of 256 tokens, later ones dozens)."""
+    median = statistics.median(times[p] for p in steps)
+    return min(steps, key=lambda p: (abs(times[p] - median), p))
+
+
+def profile_ops(target, spec, noise, labels, trace, typical: dict[str, int], opts) -> dict[str, list[dict]]:
+    """torch.profiler op table of one typical step of each kind (the run is replayed up to that step)."""
     from torch.profiler import ProfilerActivity, profile
 
     model = target.model
     out: dict[str, list[dict]] = {}
-    wanted = {kinds[k][0]: k for k in KINDS if kinds.get(k)}
+    wanted = {typical[k]: k for k in KINDS if k in typical}
     calls = [0]
     plain = model.forward
 
@@ -173,7 +185,7 @@ def render(data: dict) -> str:
             f"(vs {'measured uncached steps' if data['uncached_step_cpu_seconds'] else 'the full steps'}) "
             f"{data['cpu_speedup_estimate']:.3f}x = {data['cpu_over_flops']:.3f} of the FLOPs speed-up\n")
     for kind, ops in data.get("ops", {}).items():
-        tail += f"\nTop operators, first {kind} step (self CPU ms):\n\n" + markdown_table(
+        tail += f"\nTop operators, {kind} step {data['profiled_steps'][kind]} (self CPU ms):\n\n" + markdown_table(
             ["op", "input shapes", "calls", "self CPU ms"],
             [[o["op"], o["shapes"].replace("|", "/"), str(o["calls"]), f"{o['self_cpu_ms']:.1f}"] for o in ops]) + "\n"
     return head + t + tail

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from duca_common import runtime
+from duca_common.allocator import retention_state
 
 
 def environment(device: torch.device) -> dict:
@@ -22,6 +23,8 @@ def environment(device: torch.device) -> dict:
         env["load_average_1m_at_start"] = os.getloadavg()[0]
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        env["cpu_allocator"] = retention_state()
     return env
 
 

@@ -31,3 +31,20 @@ def test_bad_counts_exit_2(capsys):
     with pytest.raises(SystemExit) as exc:
         profile_steps.main(["--model", "tiny", "--images", "0"])
     assert exc.value.code == 2 and "--images and --steps must be >= 1" in capsys.readouterr().err
+
+
+def test_the_profiled_step_of_a_kind_is_its_typical_one(tmp_path):
+    # the first conservative steps of DuCa at DiT-XL/2 recompute 0 tokens: the step nearest the median is
+    # profiled instead of the first (ties: the earlier step)
+    times = [3.0, 0.07, 0.005, 0.4, 0.005, 0.6, 0.5]
+    assert profile_steps.typical_step([1, 3, 5, 6], times) == 3          # median 0.45: 0.4 and 0.5 tie
+    assert profile_steps.typical_step([1, 3, 6], times) == 3
+    assert profile_steps.typical_step([0], times) == 0
+    data = profile_steps.main(["--model", "tiny", "--method", "duca:n=3,r=0.5", "--steps", "7", "--profile-ops",
+                               "--top", "5", "--out", str(tmp_path)])
+    kinds = {r["kind"] for r in data["rows"]}
+    assert set(data["profiled_steps"]) == kinds == set(data["ops"])
+    steps = data["profiled_steps"]
+    assert data["per_step_tflops"][steps["aggressive"]] == 0.0
+    assert 0 < data["per_step_tflops"][steps["conservative"]] < data["per_step_tflops"][steps["full"]]
+    assert f"conservative step {data['profiled_steps']['conservative']}" in (tmp_path / "profile.md").read_text()

@@ -1,0 +1,104 @@
+"""The CPU allocator under every timing: keep freed memory in the process, and count the bytes in use.
+
+PyTorch's CPU tensors come from the C library's ``malloc``. With glibc's defaults, memory freed at the top
+of the heap is given back to the kernel (``M_TRIM_THRESHOLD``) and large blocks get their own mapping that
+is unmapped on free (``M_MMAP_THRESHOLD``), so the next allocation of the same size faults every page in
+again. A cached run holds its cache while each step's activations come and go, and faults differently
+from an uncached one: at DiT-XL/2 with the defaults each full step of a DuCa run faulted 22-38 thousand
+pages (90-150 MB) in where an uncached step faulted none, and none with freed memory kept
+(docs/benchmarks.md, "The CPU allocator").
+PyTorch's CUDA allocator keeps freed blocks for reuse, and so do jemalloc and tcmalloc, which PyTorch's CPU
+tuning guide recommends; ``retain_freed_memory`` asks glibc to do the same.
+
+Measured A/B (two interleaved DiT-XL/2 benchmarks each way, ABBA order) it did not move the CPU-time
+speed-up of DuCa on the quiet machine (0.932 vs 0.935 of the FLOPs speed-up), so timings keep glibc's
+defaults unless ``DUCA_CPU_ALLOCATOR=retain`` asks for it: ``measure.interleaved`` and ``profile_steps``
+call ``retain_freed_memory``, which does nothing under the default ``system``.
+
+Whatever the allocator keeps, ``bytes_in_use`` (glibc's ``mallinfo2``: bytes handed out and not freed)
+measures a run's peak memory, like ``torch.cuda.max_memory_allocated`` on a GPU; the resident set size
+does not once freed memory is kept (a run that reuses it does not grow the resident set).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+__all__ = ["ALLOCATOR_ENV", "bytes_in_use", "retain_freed_memory", "retention_state"]
+
+ALLOCATOR_ENV = "DUCA_CPU_ALLOCATOR"      # "system" (default: glibc untouched) or "retain"
+
+# mallopt parameter numbers, from glibc's <malloc.h>.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+# mallopt takes a C int, so the largest settable value is INT_MAX. Give the top of the heap back only when
+# 2 GiB of it are free (a sampling run never frees that much at once), and serve blocks below 1 GiB from
+# the heap: the largest DiT-XL/2 activation at 512 px is ~38 MB (2 x 1024 x 4608 fp32), far below.
+RETAIN_TRIM_BYTES = 2**31 - 1
+RETAIN_MMAP_BYTES = 1 << 30
+
+
+class _MallInfo2(ctypes.Structure):
+    # struct mallinfo2 (glibc >= 2.33), every field a size_t.
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def _glibc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+    except OSError:
+        return None
+    if not (hasattr(libc, "mallopt") and hasattr(libc, "mallinfo2")):    # not glibc, or glibc < 2.33
+        return None
+    libc.mallinfo2.restype = _MallInfo2
+    return libc
+
+
+_LIBC = _glibc()
+_retained = False
+
+
+def _mode() -> str:
+    return os.environ.get(ALLOCATOR_ENV, "system")
+
+
+def retain_freed_memory() -> bool:
+    """Under ``DUCA_CPU_ALLOCATOR=retain``, ask glibc to keep freed memory for reuse (see the module text).
+    True when it now does; False under the default ``system`` or where the C library is not glibc >= 2.33."""
+    global _retained
+    mode = _mode()
+    if mode not in ("retain", "system"):
+        raise ValueError(f"{ALLOCATOR_ENV}={mode!r}: use 'system' (the C library's defaults, the default) or "
+                         f"'retain' (keep freed memory for reuse)")
+    if _retained:
+        return True
+    if mode == "system" or _LIBC is None:
+        return False
+    ok = _LIBC.mallopt(ctypes.c_int(_M_TRIM_THRESHOLD), ctypes.c_int(RETAIN_TRIM_BYTES)) == 1
+    ok = _LIBC.mallopt(ctypes.c_int(_M_MMAP_THRESHOLD), ctypes.c_int(RETAIN_MMAP_BYTES)) == 1 and ok
+    _retained = ok
+    return ok
+
+
+def retention_state() -> str:
+    """The allocator policy CPU timings of this process run under, for the environment block of a report."""
+    if _LIBC is None:
+        return "not glibc: the C library's allocator, untouched"
+    if _mode() == "retain":
+        return f"glibc, freed memory retained ({ALLOCATOR_ENV}=retain)"
+    return "glibc defaults"
+
+
+def bytes_in_use() -> int | None:
+    """Bytes the C library has handed out and not yet freed (heap and mapped blocks), or None off glibc."""
+    if _LIBC is None:
+        return None
+    info = _LIBC.mallinfo2()
+    return int(info.uordblks + info.hblkhd)
