@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from duca_common.allocator import check_policy
 from duca_common.errors import UsageError, run_or_exit
 from duca_common.measure import Case, Speedup, compare, interleaved, wall_warning
 from duca_common.outputs import check_output_dir
@@ -218,6 +219,7 @@ def _validate(args: argparse.Namespace) -> argparse.Namespace:
     check_output_dir(args.out, "--out")
     if args.out.exists():       # the new folder is made beside --out and renamed onto it: its parent too
         check_output_dir(args.out.parent, "--out")
+    check_policy()              # DUCA_CPU_ALLOCATOR, read by the timing loop
     return args
 
 

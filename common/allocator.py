@@ -26,7 +26,9 @@ import ctypes
 import ctypes.util
 import os
 
-__all__ = ["ALLOCATOR_ENV", "bytes_in_use", "retain_freed_memory", "retention_state"]
+from .errors import UsageError
+
+__all__ = ["ALLOCATOR_ENV", "bytes_in_use", "check_policy", "retain_freed_memory", "retention_state"]
 
 ALLOCATOR_ENV = "DUCA_CPU_ALLOCATOR"      # "system" (default: glibc untouched) or "retain"
 
@@ -69,14 +71,21 @@ def _mode() -> str:
     return os.environ.get(ALLOCATOR_ENV, "system")
 
 
+def check_policy() -> str:
+    """The policy ``DUCA_CPU_ALLOCATOR`` asks for; a ``UsageError`` naming the fix for any other value. Timing
+    entry points call it with their other input checks, before a model is built."""
+    mode = _mode()
+    if mode not in ("retain", "system"):
+        raise UsageError(f"{ALLOCATOR_ENV}={mode!r}: use 'system' (the C library's defaults, the default) or "
+                         f"'retain' (keep freed memory for reuse), or unset it")
+    return mode
+
+
 def retain_freed_memory() -> bool:
     """Under ``DUCA_CPU_ALLOCATOR=retain``, ask glibc to keep freed memory for reuse (see the module text).
     True when it now does; False under the default ``system`` or where the C library is not glibc >= 2.33."""
     global _retained
-    mode = _mode()
-    if mode not in ("retain", "system"):
-        raise ValueError(f"{ALLOCATOR_ENV}={mode!r}: use 'system' (the C library's defaults, the default) or "
-                         f"'retain' (keep freed memory for reuse)")
+    mode = check_policy()
     if _retained:
         return True
     if mode == "system" or _LIBC is None:

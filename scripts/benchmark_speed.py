@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from duca_common.allocator import check_policy
 from duca_common.cache import measured_flops, reference_flops, speedup
 from duca_common.errors import UsageError
 from duca_common.outputs import check_output_dir
@@ -387,6 +388,7 @@ def main(argv: list[str] | None = None) -> dict:
     opts = BenchOptions(**{k: v for k, v in vars(args).items()})
     try:
         check_output_dir(opts.out, "--out")          # before any model: an unwritable --out loses no work
+        check_policy()
         t0 = time.perf_counter()
         data = run_benchmark(opts)
     except (BenchError, MethodSpecError, TargetError, UsageError) as exc:

@@ -37,9 +37,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from duca_common.allocator import check_policy
 from duca_common.cache import Action, Trace, get_method, reference_flops, speedup
 from duca_common.cache.selectors import fresh_token_count
 from duca_common.measure import Case, interleaved
+from duca_common.errors import UsageError
 from tqdm.auto import tqdm
 
 from .methods import MethodSpec, MethodSpecError, is_peer_family, parse_methods
@@ -443,8 +445,9 @@ def main(argv: list[str] | None = None) -> dict:
                          threads=args.threads, out=args.out)
     t0 = time.perf_counter()
     try:
+        check_policy()
         data = run_pareto(opts)
-    except (ParetoError, MethodSpecError, TargetError, PeerError) as exc:
+    except (ParetoError, MethodSpecError, TargetError, PeerError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     data["total_seconds"] = time.perf_counter() - t0

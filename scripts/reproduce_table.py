@@ -44,6 +44,7 @@ from pathlib import Path
 
 import torch
 from dit_duca.embedded import EMBEDDED_MODELS
+from duca_common.allocator import check_policy
 from duca_common.cache import get_method, measured_flops, reference_flops, speedup
 from duca_common.errors import UsageError
 from duca_common.outputs import check_output_dir
@@ -446,6 +447,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     try:
         check_output_dir(opts.out, "--out")          # before any model: an unwritable --out loses no work
+        check_policy()
         data = run_table(opts)
     except (TableError, MethodSpecError, TargetError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)

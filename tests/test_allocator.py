@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from duca_common import allocator
 from duca_common.measure import Case, interleaved
@@ -128,3 +129,26 @@ def test_retained_memory_is_reused_instead_of_faulted_in_again():
     # DUCA_CPU_ALLOCATOR=system the same 5 steps faulted 3,072-73,408 pages in (4 runs, erratic: glibc's
     # dynamic mmap threshold), so it is not asserted.
     assert steady < 5 * one_step_pages // 100
+
+
+def test_timing_entry_points_refuse_a_bad_policy_before_any_model(monkeypatch, capsys, tmp_path):
+    from dit_duca import demo
+    from duca_scripts import benchmark_speed, pareto, profile_steps, reproduce_table
+
+    monkeypatch.setenv(allocator.ALLOCATOR_ENV, "jemalloc")
+    out = str(tmp_path / "out")
+    calls = {
+        "benchmark_speed": lambda: benchmark_speed.main(["--model", "tiny", "--steps", "2", "--out", out]),
+        "reproduce_table": lambda: reproduce_table.main(["--model", "tiny", "--steps", "2", "--out", out]),
+        "pareto": lambda: pareto.main(["--model", "tiny", "--steps", "2", "--out", out]),
+        "profile_steps": lambda: profile_steps.main(["--model", "tiny", "--steps", "2"]),
+        "demo": lambda: demo.main(["--out", out]),
+    }
+    for name, call in calls.items():
+        with pytest.raises(SystemExit) as exit_info:
+            call()
+        assert exit_info.value.code == 2, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "DUCA_CPU_ALLOCATOR='jemalloc': use 'system'" in err[-1], name
+        assert "Traceback" not in "\n".join(err), name
+        assert not (tmp_path / "out").exists(), name      # refused before anything was written
