@@ -1,4 +1,4 @@
-"""The CPU allocator under every timing: keep freed memory in the process, and count the bytes in use.
+"""The CPU allocator under the timings: count the bytes in use, and keep freed memory when asked to.
 
 PyTorch's CPU tensors come from the C library's ``malloc``. With glibc's defaults, memory freed at the top
 of the heap is given back to the kernel (``M_TRIM_THRESHOLD``) and large blocks get their own mapping that
