@@ -20,7 +20,6 @@ Writes ``<out>/attention_score.json`` and ``.md`` and prints the table.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
@@ -131,7 +130,6 @@ def main(argv: list[str] | None = None) -> dict:
     data = run(args.tokens, args.repeats, args.warmup, args.device, args.threads)
     md = render(data)
     write_report(args.out, "attention_score", data, md + "\n")
-    print(f"wrote {args.out}/attention_score.json and .md", file=sys.stderr)
     return data
 
 

@@ -23,7 +23,6 @@ share" = the product's time minus the time it would take at the full-step rate. 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
@@ -170,7 +169,6 @@ def main(argv: list[str] | None = None) -> dict:
     data = run(args.model, args.images, args.rows, args.steps, args.repeats, args.warmup, args.threads)
     md = render(data)
     write_report(args.out, "row_efficiency", data, md)
-    print(f"wrote {args.out}/row_efficiency.json and .md", file=sys.stderr)
     return data
 
 

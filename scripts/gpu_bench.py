@@ -346,8 +346,7 @@ def main(argv: list[str] | None = None) -> dict:
     run_or_exit(lambda: _check(opts))
     data = run(opts)
     md = render(data)
-    write_report(opts.out, "gpu_bench", data, md)
-    print(f"wrote {opts.out}/gpu_bench.json and gpu_bench.md ({data['total_seconds']:.0f} s)", file=sys.stderr)
+    write_report(opts.out, "gpu_bench", data, md, note=f" ({data['total_seconds']:.0f} s)")
     return data
 
 

@@ -40,8 +40,8 @@ import torch
 from duca_common.allocator import check_policy
 from duca_common.cache import Action, Trace, get_method, reference_flops, speedup
 from duca_common.cache.selectors import fresh_token_count
-from duca_common.measure import Case, interleaved
 from duca_common.errors import UsageError
+from duca_common.measure import Case, interleaved
 from tqdm.auto import tqdm
 
 from .methods import MethodSpec, MethodSpecError, is_peer_family, parse_methods

@@ -29,7 +29,7 @@ from duca_common.allocator import check_policy, retain_freed_memory
 from duca_common.cache import reference_flops
 from duca_common.cache.plan import Action
 from duca_common.cache.trace import NOT_RUN
-from duca_common.errors import UsageError
+from duca_common.errors import run_or_exit
 
 from .methods import parse_methods
 from .report import environment, markdown_table, write_json
@@ -206,10 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
     opts = p.parse_args(argv)
     if opts.images < 1 or opts.steps < 1:
         p.error(f"--images and --steps must be >= 1, got {opts.images} and {opts.steps}")
-    try:
-        check_policy()
-    except UsageError as exc:
-        p.error(str(exc))
+    run_or_exit(check_policy)
     data = run(opts)
     md = render(data)
     print(md)

@@ -6,6 +6,7 @@ import csv
 import math
 import os
 import platform
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,12 +45,14 @@ def write_json(path: Path, data: dict) -> Path:
     return runtime.write_json(path, _jsonable(data))
 
 
-def write_report(out: Path, stem: str, data: dict, md: str) -> None:
-    """A benchmark's result: ``<out>/<stem>.json`` and ``<out>/<stem>.md``, and the table printed."""
+def write_report(out: Path, stem: str, data: dict, md: str, note: str = "") -> None:
+    """A benchmark's result: ``<out>/<stem>.json`` and ``<out>/<stem>.md``, the table printed, and a line on
+    stderr naming the files (``note`` appended to it)."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / f"{stem}.json", data)
     (out / f"{stem}.md").write_text(md)
     print(md)
+    print(f"wrote {out}/{stem}.json and .md{note}", file=sys.stderr)
 
 
 def fmt(value, digits: int = 2, suffix: str = "") -> str:

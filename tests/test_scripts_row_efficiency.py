@@ -6,7 +6,7 @@ import pytest
 from duca_scripts import bench_row_efficiency as bench
 
 
-def test_flops_and_the_full_step_reference(tmp_path):
+def test_flops_and_the_full_step_reference(tmp_path, capsys):
     depth, hidden, mlp_hidden, tokens = bench.dims_of("DiT-S/2")
     assert (depth, hidden, mlp_hidden, tokens) == (12, 384, 1536, 256)        # models.md A.1, 256 px
     data = bench.main(["--model", "DiT-S/2", "--rows", "4", "24", "--steps", "3", "--repeats", "1",
@@ -30,6 +30,9 @@ def test_flops_and_the_full_step_reference(tmp_path):
     saved = json.loads((tmp_path / "row_efficiency.json").read_text())
     assert saved["model"] == "DiT-S/2" and len(saved["rows"]) == 5
     assert "| mlp | 24 |" in (tmp_path / "row_efficiency.md").read_text()
+    printed = capsys.readouterr()
+    assert "| mlp | 24 |" in printed.out
+    assert printed.err.strip().splitlines()[-1] == f"wrote {tmp_path}/row_efficiency.json and .md"
 
 
 @pytest.mark.parametrize("argv, words", [
