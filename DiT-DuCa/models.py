@@ -155,22 +155,22 @@ class DiTBlock(nn.Module):
         """The six adaLN vectors (shift, scale, gate of attention, then of the MLP).
 
         In a step that computes both modules (or without a cache) this is the plain ``adaLN_modulation(c)``.
-        In a conservative step a reused or forecast module needs only its gate, so just the rows of the
-        modulation matrix between the first and the last vector needed are multiplied (the others are
-        None): on CPU this matrix-vector product reads its whole 6C x C weight from memory and was the
-        largest cost of a conservative DiT-XL/2 step that the FLOPs model does not see (docs/benchmarks.md).
+        In a conservative step a reused or forecast module needs only its gate, so only the weight rows of the
+        vectors needed are multiplied, one product per run of consecutive vectors (the others are None): on
+        CPU this matrix-vector product reads its whole 6C x C weight from memory and was the largest cost of
+        a conservative DiT-XL/2 step that the FLOPs model does not see (docs/benchmarks.md). A slice of the
+        weight's rows gives the same values as the full product, bit for bit (tests/test_dit_model.py).
         """
         if cache is not None:
             need = [base + i for module, base in (("attn", 0), ("mlp", 3)) for i in _MOD_NEEDED[cache.action(module)]]
             if len(need) < 6:
-                lo, hi = min(need, default=0), max(need, default=-1) + 1
-                if hi <= lo:
-                    return [None] * 6
-                linear = self.adaLN_modulation[-1]
-                dim = linear.in_features
-                rows = F.linear(self.adaLN_modulation[0](c), linear.weight[lo * dim:hi * dim],
-                                linear.bias[lo * dim:hi * dim]).chunk(hi - lo, dim=1)
-                return [rows[i - lo] if lo <= i < hi else None for i in range(6)]
+                out: list[torch.Tensor | None] = [None] * 6
+                linear, dim = self.adaLN_modulation[-1], self.adaLN_modulation[-1].in_features
+                h = self.adaLN_modulation[0](c) if need else None
+                for lo, hi in _runs(need):
+                    rows = F.linear(h, linear.weight[lo * dim:hi * dim], linear.bias[lo * dim:hi * dim])
+                    out[lo:hi] = rows.chunk(hi - lo, dim=1)
+                return out
         return list(self.adaLN_modulation(c).chunk(6, dim=1))
 
 
@@ -178,6 +178,17 @@ class DiTBlock(nn.Module):
 # partial) needs all three, a reused or forecast one only its gate (the residual x + gate * cached output).
 _MOD_NEEDED = {Action.FULL: (0, 1, 2), Action.PARTIAL: (0, 1, 2), Action.REUSE: (2,), Action.FORECAST: (2,),
                Action.SKIP: ()}
+
+
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    """Sorted indices as half-open runs of consecutive values: [2, 3, 5] -> [(2, 4), (5, 6)]."""
+    runs: list[tuple[int, int]] = []
+    for i in indices:
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
 
 
 class FinalLayer(nn.Module):

@@ -181,3 +181,40 @@ def test_residual_stream_is_contiguous_in_every_block():
         model.forward_with_cfg, zz.shape, noise=zz, model_kwargs=dict(y=torch.tensor([1, 10]), cfg_scale=1.5),
         feature_cache=model.feature_cache, grid=model.grid_size, cfg_halves=True))
     assert len(seen) > 0 and all(seen)
+
+
+class _Actions:
+    """The one engine call ``DiTBlock.modulation`` makes: the action of each module."""
+
+    def __init__(self, attn, mlp) -> None:
+        self.actions = {"attn": attn, "mlp": mlp}
+
+    def action(self, module):
+        return self.actions[module]
+
+
+@pytest.mark.parametrize("hidden", [32, 1152])
+def test_modulation_multiplies_only_the_vectors_needed_bit_for_bit(hidden):
+    """A conservative step reads only the adaLN weight rows of the vectors it uses (one product per run
+    of consecutive vectors) and gets the full product's values exactly, at a toy and at DiT-XL/2's width."""
+    from duca_common.cache.actions import Action
+    from dit_duca.models import DiTBlock
+
+    torch.manual_seed(0)
+    block = DiTBlock(hidden, num_heads=4).eval()
+    c = torch.randn(2, hidden)
+    with torch.no_grad():
+        full = block.adaLN_modulation(c).chunk(6, dim=1)
+        cases = {  # (attn action, mlp action) -> the vectors used, in order shift/scale/gate attn, then mlp
+            (Action.REUSE, Action.PARTIAL): [2, 3, 4, 5],
+            (Action.REUSE, Action.REUSE): [2, 5],           # two runs: the gates only
+            (Action.FORECAST, Action.FULL): [2, 3, 4, 5],
+            (Action.PARTIAL, Action.REUSE): [0, 1, 2, 5],
+            (Action.SKIP, Action.REUSE): [5],
+            (Action.SKIP, Action.SKIP): [],
+        }
+        for (attn, mlp), used in cases.items():
+            got = block.modulation(c, _Actions(attn, mlp))
+            assert [i for i, v in enumerate(got) if v is not None] == used, (attn, mlp)
+            assert all(torch.equal(got[i], full[i]) for i in used), (attn, mlp)
+        assert all(torch.equal(a, b) for a, b in zip(block.modulation(c, _Actions(Action.FULL, Action.FULL)), full))
