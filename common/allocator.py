@@ -1,4 +1,4 @@
-"""The CPU allocator under the timings: count the bytes in use, and keep freed memory when asked to.
+"""The CPU allocator under the timings: count the bytes in use, and keep freed memory (the default for timings).
 
 PyTorch's CPU tensors come from the C library's ``malloc``. With glibc's defaults, memory freed at the top
 of the heap is given back to the kernel (``M_TRIM_THRESHOLD``) and large blocks get their own mapping that
@@ -10,10 +10,12 @@ pages (90-150 MB) in where an uncached step faulted none, and none with freed me
 PyTorch's CUDA allocator keeps freed blocks for reuse, and so do jemalloc and tcmalloc, which PyTorch's CPU
 tuning guide recommends; ``retain_freed_memory`` asks glibc to do the same.
 
-Measured A/B (two interleaved DiT-XL/2 benchmarks each way, ABBA order) it did not move the CPU-time
-speed-up of DuCa on the quiet machine (0.932 vs 0.935 of the FLOPs speed-up), so timings keep glibc's
-defaults unless ``DUCA_CPU_ALLOCATOR=retain`` asks for it: ``measure.interleaved`` and ``profile_steps``
-call ``retain_freed_memory``, which does nothing under the default ``system``.
+Timings keep freed memory by default (``DUCA_CPU_ALLOCATOR=retain``): ``measure.interleaved`` and
+``profile_steps`` call ``retain_freed_memory``. Under glibc's defaults the faults are a cost of the cached run
+alone that grows with the batch: DuCa N=3 at DiT-XL/2 measured 0.906 of its FLOPs speed-up in CPU time at
+4 images + CFG with the defaults and 0.955 with freed memory kept, the uncached run equally fast under both
+(205-209 s); at 1 image + CFG the two policies measured 0.932 and 0.935. ``DUCA_CPU_ALLOCATOR=system``
+leaves glibc untouched, for A/B runs.
 
 Whatever the allocator keeps, ``bytes_in_use`` (glibc's ``mallinfo2``: bytes handed out and not freed)
 measures a run's peak memory, like ``torch.cuda.max_memory_allocated`` on a GPU; the resident set size
@@ -28,9 +30,11 @@ import os
 
 from .errors import UsageError
 
-__all__ = ["ALLOCATOR_ENV", "bytes_in_use", "check_policy", "retain_freed_memory", "retention_state"]
+__all__ = ["ALLOCATOR_ENV", "DEFAULT_POLICY", "bytes_in_use", "check_policy", "retain_freed_memory",
+           "retention_state"]
 
-ALLOCATOR_ENV = "DUCA_CPU_ALLOCATOR"      # "system" (default: glibc untouched) or "retain"
+ALLOCATOR_ENV = "DUCA_CPU_ALLOCATOR"      # "retain" (default: keep freed memory) or "system" (glibc untouched)
+DEFAULT_POLICY = "retain"
 
 # mallopt parameter numbers, from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
@@ -68,7 +72,7 @@ _retained = False
 
 
 def _mode() -> str:
-    return os.environ.get(ALLOCATOR_ENV, "system")
+    return os.environ.get(ALLOCATOR_ENV, DEFAULT_POLICY)
 
 
 def check_policy() -> str:
@@ -76,14 +80,14 @@ def check_policy() -> str:
     entry points call it with their other input checks, before a model is built."""
     mode = _mode()
     if mode not in ("retain", "system"):
-        raise UsageError(f"{ALLOCATOR_ENV}={mode!r}: use 'system' (the C library's defaults, the default) or "
-                         f"'retain' (keep freed memory for reuse), or unset it")
+        raise UsageError(f"{ALLOCATOR_ENV}={mode!r}: use 'retain' (keep freed memory for reuse, the default) or "
+                         f"'system' (the C library's defaults), or unset it")
     return mode
 
 
 def retain_freed_memory() -> bool:
-    """Under ``DUCA_CPU_ALLOCATOR=retain``, ask glibc to keep freed memory for reuse (see the module text).
-    True when it now does; False under the default ``system`` or where the C library is not glibc >= 2.33."""
+    """Unless ``DUCA_CPU_ALLOCATOR=system``, ask glibc to keep freed memory for reuse (see the module text).
+    True when it now does; False under ``system`` or where the C library is not glibc >= 2.33."""
     global _retained
     mode = check_policy()
     if _retained:
@@ -101,8 +105,8 @@ def retention_state() -> str:
     if _LIBC is None:
         return "not glibc: the C library's allocator, untouched"
     if _mode() == "retain":
-        return f"glibc, freed memory retained ({ALLOCATOR_ENV}=retain)"
-    return "glibc defaults"
+        return f"glibc, freed memory retained ({ALLOCATOR_ENV}=retain, the default)"
+    return f"glibc defaults ({ALLOCATOR_ENV}=system)"
 
 
 def bytes_in_use() -> int | None:

@@ -21,9 +21,10 @@ the packages import each other.
   resident set size (``/proc/self/statm``, Linux) instead, which also counts memory the allocator keeps
   after freeing. Either misses spikes shorter than the sampling period, so read it as an estimate; the
   cache's own bytes come exactly from the engine (``feature_cache.last_peak_bytes``).
-* The CPU allocator: under ``DUCA_CPU_ALLOCATOR=retain`` ``interleaved`` first asks glibc to keep freed
-  memory in the process (``duca_common.allocator``); by default glibc is left as it is, because the A/B
-  did not move a speed-up on the quiet machine (docs/benchmarks.md, "The CPU allocator").
+* The CPU allocator: ``interleaved`` first asks glibc to keep freed memory in the process
+  (``duca_common.allocator``), unless ``DUCA_CPU_ALLOCATOR=system``: with glibc's defaults a cached run
+  faults its activations in again every full step while its cache is held, a cost the uncached run does
+  not pay and that grows with the batch (docs/benchmarks.md, "Images per step").
 * CPU time: on CPU each run also records the process's CPU seconds (``time.process_time``, less the
   memory poller's own CPU time). On a machine shared with other jobs, wall-clock time stretches with
   the load but CPU time barely does, so ratios of CPU seconds are the steadier comparison; with

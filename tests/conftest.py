@@ -6,6 +6,10 @@ import torch
 # Hub-aware loaders must never wait on the network in tests (environment.md: ~25 s of retries).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Timings keep freed memory by default (duca_common.allocator), which is process-wide and cannot be undone:
+# the test process keeps glibc's own behaviour so that no test depends on which one timed something first.
+# The tests of the default run in child processes with the variable removed (tests/test_allocator.py).
+os.environ.setdefault("DUCA_CPU_ALLOCATOR", "system")
 
 
 @pytest.fixture(autouse=True, scope="session")

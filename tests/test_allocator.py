@@ -1,4 +1,5 @@
-"""The CPU allocator under the timings (duca_common.allocator): bytes in use counted, freed memory kept on request."""
+"""The CPU allocator under the timings (duca_common.allocator): bytes in use counted, freed memory kept by
+default, glibc's own behaviour under DUCA_CPU_ALLOCATOR=system."""
 
 from __future__ import annotations
 
@@ -76,24 +77,25 @@ def _hold(nbytes: int, seconds: float = 0.05) -> int:
     return int(x[0])
 
 
-def test_interleaved_cpu_timing_reports_peaks_and_keeps_glibc_defaults(monkeypatch):
-    monkeypatch.delenv(allocator.ALLOCATOR_ENV, raising=False)
+def test_interleaved_cpu_timing_reports_peaks_and_keeps_glibc_defaults_under_system(monkeypatch):
+    monkeypatch.setenv(allocator.ALLOCATOR_ENV, "system")
     series = interleaved([Case("a", lambda: _hold(8 * MIB))], repeats=2, track_memory=True)
-    assert allocator.retention_state() == "glibc defaults"
+    assert allocator.retention_state() == "glibc defaults (DUCA_CPU_ALLOCATOR=system)"
     assert not allocator.retain_freed_memory()
     assert all(p is not None and 8 * MIB <= p < 10 * MIB for p in series["a"].peaks)
 
 
 def test_policy_is_named_and_a_bad_value_is_refused():
     code = "from duca_common import allocator as a; print(a.retain_freed_memory(), '|', a.retention_state())"
-    for mode, expected in ((None, "False | glibc defaults"), ("system", "False | glibc defaults"),
-                           ("retain", "True | glibc, freed memory retained (DUCA_CPU_ALLOCATOR=retain)")):
+    retained = "True | glibc, freed memory retained (DUCA_CPU_ALLOCATOR=retain, the default)"
+    for mode, expected in ((None, retained), ("retain", retained),
+                           ("system", "False | glibc defaults (DUCA_CPU_ALLOCATOR=system)")):
         out = _child(code, _env(mode))
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == expected, mode
     bad = _child(code, _env("jemalloc"))
     assert bad.returncode != 0
-    assert "DUCA_CPU_ALLOCATOR='jemalloc': use 'system'" in bad.stderr
+    assert "DUCA_CPU_ALLOCATOR='jemalloc': use 'retain'" in bad.stderr
 
 
 # A sampling loop in miniature: each step's activations come and go while a cache keeps the newest output
@@ -149,6 +151,6 @@ def test_timing_entry_points_refuse_a_bad_policy_before_any_model(monkeypatch, c
             call()
         assert exit_info.value.code == 2, name
         err = capsys.readouterr().err.strip().splitlines()
-        assert "DUCA_CPU_ALLOCATOR='jemalloc': use 'system'" in err[-1], name
+        assert "DUCA_CPU_ALLOCATOR='jemalloc': use 'retain'" in err[-1], name
         assert "Traceback" not in "\n".join(err), name
         assert not (tmp_path / "out").exists(), name      # refused before anything was written

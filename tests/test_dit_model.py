@@ -197,8 +197,8 @@ class _Actions:
 def test_modulation_multiplies_only_the_vectors_needed_bit_for_bit(hidden):
     """A conservative step reads only the adaLN weight rows of the vectors it uses (one product per run
     of consecutive vectors) and gets the full product's values exactly, at a toy and at DiT-XL/2's width."""
-    from duca_common.cache.actions import Action
     from dit_duca.models import DiTBlock
+    from duca_common.cache.actions import Action
 
     torch.manual_seed(0)
     block = DiTBlock(hidden, num_heads=4).eval()
@@ -217,4 +217,5 @@ def test_modulation_multiplies_only_the_vectors_needed_bit_for_bit(hidden):
             got = block.modulation(c, _Actions(attn, mlp))
             assert [i for i, v in enumerate(got) if v is not None] == used, (attn, mlp)
             assert all(torch.equal(got[i], full[i]) for i in used), (attn, mlp)
-        assert all(torch.equal(a, b) for a, b in zip(block.modulation(c, _Actions(Action.FULL, Action.FULL)), full))
+        computed = block.modulation(c, _Actions(Action.FULL, Action.FULL))
+        assert all(torch.equal(a, b) for a, b in zip(computed, full, strict=True))
