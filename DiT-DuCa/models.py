@@ -165,7 +165,8 @@ class DiTBlock(nn.Module):
             need = [base + i for module, base in (("attn", 0), ("mlp", 3)) for i in _MOD_NEEDED[cache.action(module)]]
             if len(need) < 6:
                 out: list[torch.Tensor | None] = [None] * 6
-                linear, dim = self.adaLN_modulation[-1], self.adaLN_modulation[-1].in_features
+                linear = self.adaLN_modulation[-1]
+                dim = linear.in_features
                 h = self.adaLN_modulation[0](c) if need else None
                 for lo, hi in _runs(need):
                     rows = F.linear(h, linear.weight[lo * dim:hi * dim], linear.bias[lo * dim:hi * dim])

@@ -30,10 +30,11 @@ import os
 
 from .errors import UsageError
 
-__all__ = ["ALLOCATOR_ENV", "DEFAULT_POLICY", "bytes_in_use", "check_policy", "retain_freed_memory",
+__all__ = ["ALLOCATOR_ENV", "DEFAULT_POLICY", "POLICIES", "bytes_in_use", "check_policy", "retain_freed_memory",
            "retention_state"]
 
-ALLOCATOR_ENV = "DUCA_CPU_ALLOCATOR"      # "retain" (default: keep freed memory) or "system" (glibc untouched)
+ALLOCATOR_ENV = "DUCA_CPU_ALLOCATOR"
+POLICIES = ("retain", "system")           # keep freed memory for reuse / leave glibc untouched
 DEFAULT_POLICY = "retain"
 
 # mallopt parameter numbers, from glibc's <malloc.h>.
@@ -79,7 +80,7 @@ def check_policy() -> str:
     """The policy ``DUCA_CPU_ALLOCATOR`` asks for; a ``UsageError`` naming the fix for any other value. Timing
     entry points call it with their other input checks, before a model is built."""
     mode = _mode()
-    if mode not in ("retain", "system"):
+    if mode not in POLICIES:
         raise UsageError(f"{ALLOCATOR_ENV}={mode!r}: use 'retain' (keep freed memory for reuse, the default) or "
                          f"'system' (the C library's defaults), or unset it")
     return mode

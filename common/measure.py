@@ -15,7 +15,7 @@ the packages import each other.
   ``time.perf_counter``.
 * Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` after a reset, minus what was allocated
   before the run (so the model's weights are not counted). On CPU there is no allocator counter to
-  reset, so a background thread samples every ``RSS_SAMPLE_SECONDS`` the bytes the C library has handed
+  reset, so a background thread samples every ``MEMORY_SAMPLE_SECONDS`` the bytes the C library has handed
   out and not freed (``duca_common.allocator.bytes_in_use``, glibc's ``mallinfo2``: the CPU analogue of
   ``memory_allocated``), and the peak minus the value at the start is reported. Off glibc it samples the
   resident set size (``/proc/self/statm``, Linux) instead, which also counts memory the allocator keeps
@@ -46,12 +46,12 @@ import torch
 
 from .allocator import bytes_in_use, retain_freed_memory
 
-__all__ = ["RSS_SAMPLE_SECONDS", "WALL_CPU_DISAGREEMENT", "Case", "MemoryPeak", "Series", "Speedup", "Summary", "Timed",
-           "compare", "interleaved", "timed_run", "wall_warning"]
+__all__ = ["MEMORY_SAMPLE_SECONDS", "WALL_CPU_DISAGREEMENT", "Case", "MemoryPeak", "Series", "Speedup", "Summary",
+           "Timed", "compare", "interleaved", "timed_run", "wall_warning"]
 
 # Sampling period of the CPU peak-memory estimate: short enough to see one DiT-XL/2 forward
 # (~4 s on CPU, environment.md) many times over, long enough to cost nothing.
-RSS_SAMPLE_SECONDS = 0.002
+MEMORY_SAMPLE_SECONDS = 0.002
 STATM = "/proc/self/statm"
 
 
@@ -86,7 +86,7 @@ class MemoryPeak:
         t0 = time.thread_time()
         while not self._stop.is_set():
             self._peak = max(self._peak, self._read())
-            time.sleep(RSS_SAMPLE_SECONDS)
+            time.sleep(MEMORY_SAMPLE_SECONDS)
         self.poller_cpu_seconds = time.thread_time() - t0
 
     def __enter__(self) -> "MemoryPeak":
@@ -129,11 +129,11 @@ def timed_run(fn: Callable[[], object], device: torch.device, track_memory: bool
         c0, t0 = time.process_time(), time.perf_counter()
         result = fn()
         return Timed(time.perf_counter() - t0, None, result, time.process_time() - c0)
-    with MemoryPeak() as rss:
+    with MemoryPeak() as peak:
         c0, t0 = time.process_time(), time.perf_counter()
         result = fn()
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return Timed(seconds, rss.delta, result, cpu - rss.poller_cpu_seconds)
+    return Timed(seconds, peak.delta, result, cpu - peak.poller_cpu_seconds)
 
 
 @dataclass(frozen=True)
