@@ -3,21 +3,30 @@
     python -m duca_scripts.bench_row_efficiency --model DiT-XL/2 --threads 1 --out docs/results/dit_xl2_row_efficiency
 
 A conservative step of a token-wise method runs each block's MLP on the k recomputed tokens of every
-image only (DuCa R=95% at 256 tokens: k = 12, so 24 rows for one image with its CFG twin), and a full step
-runs it on every token (512 rows). The FLOPs model charges both at the same rate; on a CPU the product
-with few rows streams the same weights for far fewer FLOPs. This benchmark measures that rate directly,
+image only, and a full step runs it on every token (512 rows for one image with its CFG twin). DuCa R=95%
+at DiT-XL/2, 20 steps, with the reference's ratio schedule (models.md A.7: the share grows with depth and
+falls with the step) recomputes 10-107 of 256 tokens per image in a block: 20-214 rows for one image with
+its CFG twin, and none in its last three conservative steps. The FLOPs model charges both at the same
+rate; on a CPU the product with few rows goes through the same weights for far fewer FLOPs. This benchmark
+measures that rate directly,
 on ``depth`` distinct weight sets (one per block, as in the model, so the weights come from memory and not
 from the cache), for:
 
 * ``mlp``: ``fc2(gelu(fc1(x)))`` at each of ``--rows`` and at the full-step row count;
 * ``adaLN``: the modulation product ``linear(silu(c))`` on the rows of one step (the batch) and on the rows
   of every step at once (``--steps`` x batch): what computing every step's modulation before sampling
-  would cost, against ``--steps`` separate products.
+  would cost, against ``--steps`` separate products;
+* ``read``: every block's MLP weights read once (a ``sum`` of each weight, a pure stream): the memory
+  bandwidth of the products' weights.
 
 Timed the project's one way (``duca_common.measure``: interleaved rounds, CPU time beside wall, the
 spread). Efficiency = GFLOP/s of the row count / GFLOP/s of the full-step row count; "s beyond the FLOPs
-share" = the product's time minus the time it would take at the full-step rate. Writes
-``<out>/row_efficiency.json`` and ``.md`` and prints the table.
+share" = the product's time minus the time it would take at the full-step rate. The roofline of a product
+is the larger of its FLOPs at the full-step rate and its weights' bytes at the measured read bandwidth:
+what a kernel that reads each weight once while computing at the full-step rate would take. "s beyond the
+roofline" is what the CPU BLAS spends on top of that (at few rows largely the per-call packing of the
+weights: MKL's prepacked product is 23% faster at 24 rows, docs/benchmarks.md).
+Writes ``<out>/row_efficiency.json`` and ``.md`` and prints the table.
 """
 
 from __future__ import annotations
@@ -38,11 +47,12 @@ from .report import environment, markdown_table, write_report
 # (256 px): 256 tokens per image.
 DEFAULT_IMAGES = 1
 LATENT_SIZE_256PX = 32
-# DuCa R=95% recomputes k = int(0.05 x 256) = 12 tokens per image in a conservative step: 24 rows for one
-# image with its CFG twin, 48 / 96 / 192 rows for 2 / 4 / 8 images
-DUCA_TOKENS_PER_IMAGE = 12
-DEFAULT_ROWS = tuple(2 * DUCA_TOKENS_PER_IMAGE * n for n in (1, 2, 4, 8))
+# A sweep over the 20-214 rows per block of DuCa N=3 R=95%'s conservative steps at one image + CFG twin
+# (the plan of preset dit-duca-n3-r95 at DiT-XL/2, 20 steps; see the module text)
+DEFAULT_ROWS = (24, 48, 72, 96, 144, 192)
 DEFAULT_STEPS = 20                    # the DiT-XL/2 CPU benchmark's DDIM steps (docs/benchmarks.md)
+FLOAT32_BYTES = 4
+READ_LABEL = "read:mlp weights"
 
 
 def dims_of(model: str) -> tuple[int, int, int, int]:
@@ -61,6 +71,14 @@ def mlp_flops(rows: int, hidden: int, mlp_hidden: int, depth: int) -> int:
 
 def adaln_flops(rows: int, hidden: int, depth: int) -> int:
     return 2 * rows * hidden * 6 * hidden * depth
+
+
+def mlp_weight_bytes(hidden: int, mlp_hidden: int, depth: int) -> int:
+    return 2 * hidden * mlp_hidden * depth * FLOAT32_BYTES                # fc1 and fc2 weights
+
+
+def adaln_weight_bytes(hidden: int, depth: int) -> int:
+    return hidden * 6 * hidden * depth * FLOAT32_BYTES
 
 
 def run(model: str, images: int, rows: list[int], steps: int, repeats: int, warmup: int,
@@ -85,6 +103,11 @@ def run(model: str, images: int, rows: list[int], steps: int, repeats: int, warm
         for w, b in ada:
             F.linear(F.silu(c), w, b)
 
+    def read_mlp_weights() -> None:
+        for (w1, _), (w2, _) in zip(fc1, fc2):
+            w1.sum()
+            w2.sum()
+
     mlp_rows = sorted(set(rows) | {full_rows})
     cases, flops = [], {}
     for r in mlp_rows:
@@ -95,6 +118,7 @@ def run(model: str, images: int, rows: list[int], steps: int, repeats: int, warm
         c = torch.randn(r, hidden, generator=g)
         cases.append(Case(f"adaLN:{r}", fn=lambda c=c: adaln(c)))
         flops[f"adaLN:{r}"] = adaln_flops(r, hidden, depth)
+    cases.append(Case(READ_LABEL, fn=read_mlp_weights))
     with torch.inference_mode():
         series = interleaved(cases, repeats=repeats, warmup=warmup, keep_results=False)
 
@@ -103,19 +127,27 @@ def run(model: str, images: int, rows: list[int], steps: int, repeats: int, warm
         return s.cpu.median if s.cpus else s.wall.median
 
     full_rate = flops[f"mlp:{full_rows}"] / seconds(f"mlp:{full_rows}")
+    weight_bytes = {"mlp": mlp_weight_bytes(hidden, mlp_hidden, depth), "adaLN": adaln_weight_bytes(hidden, depth)}
+    read_rate = weight_bytes["mlp"] / seconds(READ_LABEL)                     # bytes per second
     out_rows = []
     for label, s in series.items():
+        if label == READ_LABEL:
+            continue
         product, r = label.split(":")
         t = seconds(label)
         rate = flops[label] / t
+        roofline = max(flops[label] / full_rate, weight_bytes[product] / read_rate)
         out_rows.append({"product": product, "rows": int(r), "cpu_seconds": s.cpus, "wall_seconds": s.walls,
                          "seconds": t, "gflops": flops[label] / 1e9, "gflop_per_s": rate / 1e9,
                          "efficiency_vs_full_step": rate / full_rate,
-                         "seconds_beyond_flops_share": t - flops[label] / full_rate})
+                         "seconds_beyond_flops_share": t - flops[label] / full_rate,
+                         "roofline_seconds": roofline, "seconds_beyond_roofline": t - roofline})
     per_step, all_steps = seconds(f"adaLN:{batch}"), seconds(f"adaLN:{steps * batch}")
     return {"environment": environment(torch.device("cpu")), "model": model, "depth": depth, "hidden": hidden,
             "mlp_hidden": mlp_hidden, "tokens_per_image": tokens, "images": images, "full_step_rows": full_rows,
             "steps": steps, "repeats": repeats, "warmup": warmup, "rows": out_rows,
+            "mlp_weight_read": {"seconds": seconds(READ_LABEL), "bytes": weight_bytes["mlp"],
+                                "gb_per_s": read_rate / 1e9},
             "adaln_per_run_seconds": {"one product per step": steps * per_step, "every step at once": all_steps}}
 
 
@@ -126,11 +158,14 @@ def render(data: dict) -> str:
             f"rows in a full step; {data['repeats']} interleaved rounds after {data['warmup']} warm-up, "
             f"{env['threads']} thread(s); time = CPU seconds (median) over all blocks\n\n")
     cells = [[r["product"], str(r["rows"]), f"{r['seconds']:.3f}", f"{r['gflop_per_s']:.1f}",
-              f"{r['efficiency_vs_full_step']:.2f}", f"{r['seconds_beyond_flops_share']:+.3f}"] for r in data["rows"]]
+              f"{r['efficiency_vs_full_step']:.2f}", f"{r['seconds_beyond_flops_share']:+.3f}",
+              f"{r['roofline_seconds']:.3f}", f"{r['seconds_beyond_roofline']:+.3f}"] for r in data["rows"]]
     table = markdown_table(["product", "rows", "CPU s (all blocks)", "GFLOP/s", "efficiency vs full step",
-                            "s beyond the FLOPs share"], cells)
-    a = data["adaln_per_run_seconds"]
-    tail = (f"\nadaLN modulation for a {data['steps']}-step run: {a['one product per step']:.3f} s as one product "
+                            "s beyond the FLOPs share", "roofline s", "s beyond the roofline"], cells)
+    a, w = data["adaln_per_run_seconds"], data["mlp_weight_read"]
+    tail = (f"\nMLP weights of all blocks ({w['bytes'] / 2**20:.0f} MiB) read once in {w['seconds']:.3f} s: "
+            f"{w['gb_per_s']:.1f} GB/s, the bandwidth in the roofline\n"
+            f"adaLN modulation for a {data['steps']}-step run: {a['one product per step']:.3f} s as one product "
             f"per step, {a['every step at once']:.3f} s as one product for every step at once\n")
     return head + table + tail
 

@@ -24,12 +24,21 @@ def test_flops_and_the_full_step_reference(tmp_path, capsys):
         # time = FLOPs at the full-step rate + the part beyond it
         full_rate = rows[("mlp", full)]["gflop_per_s"]
         assert r["seconds"] == pytest.approx(r["gflops"] / full_rate + r["seconds_beyond_flops_share"])
+        # roofline = the larger of the FLOPs at the full-step rate and the weights at the read bandwidth
+        weights = (2 * hidden * mlp_hidden if r["product"] == "mlp" else 6 * hidden * hidden) * depth * 4
+        read = data["mlp_weight_read"]
+        assert read["bytes"] == 2 * hidden * mlp_hidden * depth * 4
+        assert r["roofline_seconds"] == pytest.approx(
+            max(r["gflops"] / full_rate, weights / (read["gb_per_s"] * 1e9)))
+        assert r["seconds"] == pytest.approx(r["roofline_seconds"] + r["seconds_beyond_roofline"])
+    assert data["mlp_weight_read"]["seconds"] > 0
     per_run = data["adaln_per_run_seconds"]
     assert per_run["one product per step"] == pytest.approx(3 * rows[("adaLN", 2)]["seconds"])
     assert per_run["every step at once"] == pytest.approx(rows[("adaLN", 6)]["seconds"])
     saved = json.loads((tmp_path / "row_efficiency.json").read_text())
     assert saved["model"] == "DiT-S/2" and len(saved["rows"]) == 5
     assert "| mlp | 24 |" in (tmp_path / "row_efficiency.md").read_text()
+    assert "read once in" in (tmp_path / "row_efficiency.md").read_text()
     printed = capsys.readouterr()
     assert "| mlp | 24 |" in printed.out
     assert printed.err.strip().splitlines()[-1] == f"wrote {tmp_path}/row_efficiency.json and .md"
