@@ -166,10 +166,18 @@ def test_missing_statistic_is_a_clear_error(model, x):
 
 
 def test_attention_received_and_similarity_selectors_run(model, x):
+    plain = _plain(model, x, 4)
     for selector in ("attention_received", "similarity"):
         model.feature_cache.config = _conservative(selector).replace(interval=2)
         outs = sample(model, x, 4, grid=GRID, cfg_halves=True)
-        assert torch.isfinite(outs[-1]).all()
+        assert len(outs) == 4 and torch.isfinite(outs[-1]).all()
+        # step 2 recomputes int(0.25 * 16) = 4 MLP tokens per row in every block, as with value norms
+        trace = model.feature_cache.last_trace
+        assert (trace.actions[2, :, 1] == int(Action.PARTIAL)).all() and (trace.tokens[2, :, 1] == 4).all()
+        # the first step is full (the score may come from another attention kernel: equal up to rounding) ...
+        assert torch.allclose(outs[0], plain[0], rtol=0, atol=1e-5)
+        # ... the partial step reuses 12 of 16 tokens: a visible difference
+        assert (outs[2] - plain[2]).abs().max() > 1e-3
 
 
 def test_staleness_bonus_rotates_tokens(model, x):

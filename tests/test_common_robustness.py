@@ -143,14 +143,17 @@ def test_prompt_file_encodings(tmp_path, data, expect):
 
 # ------------------------------------------------------------------------------------------------ misc
 
-def test_pick_device():
+def test_pick_device(monkeypatch):
     assert pick_device("cpu") == torch.device("cpu")
-    assert pick_device(None).type in ("cpu", "cuda")
     with pytest.raises(errors.UsageError, match="not a device"):
         pick_device("gpu0")
-    if not torch.cuda.is_available():
-        with pytest.raises(errors.UsageError, match="--device cpu"):
-            pick_device("cuda")
+    # auto / None follow CUDA's visibility; both branches are checked whatever this machine has
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device(None) == pick_device("auto") == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device(None) == pick_device("auto") == torch.device("cpu")
+    with pytest.raises(errors.UsageError, match="--device cuda asked for CUDA but no GPU is visible; pass --device cpu"):
+        pick_device("cuda")
 
 
 def test_sample_seeds_do_not_overlap_across_seeds():

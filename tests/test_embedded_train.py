@@ -1,5 +1,6 @@
 """dit_duca.train: a few steps on the digits, exact resume, other data sources, clear errors."""
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,10 @@ def test_learning_rate_schedule():
     cfg = TrainConfig(steps=100, warmup_steps=10)
     assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)
     assert lr_factor(10, cfg) == pytest.approx(1.0)
+    # then cosine decay from 1 to 0.1 over steps 10..100: halfway (step 55) 0.1 + 0.9 / 2; at step 33 the
+    # progress is 23/90 and the factor 0.1 + 0.9 (1 + cos(pi 23/90)) / 2 (a linear decay would give 0.77)
+    assert lr_factor(55, cfg) == pytest.approx(0.55)
+    assert lr_factor(33, cfg) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 23 / 90)))
     assert lr_factor(100, cfg) == pytest.approx(train_mod.FINAL_LR_FRACTION)
 
 
