@@ -16,12 +16,26 @@ from duca_common import runtime
 from duca_common.allocator import retention_state
 
 
+def _load_average() -> float | None:
+    """The 1-minute load average of the machine (None where the OS has none)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+# Read when a script imports this module, i.e. when it starts and before any model is built or timed: the
+# report is assembled after the run, so reading the load only then would label the end as the start.
+LOAD_AVERAGE_AT_IMPORT = _load_average()
+
+
 def environment(device: torch.device) -> dict:
-    """What the numbers were measured on (device, threads, load) so tables can be compared honestly."""
+    """What the numbers were measured on (device, threads, load) so tables can be compared honestly.
+
+    The load average is given twice: when the script started (``LOAD_AVERAGE_AT_IMPORT``) and now, when
+    the report is assembled after the run."""
     env = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "platform": platform.platform()}
-    if hasattr(os, "getloadavg"):
-        env["load_average_1m_at_start"] = os.getloadavg()[0]
+    if LOAD_AVERAGE_AT_IMPORT is not None:
+        env["load_average_1m_at_start"] = LOAD_AVERAGE_AT_IMPORT
+        env["load_average_1m_at_end"] = _load_average()
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     else:

@@ -6,11 +6,13 @@ import json
 import math
 
 import pytest
+import torch
 
 from duca_common.cache import PRESETS
 from duca_scripts import benchmark_speed
 from duca_scripts.methods import (PAPER_GRID_INTERVALS, MethodSpecError, paper_grid, parse_method, parse_methods,
                                   peer_grid)
+from duca_scripts import report
 from duca_scripts.report import parse_markdown_table
 
 STEPS = 6
@@ -171,3 +173,11 @@ def test_benchmark_runs_a_cache_dit_peer_in_the_same_table(tmp_path):
     assert 1.0 < peer["flops_speedup"] == pytest.approx(base["reference_flops"] / peer["reference_flops"])
     assert "C" in peer["trace"]                      # some evaluations reused cache-dit's residual
     assert peer["wall_speedup"] == pytest.approx(base["seconds_median"] / peer["seconds_median"])
+
+
+def test_environment_gives_the_load_at_the_start_and_at_the_end(monkeypatch):
+    """The report is assembled after the run: the start load is the one read when the script began."""
+    monkeypatch.setattr(report, "LOAD_AVERAGE_AT_IMPORT", 0.25)
+    monkeypatch.setattr(report.os, "getloadavg", lambda: (3.5, 2.0, 1.0))
+    env = report.environment(torch.device("cpu"))
+    assert env["load_average_1m_at_start"] == 0.25 and env["load_average_1m_at_end"] == 3.5
