@@ -17,7 +17,11 @@ from the cache), for:
   of every step at once (``--steps`` x batch): what computing every step's modulation before sampling
   would cost, against ``--steps`` separate products;
 * ``read``: every block's MLP weights read once (a ``sum`` of each weight, a pure stream): the memory
-  bandwidth of the products' weights.
+  bandwidth of the products' weights; ``copy``: the same weights copied once into a buffer, what packing
+  every weight for every call would cost;
+* with ``--column-major``, ``mlp column-major``: the MLP at each row count with the same weights stored
+  column-major (``W.t().contiguous().t()``, the same ``[out, in]`` tensor to ``F.linear``), which makes MKL
+  take another path, and whether its outputs equal the row-major product's bit for bit (first block).
 
 Timed the project's one way (``duca_common.measure``: interleaved rounds, CPU time beside wall, the
 spread). Efficiency = GFLOP/s of the row count / GFLOP/s of the full-step row count; "s beyond the FLOPs
@@ -53,6 +57,8 @@ DEFAULT_ROWS = (24, 48, 72, 96, 144, 192)
 DEFAULT_STEPS = 20                    # the DiT-XL/2 CPU benchmark's DDIM steps (docs/benchmarks.md)
 FLOAT32_BYTES = 4
 READ_LABEL = "read:mlp weights"
+COPY_LABEL = "copy:mlp weights"
+COLUMN_MAJOR = "mlp column-major"
 
 
 def dims_of(model: str) -> tuple[int, int, int, int]:
@@ -82,7 +88,7 @@ def adaln_weight_bytes(hidden: int, depth: int) -> int:
 
 
 def run(model: str, images: int, rows: list[int], steps: int, repeats: int, warmup: int,
-        threads: int | None) -> dict:
+        threads: int | None, column_major: bool = False) -> dict:
     if threads:
         torch.set_num_threads(threads)
     depth, hidden, mlp_hidden, tokens = dims_of(model)
@@ -95,9 +101,13 @@ def run(model: str, images: int, rows: list[int], steps: int, repeats: int, warm
 
     fc1, fc2, ada = weights(mlp_hidden, hidden), weights(hidden, mlp_hidden), weights(6 * hidden, hidden)
 
-    def mlp(x: torch.Tensor) -> None:
-        for (w1, b1), (w2, b2) in zip(fc1, fc2):
-            F.linear(F.gelu(F.linear(x, w1, b1), approximate="tanh"), w2, b2)
+    fc1_col = [(w.t().contiguous().t(), b) for w, b in fc1] if column_major else []
+    fc2_col = [(w.t().contiguous().t(), b) for w, b in fc2] if column_major else []
+
+    def mlp(x: torch.Tensor, first: list, second: list) -> torch.Tensor:
+        for (w1, b1), (w2, b2) in zip(first, second):
+            y = F.linear(F.gelu(F.linear(x, w1, b1), approximate="tanh"), w2, b2)
+        return y
 
     def adaln(c: torch.Tensor) -> None:
         for w, b in ada:
@@ -108,17 +118,30 @@ def run(model: str, images: int, rows: list[int], steps: int, repeats: int, warm
             w1.sum()
             w2.sum()
 
+    buffers = (torch.empty_like(fc1[0][0]), torch.empty_like(fc2[0][0]))
+
+    def copy_mlp_weights() -> None:
+        for (w1, _), (w2, _) in zip(fc1, fc2):
+            buffers[0].copy_(w1)
+            buffers[1].copy_(w2)
+
     mlp_rows = sorted(set(rows) | {full_rows})
-    cases, flops = [], {}
+    cases, flops, identical = [], {}, {}
     for r in mlp_rows:
         x = torch.randn(r, hidden, generator=g)
-        cases.append(Case(f"mlp:{r}", fn=lambda x=x: mlp(x)))
+        cases.append(Case(f"mlp:{r}", fn=lambda x=x: mlp(x, fc1, fc2)))
         flops[f"mlp:{r}"] = mlp_flops(r, hidden, mlp_hidden, depth)
+        if column_major:
+            cases.append(Case(f"{COLUMN_MAJOR}:{r}", fn=lambda x=x: mlp(x, fc1_col, fc2_col)))
+            flops[f"{COLUMN_MAJOR}:{r}"] = flops[f"mlp:{r}"]
+            with torch.inference_mode():
+                identical[r] = torch.equal(mlp(x, fc1[:1], fc2[:1]), mlp(x, fc1_col[:1], fc2_col[:1]))
     for r in (batch, steps * batch):
         c = torch.randn(r, hidden, generator=g)
         cases.append(Case(f"adaLN:{r}", fn=lambda c=c: adaln(c)))
         flops[f"adaLN:{r}"] = adaln_flops(r, hidden, depth)
     cases.append(Case(READ_LABEL, fn=read_mlp_weights))
+    cases.append(Case(COPY_LABEL, fn=copy_mlp_weights))
     with torch.inference_mode():
         series = interleaved(cases, repeats=repeats, warmup=warmup, keep_results=False)
 
@@ -127,11 +150,12 @@ def run(model: str, images: int, rows: list[int], steps: int, repeats: int, warm
         return s.cpu.median if s.cpus else s.wall.median
 
     full_rate = flops[f"mlp:{full_rows}"] / seconds(f"mlp:{full_rows}")
-    weight_bytes = {"mlp": mlp_weight_bytes(hidden, mlp_hidden, depth), "adaLN": adaln_weight_bytes(hidden, depth)}
-    read_rate = weight_bytes["mlp"] / seconds(READ_LABEL)                     # bytes per second
+    mlp_bytes = mlp_weight_bytes(hidden, mlp_hidden, depth)
+    weight_bytes = {"mlp": mlp_bytes, COLUMN_MAJOR: mlp_bytes, "adaLN": adaln_weight_bytes(hidden, depth)}
+    read_rate = mlp_bytes / seconds(READ_LABEL)                               # bytes per second
     out_rows = []
     for label, s in series.items():
-        if label == READ_LABEL:
+        if label in (READ_LABEL, COPY_LABEL):
             continue
         product, r = label.split(":")
         t = seconds(label)
@@ -142,12 +166,15 @@ def run(model: str, images: int, rows: list[int], steps: int, repeats: int, warm
                          "efficiency_vs_full_step": rate / full_rate,
                          "seconds_beyond_flops_share": t - flops[label] / full_rate,
                          "roofline_seconds": roofline, "seconds_beyond_roofline": t - roofline})
+        if product == COLUMN_MAJOR:
+            out_rows[-1]["bit_identical_to_row_major"] = identical[int(r)]
     per_step, all_steps = seconds(f"adaLN:{batch}"), seconds(f"adaLN:{steps * batch}")
     return {"environment": environment(torch.device("cpu")), "model": model, "depth": depth, "hidden": hidden,
             "mlp_hidden": mlp_hidden, "tokens_per_image": tokens, "images": images, "full_step_rows": full_rows,
             "steps": steps, "repeats": repeats, "warmup": warmup, "rows": out_rows,
-            "mlp_weight_read": {"seconds": seconds(READ_LABEL), "bytes": weight_bytes["mlp"],
-                                "gb_per_s": read_rate / 1e9},
+            "mlp_weight_read": {"seconds": seconds(READ_LABEL), "bytes": mlp_bytes, "gb_per_s": read_rate / 1e9},
+            "mlp_weight_copy": {"seconds": seconds(COPY_LABEL), "bytes": mlp_bytes,
+                                "gb_per_s": mlp_bytes / seconds(COPY_LABEL) / 1e9},
             "adaln_per_run_seconds": {"one product per step": steps * per_step, "every step at once": all_steps}}
 
 
@@ -157,14 +184,20 @@ def render(data: dict) -> str:
             f"{data['images']} image(s) + CFG twin x {data['tokens_per_image']} tokens = {data['full_step_rows']} "
             f"rows in a full step; {data['repeats']} interleaved rounds after {data['warmup']} warm-up, "
             f"{env['threads']} thread(s); time = CPU seconds (median) over all blocks\n\n")
-    cells = [[r["product"], str(r["rows"]), f"{r['seconds']:.3f}", f"{r['gflop_per_s']:.1f}",
+    def product(r: dict) -> str:
+        if "bit_identical_to_row_major" not in r:
+            return r["product"]
+        return f"{r['product']} ({'bit-identical' if r['bit_identical_to_row_major'] else 'differs'})"
+
+    cells = [[product(r), str(r["rows"]), f"{r['seconds']:.3f}", f"{r['gflop_per_s']:.1f}",
               f"{r['efficiency_vs_full_step']:.2f}", f"{r['seconds_beyond_flops_share']:+.3f}",
               f"{r['roofline_seconds']:.3f}", f"{r['seconds_beyond_roofline']:+.3f}"] for r in data["rows"]]
     table = markdown_table(["product", "rows", "CPU s (all blocks)", "GFLOP/s", "efficiency vs full step",
                             "s beyond the FLOPs share", "roofline s", "s beyond the roofline"], cells)
-    a, w = data["adaln_per_run_seconds"], data["mlp_weight_read"]
+    a, w, c = data["adaln_per_run_seconds"], data["mlp_weight_read"], data["mlp_weight_copy"]
     tail = (f"\nMLP weights of all blocks ({w['bytes'] / 2**20:.0f} MiB) read once in {w['seconds']:.3f} s: "
-            f"{w['gb_per_s']:.1f} GB/s, the bandwidth in the roofline\n"
+            f"{w['gb_per_s']:.1f} GB/s, the bandwidth in the roofline; copied once in {c['seconds']:.3f} s "
+            f"({c['gb_per_s']:.1f} GB/s)\n"
             f"adaLN modulation for a {data['steps']}-step run: {a['one product per step']:.3f} s as one product "
             f"per step, {a['every step at once']:.3f} s as one product for every step at once\n")
     return head + table + tail
@@ -180,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--column-major", action="store_true",
+                   help="also time the MLP with its weights stored column-major (and check it is bit-identical)")
     p.add_argument("--out", type=Path, default=Path("results/row_efficiency"))
     return p
 
@@ -201,7 +236,8 @@ def _check(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     run_or_exit(lambda: _check(args))
-    data = run(args.model, args.images, args.rows, args.steps, args.repeats, args.warmup, args.threads)
+    data = run(args.model, args.images, args.rows, args.steps, args.repeats, args.warmup, args.threads,
+               args.column_major)
     md = render(data)
     write_report(args.out, "row_efficiency", data, md)
     return data

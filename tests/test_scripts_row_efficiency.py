@@ -31,7 +31,10 @@ def test_flops_and_the_full_step_reference(tmp_path, capsys):
         assert r["roofline_seconds"] == pytest.approx(
             max(r["gflops"] / full_rate, weights / (read["gb_per_s"] * 1e9)))
         assert r["seconds"] == pytest.approx(r["roofline_seconds"] + r["seconds_beyond_roofline"])
-    assert data["mlp_weight_read"]["seconds"] > 0
+    for key in ("mlp_weight_read", "mlp_weight_copy"):
+        w = data[key]
+        assert w["seconds"] > 0 and w["gb_per_s"] == pytest.approx(w["bytes"] / w["seconds"] / 1e9)
+    assert "bit_identical_to_row_major" not in rows[("mlp", 24)]                # only with --column-major
     per_run = data["adaln_per_run_seconds"]
     assert per_run["one product per step"] == pytest.approx(3 * rows[("adaLN", 2)]["seconds"])
     assert per_run["every step at once"] == pytest.approx(rows[("adaLN", 6)]["seconds"])
@@ -42,6 +45,20 @@ def test_flops_and_the_full_step_reference(tmp_path, capsys):
     printed = capsys.readouterr()
     assert "| mlp | 24 |" in printed.out
     assert printed.err.strip().splitlines()[-1] == f"wrote {tmp_path}/row_efficiency.json and .md"
+
+
+def test_column_major_weights_are_timed_beside_row_major(tmp_path):
+    data = bench.main(["--model", "DiT-S/2", "--rows", "24", "--steps", "2", "--repeats", "1", "--warmup", "0",
+                       "--threads", "1", "--column-major", "--out", str(tmp_path)])
+    rows = {(r["product"], r["rows"]): r for r in data["rows"]}
+    full = data["full_step_rows"]
+    assert {("mlp column-major", 24), ("mlp column-major", full)} <= set(rows)
+    for r in (24, full):
+        col, row = rows[("mlp column-major", r)], rows[("mlp", r)]
+        assert col["gflops"] == row["gflops"] and isinstance(col["bit_identical_to_row_major"], bool)
+    # whether the layouts agree bit for bit is MKL's choice of kernel; the table says which it was
+    word = "bit-identical" if rows[("mlp column-major", full)]["bit_identical_to_row_major"] else "differs"
+    assert f"mlp column-major ({word}) | {full} |" in (tmp_path / "row_efficiency.md").read_text()
 
 
 @pytest.mark.parametrize("argv, words", [
