@@ -33,13 +33,14 @@ from pathlib import Path
 import torch
 
 from duca_common.allocator import check_policy
-from duca_common.errors import UsageError, run_or_exit
+from duca_common.errors import CheckpointError, UsageError, run_or_exit
 from duca_common.measure import Case, Speedup, compare, interleaved, wall_warning
 from duca_common.outputs import check_output_dir
+from duca_common.validate import SEED, check_number
 from dit_duca.digits_metrics import digits_scores, load_default_classifier, real_heldout_digits
 
 from .digits import to_unit_range
-from .embedded import DEFAULT_EMBEDDED_PATH, load_dit_checkpoint
+from .embedded import DEFAULT_EMBEDDED_PATH, load_dit_checkpoint, read_spec
 from .embedded_sampling import (DEFAULT_CFG_SCALE, DEFAULT_NUM_STEPS, METHOD_ORDER, SampleRun, balanced_labels,
                                 psnr, run_flops_per_image, sample, uncached_flops_per_image)
 
@@ -207,6 +208,7 @@ def _validate(args: argparse.Namespace) -> argparse.Namespace:
         raise UsageError(f"--cfg-scale must be >= 1 (1 is no guidance), got {args.cfg_scale}")
     if args.threads < 0:
         raise UsageError(f"--threads must be >= 0, got {args.threads}")
+    check_number("--seed", args.seed, SEED)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHOD_ORDER]
     if unknown:
@@ -214,6 +216,11 @@ def _validate(args: argparse.Namespace) -> argparse.Namespace:
     args.methods = [m for m in METHOD_ORDER if m in methods or m == "none"]
     if args.ckpt is not None and not args.ckpt.is_file():
         raise UsageError(f"--ckpt {args.ckpt}: no such file; omit --ckpt to use the shipped embedded model")
+    if args.ckpt is not None:
+        try:
+            read_spec(args.ckpt)    # the header only: a file that is not a trainer export fails here, not later
+        except CheckpointError as exc:
+            raise UsageError(f"--ckpt {exc}; or omit --ckpt to use the shipped embedded model") from None
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} exists and is not a folder; pass a folder path for --out")
     check_output_dir(args.out, "--out")

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from duca_common.cache import CacheConfig
+from duca_common.errors import CheckpointError, read_failure
 from duca_common.runtime import atomic_path
 
 from .models import DiT
@@ -101,17 +102,26 @@ def save_dit(state_dict: dict[str, torch.Tensor], spec: DiTSpec, path: str | os.
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:  # noqa: BLE001 - missing, truncated or not safetensors: a bad file for the user
+        raise CheckpointError(f"{path} is not a readable .safetensors file ({read_failure(exc)}); pass a DiT "
+                              f"exported by dit_duca.train (--export)") from exc
 
 
 def read_spec(path: str | os.PathLike) -> DiTSpec:
     """The model spec stored in a checkpoint written by :func:`save_dit`."""
     meta = read_metadata(path)
     if meta.get("kind") != METADATA_KIND or "spec" not in meta:
-        raise ValueError(f"{path} has no DiT spec in its metadata (kind={meta.get('kind')!r}); it was not written "
-                         f"by dit_duca.train. Official .pt checkpoints load through dit_duca.sample --ckpt instead")
-    return DiTSpec.from_json(meta["spec"])
+        raise CheckpointError(f"{path} has no DiT spec in its metadata (kind={meta.get('kind')!r}); it was not "
+                              f"written by dit_duca.train. Official .pt checkpoints load through dit_duca.sample "
+                              f"--ckpt instead")
+    try:
+        return DiTSpec.from_json(meta["spec"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: the DiT spec in its metadata is unreadable ({read_failure(exc)}); export the "
+                              f"model again with dit_duca.train --export") from exc
 
 
 def load_dit_checkpoint(path: str | os.PathLike, cache_config: CacheConfig | None = None,
@@ -123,7 +133,11 @@ def load_dit_checkpoint(path: str | os.PathLike, cache_config: CacheConfig | Non
     if not path.is_file():
         raise FileNotFoundError(f"DiT checkpoint not found at {path}")
     model = read_spec(path).build(cache_config)
-    model.load_state_dict(load_file(str(path)), strict=True)
+    try:
+        model.load_state_dict(load_file(str(path)), strict=True)
+    except RuntimeError as exc:     # tensors that do not fit the spec stored beside them
+        raise CheckpointError(f"{path}: the weights do not fit the DiT spec in its metadata ({read_failure(exc)}); "
+                              f"export the model again with dit_duca.train --export") from exc
     return model.to(device).eval()
 
 

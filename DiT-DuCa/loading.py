@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from duca_common.errors import CheckpointError, CheckpointNotFoundError, UsageError
+from duca_common.errors import CheckpointError, CheckpointNotFoundError, UsageError, read_failure
 from duca_common.vae import LATENT_SCALE, load_autoencoder_kl, vae_weight_file
 
 from .models import DiT, DiT_models
@@ -107,7 +107,8 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any reader error means: not a usable checkpoint
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+        raise CheckpointError(f"cannot read checkpoint {path}: {read_failure(exc)}; pass an official DiT .pt, a "
+                              f".safetensors file or a diffusers DiT folder") from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
     if "config" in state and isinstance(state["config"], dict):

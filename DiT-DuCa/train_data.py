@@ -17,11 +17,14 @@ split into train and held-out parts with the same fixed, stratified rule as the 
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from duca_common.errors import read_failure
 
 from .digits import DIGITS_IMAGE_SIZE, HELDOUT_FRACTION, SPLIT_SEED, load_digits_split, split_indices
 
@@ -135,7 +138,8 @@ def load_latent_file(path: Path) -> TrainHeldout:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-            raise DataError(f"cannot load {path} with torch.load(weights_only=True): {exc}") from exc
+            raise DataError(f"--data {path}: cannot read it ({read_failure(exc)}); pass a .pt holding a latent "
+                            f"tensor (N, C, H, W) or a dict with 'latents'") from exc
         if isinstance(obj, torch.Tensor):
             latents, labels = obj, None
         elif isinstance(obj, dict) and "latents" in obj:
@@ -145,12 +149,22 @@ def load_latent_file(path: Path) -> TrainHeldout:
                             f"(and optional 'labels'); found {type(obj).__name__}"
                             + (f" with keys {sorted(obj)}" if isinstance(obj, dict) else ""))
     else:
-        with np.load(path) as npz:
-            key = "latents" if "latents" in npz.files else "arr_0" if "arr_0" in npz.files else None
-            if key is None:
-                raise DataError(f"{path} has keys {npz.files}; expected 'latents' (or 'arr_0') and optional 'labels'")
-            latents = torch.from_numpy(npz[key])
-            labels = torch.from_numpy(npz["labels"]) if "labels" in npz.files else None
+        if not zipfile.is_zipfile(path):
+            raise DataError(f"--data {path} is not a .npz archive (not a zip file); write it with "
+                            f"np.savez(path, latents=..., labels=...)")
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                key = "latents" if "latents" in npz.files else "arr_0" if "arr_0" in npz.files else None
+                if key is None:
+                    raise DataError(f"{path} has keys {npz.files}; expected 'latents' (or 'arr_0') and optional "
+                                    f"'labels'")
+                latents = torch.from_numpy(npz[key])
+                labels = torch.from_numpy(npz["labels"]) if "labels" in npz.files else None
+        except DataError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - not a zip, truncated, object arrays: a bad file for the user
+            raise DataError(f"--data {path}: cannot read it as a numeric .npz ({read_failure(exc)}); write it with "
+                            f"np.savez(path, latents=..., labels=...)") from exc
     latents = torch.as_tensor(latents)
     if latents.ndim != 4 or latents.shape[-1] != latents.shape[-2]:
         raise DataError(f"latents in {path} must be (N, C, H, W) with H == W, got {tuple(latents.shape)}")

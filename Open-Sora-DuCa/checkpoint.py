@@ -13,16 +13,11 @@ import torch
 import torch.nn as nn
 
 from duca_common.errors import CheckpointError  # noqa: F401  (the project's one checkpoint error)
+from duca_common.validate import looks_like_hub_id
 
 WEIGHTS_FILE = "model.safetensors"     # the HF PreTrainedModel file of both hub repos (C.1)
 CONFIG_FILE = "config.json"
 MAX_KEYS_SHOWN = 8
-
-
-
-
-def _looks_like_hub_id(spec: str) -> bool:
-    return spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and not spec.endswith(".safetensors")
 
 
 def resolve_weights(spec: str, what: str, hub_id: str) -> Path:
@@ -38,7 +33,7 @@ def resolve_weights(spec: str, what: str, hub_id: str) -> Path:
         if not file.is_file():
             raise CheckpointError(f"{what} folder {spec!r} has no {WEIGHTS_FILE}; download {hub_id} into it")
         return file
-    if not _looks_like_hub_id(spec):
+    if not looks_like_hub_id(spec):
         raise CheckpointError(f"{what} {spec!r} does not exist; pass a local folder or file, or a hub id such as "
                               f"{hub_id}")
     from huggingface_hub import hf_hub_download

@@ -42,7 +42,8 @@ from duca_common.run_record import RunRecord, check_resume, file_identity, text_
 from duca_common.runtime import atomic_path, pick_device, write_json
 from duca_common.seeding import sample_seed
 from duca_common.text import read_prompt_lines, read_text_utf8
-from duca_common.validate import COUNT, GUIDANCE, NON_NEGATIVE_INT, SEED, SIZE, STEPS, Bound, check_numbers
+from duca_common.validate import (COUNT, GUIDANCE, NON_NEGATIVE_INT, SEED, SIZE, STEPS, Bound, check_numbers,
+                                  looks_like_hub_id)
 
 from opensora_duca import aspect
 from opensora_duca.checkpoint import CONFIG_FILE, CheckpointError, config_fields
@@ -299,7 +300,7 @@ def check_weight_path(value: str | None, flag: str, hub_id: str) -> None:
         raise UsageError(f"{flag} is required to sample (a local folder, its model.safetensors, or {hub_id}); "
                          f"only --flops-only runs without weights")
     p = Path(value).expanduser()
-    if not p.exists() and (value.count("/") != 1 or value.startswith((".", "/", "~"))):
+    if not p.exists() and not looks_like_hub_id(value):
         raise UsageError(f"{flag} {value!r} does not exist; pass a local folder, its model.safetensors, or a hub id "
                          f"such as {hub_id}")
 
@@ -309,7 +310,7 @@ def check_t5_path(value: str) -> None:
     if p.exists():
         if not (p / "config.json").is_file():
             raise UsageError(f"--t5-path {value!r} has no config.json; pass the t5-v1_1-xxl folder (model + tokenizer)")
-    elif value.count("/") != 1 or value.startswith((".", "/", "~")):
+    elif not looks_like_hub_id(value):
         raise UsageError(f"--t5-path {value!r} does not exist; pass the t5-v1_1-xxl folder or a hub id such as "
                          f"{DEFAULT_T5}")
 

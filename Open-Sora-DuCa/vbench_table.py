@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,11 @@ def read_results(score_dir: str | Path) -> dict[str, float]:
             raise UsageError(f"{file} has no {info.name} beside it; rerun eval/vbench/calc.sh") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise UsageError(f"{file} or {info.name} is not VBench JSON ({err}); rerun eval/vbench/calc.sh") from None
+        if not isinstance(data, dict):
+            raise UsageError(f"{file} holds a JSON {type(data).__name__}, not VBench's {{dimension: [score, "
+                             f"per-video results]}}; rerun eval/vbench/calc.sh")
+        if not isinstance(info_data, list) or (info_data and not isinstance(info_data[0], dict)):
+            raise UsageError(f"{info} is not VBench's list of prompt entries; rerun eval/vbench/calc.sh")
         if not info_data or not info_data[0].get("video_list"):         # the reference's sanity check
             raise UsageError(f"{info} lists no videos: VBench found none of this dimension's files")
         for dim, value in data.items():
@@ -86,9 +92,12 @@ def read_results(score_dir: str | Path) -> dict[str, float]:
             if dim in raw:
                 raise UsageError(f"{folder}: dimension {dim!r} is scored in two files; keep one")
             try:
-                raw[dim] = float(f"{float(value[0]):.{RAW_DECIMALS}f}")
-            except (TypeError, ValueError, IndexError):
+                score = float(value[0])
+            except (TypeError, ValueError, IndexError, KeyError):
                 raise UsageError(f"{file}: {dim} holds {str(value)[:40]!r}, not [score, per-video results]") from None
+            if not 0.0 <= score <= 1.0:          # every VBench dimension is a mean of per-video scores in [0, 1]
+                raise UsageError(f"{file}: the {dim} score {score} is not in [0, 1]; rerun eval/vbench/calc.sh")
+            raw[dim] = float(f"{score:.{RAW_DECIMALS}f}")
     missing = [d for d in DIMENSIONS if d not in raw]
     if missing:
         raise UsageError(f"{folder} lacks {len(missing)} of the 16 VBench dimensions ({', '.join(missing)}); "
@@ -112,12 +121,16 @@ def read_speedup(report: str | Path) -> float:
     """``flops.speedup`` of an opensora_duca.inference report (--flops-only or sampling)."""
     try:
         data = json.loads(Path(report).read_text(encoding="utf-8"))
-        return float(data["flops"]["speedup"])
+        speedup = float(data["flops"]["speedup"])
     except FileNotFoundError:
         raise UsageError(f"report {report} does not exist; pass the JSON the launcher wrote "
                          f"(<out>_logs/flops.json) or an inference --report") from None
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
         raise UsageError(f"report {report} has no flops.speedup; pass an opensora_duca.inference report") from None
+    if not math.isfinite(speedup) or speedup <= 0:
+        raise UsageError(f"report {report}: flops.speedup {speedup} is not a positive number; pass an "
+                         f"opensora_duca.inference report")
+    return speedup
 
 
 def load_run(spec: str) -> RunScores:

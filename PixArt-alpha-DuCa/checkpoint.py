@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from duca_common.errors import CheckpointError  # noqa: F401  (the project's one checkpoint error)
+from duca_common.errors import CheckpointError, read_failure  # noqa: F401  (the one checkpoint error)
+from duca_common.validate import looks_like_hub_id
 
 from .model import HEAD_DIM, LEWEI_SCALE, VAE_DOWNSAMPLE, PixArt, PixArtConfig
 
@@ -90,7 +91,8 @@ def read_pth_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         except RuntimeError:       # legacy (non-zip) files cannot be memory-mapped
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - re-raised with the file named
-        raise CheckpointError(f"cannot read {str(path)!r} as a torch checkpoint ({type(err).__name__}: {err})") from err
+        raise CheckpointError(f"cannot read {str(path)!r} as a torch checkpoint ({read_failure(err)}); pass an "
+                              f"official PixArt .pth (or a diffusers folder) with --model_path") from err
     if isinstance(obj, dict) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -220,7 +222,7 @@ def resolve_diffusers_folder(path_or_id: str) -> Path:
                 return folder
         raise CheckpointError(f"folder {str(local)!r} has none of {DIFFUSERS_WEIGHT_FILES} (nor under "
                               f"{DIFFUSERS_SUBFOLDER}/); pass a PixArt .pth file or a diffusers PixArt folder")
-    if local.exists() or path_or_id.count("/") != 1 or path_or_id.endswith((".pth", ".pt")):
+    if local.exists() or not looks_like_hub_id(path_or_id):
         raise CheckpointError(f"--model_path {path_or_id!r} does not exist; pass a PixArt .pth file, a diffusers "
                               f"folder, or a hub id such as PixArt-alpha/PixArt-XL-2-256x256")
     from huggingface_hub import snapshot_download

@@ -20,7 +20,7 @@ from duca_common.run_record import RunRecord, file_identity, text_identity
 from duca_common.runtime import atomic_write_bytes, pick_device, write_json  # noqa: F401  (re-exported to the scripts)
 from duca_common.seeding import sample_generator
 from duca_common.text import read_prompt_lines
-from duca_common.validate import COUNT, GUIDANCE, SEED, STEPS, Bound, FiniteWatch, check_numbers
+from duca_common.validate import COUNT, GUIDANCE, SEED, STEPS, Bound, FiniteWatch, check_numbers, looks_like_hub_id
 
 from .checkpoint import CheckpointError, check_image_size, config_from_state_dict, load_transformer, read_pth_state_dict
 from .dpm_solver import DEFAULT_CFG, DEFAULT_STEPS
@@ -104,7 +104,7 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     else:
         raise UsageError("no prompts: pass --txt_file PATH (one prompt per line) or --prompt TEXT")
     if not prompts:
-        raise UsageError(f"prompt file {args.txt_file!r} is empty; put one prompt per line")
+        raise UsageError(f"--txt_file {args.txt_file!r} is empty; put one prompt per line")
     return prompts
 
 
@@ -115,7 +115,7 @@ def resolve_t5_path(path: str) -> str:
         return str(local / T5_SUBFOLDER)
     if local.is_dir():
         return str(local)
-    if local.exists() or path.count("/") != 1 or path.startswith((".", "/")):
+    if local.exists() or not looks_like_hub_id(path):
         raise UsageError(f"--t5_path {path!r} does not exist; pass the folder holding the T5 v1.1 XXL encoder and "
                          f"tokenizer (hub PixArt-alpha/PixArt-alpha, subfolder {T5_SUBFOLDER}) or a hub id")
     return path
@@ -125,7 +125,7 @@ def check_vae_path(path: str) -> None:
     if path.lower() == "none":
         return
     local = Path(path)
-    if not local.exists() and (path.count("/") != 1 or path.startswith((".", "/"))):
+    if not local.exists() and not looks_like_hub_id(path):
         raise UsageError(f"--vae_path {path!r} does not exist; pass the sd-vae-ft-ema folder, a hub id "
                          f"(stabilityai/sd-vae-ft-ema), or 'none' for latent previews")
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from typing import TypeVar
@@ -38,6 +39,24 @@ class NonFiniteError(UsageError):
 def one_line(message: object) -> str:
     """The message on one line (newlines become '; '), for ``error: ...`` output."""
     return "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+# torch.load(weights_only=True)'s refusal: several paragraphs (advice to load unsafely, to file an issue);
+# the cause is the "WeightsUnpickler error: ..." part.
+_WEIGHTS_ONLY_CAUSE = re.compile(r"WeightsUnpickler error:\s*(.+?)\s*(?:Please use|Check the documentation|$)", re.S)
+
+
+def read_failure(exc: BaseException) -> str:
+    """Why a weights or data file could not be read (torch.load, safetensors, numpy), on one line and short:
+    torch's weights-only refusal is cut to its cause plus what it means, so the caller can add the flag and
+    the fix without torch's advice to unpickle the file unsafely."""
+    text = str(exc)
+    if "Weights only load failed" in text:
+        match = _WEIGHTS_ONLY_CAUSE.search(text)
+        cause = f" ({one_line(match.group(1))})" if match else ""
+        return (f"torch.load(weights_only=True) refused it{cause}: not a file written by torch.save, or one that "
+                f"pickles objects other than tensors, numbers, strings and containers of them")
+    return f"{type(exc).__name__}: {one_line(text)}" if text else type(exc).__name__
 
 
 def print_error(exc: BaseException | str) -> int:

@@ -13,6 +13,7 @@ reaches the disk as a black image.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -81,6 +82,19 @@ def check_number(flag: str, value: object, bound: Bound) -> None:
     if not ok:
         raise UsageError(f"{flag} {_fmt(value) if float(value).is_integer() else value} is invalid: "
                          f"pass {bound.describe()} ({bound.what})")
+
+
+# A Hugging Face repo id: owner/name of letters, digits, '-', '_', '.', neither part starting with '-' or '.' nor
+# ending with them, so a missing local folder written with a trailing slash ('OpenSora-STDiT-v3/') is not one.
+_HUB_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9_])?"
+_HUB_ID = re.compile(rf"{_HUB_PART}/{_HUB_PART}")
+
+
+def looks_like_hub_id(value: str) -> bool:
+    """``value`` can be a hub repo id (``owner/name``): a weights flag whose path does not exist is an error
+    before any work unless this holds."""
+    return (_HUB_ID.fullmatch(value) is not None and ".." not in value and "--" not in value
+            and not value.endswith((".safetensors", ".pth", ".pt", ".bin")))
 
 
 def check_numbers(checks: Iterable[tuple[str, object, Bound]]) -> None:

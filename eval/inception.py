@@ -18,6 +18,7 @@ torch-fidelity converted the same TF weights to PyTorch and reproduces TF1's bil
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -79,10 +80,10 @@ class InceptionFeatures:
                 [POOL_FEATURE, LOGITS_FEATURE],
                 feature_extractor_weights_path=str(self.weights_path),
             )
-        except (RuntimeError, KeyError, OSError, EOFError, ValueError) as exc:
+        except (RuntimeError, KeyError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
             raise InputError(
                 f"{self.weights_path} is not a usable torch-fidelity Inception-v3 state dict ({exc}); "
-                f"use {INCEPTION_WEIGHTS.url}"
+                f"download {INCEPTION_WEIGHTS.url} and pass it with {INCEPTION_WEIGHTS.flag}"
             ) from exc
         self.model = model.to(self.device)
         self._spatial: torch.Tensor | None = None

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from duca_common.errors import read_failure
+
 from .errors import InputError, MissingWeightsError
 from .weights import WeightSource, resolve_weights
 
@@ -188,7 +190,8 @@ def _load_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors have many types
-        raise InputError(f"cannot read LPIPS {what} weights {path}: {exc}") from exc
+        raise InputError(f"cannot read LPIPS {what} weights {path}: {read_failure(exc)}; pass the file listed for "
+                         f"--lpips-{what} in docs/evaluation.md") from exc
     if not isinstance(state, dict):
         raise InputError(f"LPIPS {what} weights {path} hold a {type(state).__name__}, expected a state dict")
     return state

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from duca_common.errors import UsageError
+from duca_common.errors import UsageError, one_line
 from duca_common.runtime import atomic_write_bytes
 
 from .errors import EXIT_USER_ERROR, EvalError
@@ -137,7 +137,7 @@ def run_cli(main: Callable[[list[str] | None], EvalResult], argv: list[str] | No
     try:
         main(argv)
     except (EvalError, UsageError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     return 0
 

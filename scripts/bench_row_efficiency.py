@@ -230,6 +230,8 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(f"--rows must be >= 1, got {args.rows}")
     if args.warmup < 0:
         raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}; omit it for torch's choice")
     check_output_dir(args.out, "--out")
 
 

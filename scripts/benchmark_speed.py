@@ -35,9 +35,10 @@ from tqdm.auto import tqdm
 
 from duca_common.allocator import check_policy
 from duca_common.cache import measured_flops, reference_flops, speedup
-from duca_common.errors import UsageError
+from duca_common.errors import UsageError, print_error
 from duca_common.outputs import check_output_dir
 from duca_common.runtime import pick_device
+from duca_common.validate import SEED, check_number
 
 from .measure import WALL_CPU_DISAGREEMENT, Case, Series, Summary, Timed, compare, interleaved, timed_run, wall_warning
 from .methods import MethodSpec, MethodSpecError, parse_methods
@@ -83,6 +84,7 @@ class BenchOptions:
         for ok, flag, allowed in checks:
             if not ok:
                 raise BenchError(f"{flag}={getattr(self, flag[2:].replace('-', '_'))!r} is invalid: allowed {allowed}")
+        check_number("--seed", self.seed, SEED)
         self.device = str(pick_device(self.device))     # the project's one device choice (UsageError if unusable)
         if self.compile and self.device == "cpu":
             print("note: --compile on CPU needs a C++ toolchain and compiles for minutes", file=sys.stderr)
@@ -392,8 +394,7 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.perf_counter()
         data = run_benchmark(opts)
     except (BenchError, MethodSpecError, TargetError, UsageError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(print_error(exc)) from None
     data["total_seconds"] = time.perf_counter() - t0
     md = render_markdown(data)
     write_json(opts.out / "benchmark.json", data)

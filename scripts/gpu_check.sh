@@ -14,5 +14,16 @@ OUT="${1:-results/gpu_bench}"
 EXTRA=()
 if [ -n "${DIT_CKPT:-}" ]; then EXTRA+=(--dit-ckpt "$DIT_CKPT"); fi
 
-python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu_check: no CUDA device is visible; run it on a GPU machine')"
+# exit 2 (a usage error, as every entry point) with one line when no GPU is visible; any other failure of
+# the probe (torch missing) keeps its own message and status
+set +e
+python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 2)"
+probe=$?
+set -e
+if [ "$probe" -eq 2 ]; then
+    echo "error: gpu_check: no CUDA device is visible; run it on a GPU machine" >&2
+    exit 2
+elif [ "$probe" -ne 0 ]; then
+    exit "$probe"
+fi
 timeout 600 python -m duca_scripts.gpu_bench --device cuda --out "$OUT" --progress "${EXTRA[@]}"

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +39,9 @@ import torch
 from duca_common.allocator import check_policy
 from duca_common.cache import Action, Trace, get_method, reference_flops, speedup
 from duca_common.cache.selectors import fresh_token_count
-from duca_common.errors import UsageError
+from duca_common.errors import UsageError, print_error
 from duca_common.measure import Case, interleaved
+from duca_common.outputs import check_output_dir
 from tqdm.auto import tqdm
 
 from .methods import MethodSpec, MethodSpecError, is_peer_family, parse_methods
@@ -164,6 +164,9 @@ class ParetoOptions:
             raise ParetoError(f"--magcache-thresholds must be > 0, got {self.magcache_thresholds}")
         if self.ckpt is not None and not Path(self.ckpt).is_file():
             raise ParetoError(f"--ckpt {self.ckpt} does not exist")
+        if self.threads is not None and self.threads < 1:
+            raise ParetoError(f"--threads must be >= 1, got {self.threads}")
+        check_output_dir(self.out, "--out")       # before any model: an unwritable --out loses no work
 
 
 def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
@@ -448,8 +451,7 @@ def main(argv: list[str] | None = None) -> dict:
         check_policy()
         data = run_pareto(opts)
     except (ParetoError, MethodSpecError, TargetError, PeerError, UsageError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(print_error(exc)) from None
     data["total_seconds"] = time.perf_counter() - t0
     write_json(opts.out / "pareto.json", data)
     write_csv(opts.out / "rows.csv", ROW_KEYS, [[r.get(k) for k in ROW_KEYS] for r in data["rows"]])

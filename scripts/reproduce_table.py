@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import math
 import re
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,7 +45,7 @@ import torch
 from dit_duca.embedded import EMBEDDED_MODELS
 from duca_common.allocator import check_policy
 from duca_common.cache import get_method, measured_flops, reference_flops, speedup
-from duca_common.errors import UsageError
+from duca_common.errors import UsageError, print_error
 from duca_common.outputs import check_output_dir
 from duca_common.runtime import pick_device
 from tqdm.auto import tqdm
@@ -211,7 +210,9 @@ def run_table(opts: TableOptions) -> dict:
         check_peer_support(opts.model, [s.peer for s in specs if s.is_peer])
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
-    target = build_target(opts.model, device=opts.device, ckpt=opts.ckpt, cfg_scale=opts.cfg_scale)
+    # fid50k writes a launcher that loads --ckpt on the GPU machines: here the model only gives names and FLOPs
+    ckpt = None if opts.protocol == "fid50k" else opts.ckpt
+    target = build_target(opts.model, device=opts.device, ckpt=ckpt, cfg_scale=opts.cfg_scale)
     opts.out.mkdir(parents=True, exist_ok=True)
     if opts.protocol == "fid50k":
         return write_fid50k_plan(opts, specs, target)
@@ -450,8 +451,7 @@ def main(argv: list[str] | None = None) -> dict:
         check_policy()
         data = run_table(opts)
     except (TableError, MethodSpecError, TargetError, UsageError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(print_error(exc)) from None
     data["total_seconds"] = time.perf_counter() - t0
     md = render(data) if opts.protocol == "memory" else markdown_table(
         ["method", "setting", "TFLOPs/img", "FLOPs speed-up", "measured FLOPs speed-up"],

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from duca_common.cache import CacheConfig, FeatureCache, TransformerDims
+from duca_common.errors import CheckpointError, one_line
 
 # The DiT-XL/2 256 px shape (models.md A.1): 32x32 latents of the SD VAE, 4 channels, 1000 classes.
 DIT_LATENT_SIDE = 32
@@ -188,9 +189,15 @@ def randomize_zero_init(model: torch.nn.Module, seed: int = 0) -> None:
                 module.weight.copy_(torch.randn(module.weight.shape, generator=g) * TINY_ZERO_INIT_STD)
 
 
-def _load_dit_ckpt(model: torch.nn.Module, ckpt: Path) -> None:
-    from dit_duca.loading import load_checkpoint, load_into
-    load_into(model, load_checkpoint(str(ckpt)), str(ckpt))
+def _read_dit_ckpt(ckpt: Path):
+    """The checkpoint's tensors, read before any model is built (an unreadable file fails in seconds)."""
+    from dit_duca.loading import load_checkpoint
+    return load_checkpoint(str(ckpt))
+
+
+def _load_dit_ckpt(model: torch.nn.Module, ckpt: Path, loaded=None) -> None:
+    from dit_duca.loading import load_into
+    load_into(model, loaded if loaded is not None else _read_dit_ckpt(ckpt), str(ckpt))
 
 
 def _pixart_target(device: torch.device) -> Target:
@@ -238,24 +245,36 @@ def build_target(name: str, *, device: str | torch.device = "cpu", ckpt: str | N
         def builder() -> torch.nn.Module:
             return DiT_models[name](input_size=DIT_LATENT_SIDE, in_channels=DIT_LATENT_CHANNELS,
                                     num_classes=IMAGENET_CLASSES)
+        loaded = _read_dit_ckpt(Path(ckpt)) if ckpt is not None else None
         target = _dit_target(name, builder, cfg_scale or DIT_CFG_SCALE, False, device)
-        if ckpt is not None:
-            _load_dit_ckpt(target.model, Path(ckpt))
+        if loaded is not None:
+            _load_dit_ckpt(target.model, Path(ckpt), loaded)
         return target
     if name == "tiny":
+        if ckpt is not None:
+            raise TargetError("--model tiny runs random weights and takes no --ckpt; pass --model DiT-XL/2 (or "
+                              "another DiT config) with the checkpoint, or drop --ckpt")
         target = _dit_target(name, lambda: DiT(**TINY_KWARGS), cfg_scale or DIT_CFG_SCALE, False, device)
         randomize_zero_init(target.model)
         return target
-    from dit_duca.embedded import EMBEDDED_MODELS, DiTSpec, read_metadata
+    from dit_duca.embedded import EMBEDDED_MODELS, read_spec
     if name in EMBEDDED_MODELS:
         path = Path(ckpt) if ckpt is not None else EMBEDDED_MODELS[name]
         if not path.is_file():
             raise TargetError(f"the embedded digits DiT is missing at {path}; train it with "
                               f"`python -m dit_duca.train --export {path}` (docs/embedded.md)")
-        spec = DiTSpec.from_json(read_metadata(path)["spec"])
+        flag = "--ckpt " if ckpt is not None else ""
+        try:
+            spec = read_spec(path)          # CheckpointError (a UsageError) for a file the trainer did not write
+        except CheckpointError as exc:
+            raise TargetError(f"{flag}{exc}") from None
         target = _dit_target(name, spec.build, cfg_scale or DIGITS_CFG_SCALE, True, device)
         from safetensors.torch import load_file
-        target.model.load_state_dict(load_file(str(path)), strict=True)
+        try:
+            target.model.load_state_dict(load_file(str(path)), strict=True)
+        except RuntimeError as exc:
+            raise TargetError(f"{flag}{path}: the weights do not fit the DiT spec stored in it ({one_line(exc)}); "
+                              f"export it again with dit_duca.train --export") from None
         return target
     if name in ("PixArt-XL/2", "pixart"):
         if ckpt is not None:

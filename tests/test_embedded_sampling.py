@@ -171,7 +171,8 @@ def test_demo_rejects_bad_flags(tmp_path, capsys):
                           (["--ckpt", str(tmp_path / "nope.safetensors")], "no such file"),
                           (["--cfg-scale", "0.5"], "--cfg-scale must be >= 1"),
                           (["--cfg-scale", "nan"], "--cfg-scale must be >= 1"),
-                          (["--repeats", "0"], "--repeats must be >= 1")]:
+                          (["--repeats", "0"], "--repeats must be >= 1"),
+                          (["--seed", "-1"], "--seed")]:
         with pytest.raises(SystemExit) as exc:
             demo.parse_args(argv + ["--out", str(tmp_path / "o")])
         assert exc.value.code == 2
@@ -179,6 +180,31 @@ def test_demo_rejects_bad_flags(tmp_path, capsys):
     quick, full = demo.parse_args(["--out", str(tmp_path)]), demo.parse_args(["--full", "--out", str(tmp_path)])
     assert (quick.num_samples, quick.repeats, quick.num_sampling_steps) == (20, 2, 25)
     assert (full.num_samples, full.repeats, full.num_sampling_steps) == (100, 3, DEFAULT_NUM_STEPS)
+
+
+def test_demo_refuses_a_ckpt_that_is_not_a_trainer_export_before_any_work(tmp_path, capsys, monkeypatch):
+    """A text file, a torch .pt and a safetensors file without the trainer's spec are each one line naming
+    --ckpt and the fix, exit 2, before a model is loaded (they used to end in a SafetensorError traceback)."""
+    from safetensors.torch import save_file
+
+    from dit_duca import demo
+
+    monkeypatch.setattr(demo, "load_dit_checkpoint", lambda *a, **k: pytest.fail("a model was loaded"))
+    text = tmp_path / "notes.safetensors"
+    text.write_text("not a checkpoint")
+    pt = tmp_path / "DiT-XL-2-256x256.pt"
+    torch.save({"w": torch.zeros(1)}, pt)
+    other = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(1)}, str(other), metadata={"kind": "something-else"})
+    for ckpt, words in [(text, "is not a readable .safetensors file"), (pt, "is not a readable .safetensors file"),
+                        (other, "has no DiT spec in its metadata")]:
+        with pytest.raises(SystemExit) as exc:
+            demo.main(["--ckpt", str(ckpt), "--out", str(tmp_path / "o")])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --ckpt {ckpt}") and words in err and "omit --ckpt" in err
+        assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_shipped_256_token_model_loads_and_reaches_the_quality_bar():

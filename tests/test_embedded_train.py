@@ -96,6 +96,28 @@ def test_bad_data_sources_fail_with_clear_messages(tmp_path):
         load_training_data(str(tmp_path / "list.pt"), 16, 1)
 
 
+def test_unreadable_latent_files_name_data_and_the_fix(tmp_path, capsys):
+    """A .npz that is not a zip (numpy's message named neither the file nor --data and suggested unpickling),
+    one holding object arrays, and a .pt that torch refuses (its message advised loading unsafely)."""
+    (tmp_path / "text.npz").write_text("not an archive")
+    np.savez(tmp_path / "objects.npz", latents=np.array([{"a": 1}], dtype=object))
+    (tmp_path / "text.pt").write_text("not a tensor file")
+    for name, words in [("text.npz", "is not a .npz archive (not a zip file)"),
+                        ("objects.npz", "cannot read it as a numeric .npz"),
+                        ("text.pt", "torch.load(weights_only=True) refused it")]:
+        path = tmp_path / name
+        with pytest.raises(DataError) as exc:
+            load_training_data(str(path), 16, 1)
+        message = str(exc.value)
+        assert message.startswith(f"--data {path}") and words in message and "\n" not in message
+        assert "If you trust the file" not in message and "file an issue" not in message
+    with pytest.raises(SystemExit) as stop:
+        train_mod.main(["--results-dir", str(tmp_path / "run"), "--data", str(tmp_path / "text.npz"), "--steps", "1"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("error: --data") and "Traceback" not in err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--depth", "0"], "--depth must be >= 1"),
     (["--class-dropout", "1.5"], "--class-dropout must be in"),

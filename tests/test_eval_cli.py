@@ -368,6 +368,31 @@ def test_bad_inputs_give_clear_errors(assets, tmp_path, capsys):
     assert "b.png" in err and "(H, W)" in err
 
 
+def test_weights_files_that_are_not_weights_are_one_line_errors(assets, tmp_path, capsys):
+    """A text file passed as --inception-weights (was an UnpicklingError traceback from torch-fidelity) or as
+    --lpips-backbone (was torch's nine-line weights-only explanation): exit 2, one line naming the fix."""
+    from duca_eval import coco, fidelity, imagenet
+
+    bad = tmp_path / "notes.pth"
+    bad.write_text("not weights")
+    out = tmp_path / "x.json"
+    err = _cli_error(imagenet.main, ["--sample", str(assets["npz"]), "--ref", str(assets["npz"]),
+                                     "--inception-weights", str(bad), "--no-cache", "--out", str(out)], capsys)
+    assert f"{bad} is not a usable torch-fidelity Inception-v3 state dict" in err and "--inception-weights" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    sample = tmp_path / "coco"
+    testing.write_random_images(sample, 1, size=16)
+    (sample / "prompts.txt").write_text("a\n")
+    err = _cli_error(coco.main, ["--sample", str(sample), "--ref", str(sample), "--no-clip", "--no-cache",
+                                 "--inception-weights", str(bad), "--out", str(out)], capsys)
+    assert "is not a usable torch-fidelity Inception-v3 state dict" in err and err.count("\n") == 1
+    err = _cli_error(fidelity.main, ["--ref", str(sample), "--sample", str(sample), "--metrics", "lpips",
+                                     "--lpips-backbone", str(bad), "--out", str(out)], capsys)
+    assert f"cannot read LPIPS backbone weights {bad}" in err and "--lpips-backbone" in err
+    assert err.count("\n") == 1 and "file an issue" not in err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("module", ["duca_eval.imagenet", "duca_eval.coco"])
 def test_python_dash_m_entry_points_report_user_errors(module, tmp_path):
     # The real entry point: a missing sample folder is one clear line on stderr and exit status 2.

@@ -50,3 +50,17 @@ def test_no_gpu_is_refused_with_one_line(tmp_path, capsys):
         gpu_bench.main(["--out", str(tmp_path / "g")])
     assert exc.value.code == 2 and "no CUDA device is visible" in capsys.readouterr().err
     assert not (tmp_path / "g").exists()
+
+
+def test_gpu_check_script_without_a_gpu_exits_2_with_one_line(tmp_path):
+    """scripts/gpu_check.sh hides every GPU (CUDA_VISIBLE_DEVICES=''), so this runs on any machine."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh"
+    done = subprocess.run(["bash", str(script), str(tmp_path / "g")], capture_output=True, text=True,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr == "error: gpu_check: no CUDA device is visible; run it on a GPU machine\n"
+    assert not (tmp_path / "g").exists()

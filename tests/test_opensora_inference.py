@@ -163,6 +163,24 @@ def test_bad_inputs_fail_before_work(weights, tmp_path, capsys, extra, message):
     assert not out.exists()
 
 
+def test_missing_relative_weight_folders_are_not_taken_for_hub_ids(weights, tmp_path, capsys, monkeypatch):
+    """A missing local folder written as in the README (`OpenSora-STDiT-v3/`, one slash) passed --check-only as a
+    hub id, so the VBench launcher started its processes and each failed at load; now --check-only refuses it."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    for flag, value in [("--ckpt-path", "OpenSora-STDiT-v3/"), ("--vae-path", "OpenSora-VAE-v1.2/"),
+                        ("--t5-path", "t5-v1_1-xxl/"), ("--ckpt-path", "hpcai-tech/.hidden")]:
+        args = base_args(weights, out, "--prompt", "x", "--check-only")
+        args[args.index(flag) + 1] = value
+        assert inference.main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {flag} {value!r} does not exist") and "hub id" in err
+    args = base_args(weights, out, "--prompt", "x", "--check-only")
+    args[args.index("--ckpt-path") + 1] = "hpcai-tech/OpenSora-STDiT-v3"      # a hub id is still one
+    assert inference.main(args) == 0
+    capsys.readouterr()
+
+
 def test_missing_weights_and_empty_prompt_lines(weights, tmp_path, capsys):
     out = tmp_path / "out"
     args = base_args(weights, out, "--prompt", "x")

@@ -74,6 +74,30 @@ def test_incomplete_or_bad_score_folders_are_named(tmp_path, capsys):
     assert "NAME=SCORE_DIR" in capsys.readouterr().err
 
 
+def test_malformed_score_files_and_reports_are_named_not_tracebacks(tmp_path, capsys):
+    """Result files of the wrong JSON shape (a list: was an AttributeError traceback), scores outside [0, 1] or
+    NaN (were tabulated), an info file that is not a list of entries, a report with a NaN or negative speed-up."""
+    folder = write_scores(tmp_path / "s", RESULTS["none"])
+    good = (folder / "color_eval_results.json").read_text()
+    for content, words in [("[]", "holds a JSON list, not VBench's"),
+                           ('{"color": [NaN, []]}', "the color score nan is not in [0, 1]"),
+                           ('{"color": [1.5, []]}', "the color score 1.5 is not in [0, 1]")]:
+        (folder / "color_eval_results.json").write_text(content)
+        assert vbench_table.main(["--run", f"x={folder}"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "color_eval_results.json" in err and words in err
+    (folder / "color_eval_results.json").write_text(good)
+    (folder / "color_full_info.json").write_text('{"prompt_en": "p"}')
+    assert vbench_table.main(["--run", f"x={folder}"]) == 2
+    assert "color_full_info.json is not VBench's list of prompt entries" in capsys.readouterr().err
+    write_scores(tmp_path / "ok", RESULTS["none"])
+    for speedup in ("NaN", "-2"):
+        report = tmp_path / "report.json"
+        report.write_text(f'{{"flops": {{"speedup": {speedup}}}}}')
+        assert vbench_table.main(["--run", f"x={tmp_path / 'ok'}:{report}", "--out", str(tmp_path / "t.md")]) == 2
+        assert "flops.speedup" in capsys.readouterr().err and not (tmp_path / "t.md").exists()
+
+
 # ---------------------------------------------------------------------------------------------------
 # Launcher: shards, no-GPU refusal, a tiny end-to-end run on the CPU, resume; scorer: its up-front checks
 # ---------------------------------------------------------------------------------------------------

@@ -108,6 +108,29 @@ def test_clear_errors_before_any_work(assets, tmp_path, capsys, change, message)
     assert not list((tmp_path / "out").glob("*.png"))
 
 
+def test_bad_weight_paths_and_prompt_files_name_the_flag(assets, tmp_path, capsys, monkeypatch):
+    """A text file as --model_path (torch's weights-only essay, advising to unpickle unsafely, was the message),
+    missing local folders written with a trailing slash (taken for hub ids; --t5_path failed only after the
+    transformer was loaded), and an empty --txt_file (the message did not name the flag)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.pth").write_text("not a checkpoint")
+    (tmp_path / "EMPTY").write_text("\n")
+    for change, words in [(["--model_path", "notes.pth"], "cannot read 'notes.pth' as a torch checkpoint "
+                                                          "(torch.load(weights_only=True) refused it"),
+                          (["--model_path", "PixArt-XL-2-256x256/", "--image_size", "256"],
+                           "--model_path 'PixArt-XL-2-256x256/' does not exist"),
+                          (["--t5_path", "t5_ckpts/"], "--t5_path 't5_ckpts/' does not exist"),
+                          (["--vae_path", "sd-vae-ft-ema/"], "--vae_path 'sd-vae-ft-ema/' does not exist"),
+                          (["--txt_file", "EMPTY"], "--txt_file 'EMPTY' is empty")]:
+        args = base_args(assets, tmp_path / "out", "--vae_path", "none") + change
+        for script in (inference, inference_ddp):
+            assert script.main(args) == 2
+            err = capsys.readouterr().err
+            assert err.startswith("error: ") and words in err, err
+            assert err.count("\n") == 1 and "file an issue" not in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_ddp_two_processes_equal_one_and_resume(assets, tmp_path):
     common = ["--bs", "2", "--vae_path", "none", *REFERENCE_FLAGS]
     one = tmp_path / "one"

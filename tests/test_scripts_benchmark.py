@@ -128,6 +128,7 @@ def test_benchmark_reports_cache_bytes_and_engine_time(bench):
 @pytest.mark.parametrize("argv, words", [
     (["--steps", "0"], "--steps=0"),
     (["--repeats", "0"], "--repeats=0"),
+    (["--seed", "-1"], "--seed"),
     (["--methods", "duca:n=3,bogus=1"], "unknown setting"),
     (["--model", "DiT-XXL/2"], "unknown --model"),
     (["--device", "cuda:7"], None),
@@ -143,6 +144,32 @@ def test_benchmark_bad_inputs_exit_with_a_message(argv, words, capsys, tmp_path)
     assert exc.value.code == 2
     assert words in capsys.readouterr().err
     assert not (tmp_path / "benchmark.json").exists()
+
+
+def test_benchmark_bad_checkpoints_exit_with_one_line_before_a_model_is_built(capsys, tmp_path, monkeypatch):
+    """--ckpt problems: a text file for an embedded model (was a SafetensorError traceback), --ckpt with the
+    random-weights tiny model (was silently ignored), and a text .pt for a DiT config: read before the model
+    is built, and one line without torch's advice to unpickle the file unsafely."""
+    from duca_scripts import targets
+
+    for suffix in (".safetensors", ".pt"):
+        (tmp_path / f"bad{suffix}").write_text("not a checkpoint")
+    built = []
+    real = targets._dit_target
+    monkeypatch.setattr(targets, "_dit_target", lambda *a, **k: built.append(a[0]) or real(*a, **k))
+    for model, ckpt, words in [("digits", "bad.safetensors", f"--ckpt {tmp_path / 'bad.safetensors'} is not a "
+                                                             f"readable .safetensors file"),
+                               ("tiny", "bad.safetensors", "--model tiny runs random weights and takes no --ckpt"),
+                               ("DiT-S/8", "bad.pt", f"cannot read checkpoint {tmp_path / 'bad.pt'}: "
+                                                     f"torch.load(weights_only=True) refused it")]:
+        with pytest.raises(SystemExit) as exc:
+            benchmark_speed.main(["--model", model, "--ckpt", str(tmp_path / ckpt), "--steps", "2", "--repeats", "1",
+                                  "--out", str(tmp_path / "out")])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and words in err
+        assert err.count("\n") == 1 and "Traceback" not in err and "file an issue" not in err
+    assert built == [] and not (tmp_path / "out" / "benchmark.json").exists()
 
 
 def test_markdown_parser_rejects_ragged_rows():

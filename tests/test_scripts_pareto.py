@@ -50,6 +50,26 @@ def test_bad_options_exit_2_naming_the_problem(argv, words, tmp_path, capsys):
     assert exc.value.code == 2 and words in capsys.readouterr().err
 
 
+def test_bad_threads_and_unwritable_out_exit_2_before_any_model(tmp_path, capsys, monkeypatch):
+    """--threads 0 (was torch's RuntimeError traceback) and an --out under a file (was NotADirectoryError
+    after the model and the classifier were loaded; an unwritable --out lost the whole run at the end)."""
+    from duca_scripts import targets
+
+    monkeypatch.setattr(targets, "build_target", lambda *a, **k: pytest.fail("a model was built"))
+    monkeypatch.setattr(pareto, "build_target", lambda *a, **k: pytest.fail("a model was built"))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    under_a_file = f"--out {blocker / 'o'} lies under {blocker}, which is a file"
+    for argv, words in [(["--threads", "0", "--out", str(tmp_path / "o")], "--threads must be >= 1, got 0"),
+                        (["--out", str(blocker / "o")], under_a_file)]:
+        with pytest.raises(SystemExit) as exc:
+            pareto.main(argv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and err.startswith("error: ") and words in err
+        assert err.count("\n") == 1 and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
 def test_engine_warmup_reaches_every_engine_row_and_no_peer():
     rows = pareto.grid((3,), (0.5,), True, engine_warmup=3)
     engine = [text for fam, text in rows if fam != "none" and not fam.startswith(("cachedit", "diffusers"))]

@@ -66,6 +66,7 @@ def test_column_major_weights_are_timed_beside_row_major(tmp_path):
     (["--rows", "0"], "--rows must be >= 1"),
     (["--steps", "0"], "--steps must be >= 1"),
     (["--warmup", "-1"], "--warmup must be >= 0"),
+    (["--threads", "-1"], "--threads must be >= 1"),
 ])
 def test_bad_flags_exit_2_before_any_work(argv, words, tmp_path, capsys):
     out = tmp_path / "out"
