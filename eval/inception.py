@@ -26,6 +26,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from duca_common.errors import read_failure
+
 from .errors import InputError
 from .images import ImageSet
 from .weights import WeightSource, resolve_weights
@@ -74,6 +76,16 @@ class InceptionFeatures:
 
         self.device = torch.device(device)
         self.weights_path = Path(weights_path)
+        # torch-fidelity unpickles the file with weights_only=False, which runs any code a hostile file holds:
+        # it is read here first with weights_only=True (tensors and containers only), and refused otherwise
+        try:
+            torch.load(self.weights_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any reader error means: not a plain state dict
+            raise InputError(
+                f"{self.weights_path} is not a usable torch-fidelity Inception-v3 state dict (not a plain state "
+                f"dict, refused unloaded: {read_failure(exc)}); "
+                f"download {INCEPTION_WEIGHTS.url} and pass it with {INCEPTION_WEIGHTS.flag}"
+            ) from exc
         try:
             model = FeatureExtractorInceptionV3(
                 "inception-v3-compat",

@@ -210,3 +210,27 @@ def test_clip_score_means():
     assert mean_clip_score(np.array([30.0, -10.0])) == pytest.approx(10.0)
     with pytest.raises(InputError, match="torchmetrics"):
         mean_clip_score(pairs, "mean")
+
+
+class _WritesAMarker:
+    """A pickled object whose unpickling runs code: what a hostile weights file holds."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_inception_weights_that_pickle_code_are_refused_unloaded(tmp_path):
+    """torch-fidelity unpickles --inception-weights with weights_only=False; our extractor reads the file
+    with weights_only=True first, so a file that would run code is refused and the code never runs."""
+    from duca_eval.errors import InputError
+
+    marker = tmp_path / "ran"
+    hostile = tmp_path / "hostile.pth"
+    torch.save({"Conv2d_1a_3x3.conv.weight": _WritesAMarker(marker)}, hostile)
+    refused = r"hostile.pth is not a usable .* state dict \(not a plain state dict, refused unloaded"
+    with pytest.raises(InputError, match=refused):
+        InceptionFeatures(hostile)
+    assert not marker.exists()
