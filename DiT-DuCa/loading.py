@@ -20,6 +20,7 @@ import torch
 
 from duca_common.errors import CheckpointError, CheckpointNotFoundError, UsageError, read_failure
 from duca_common.vae import LATENT_SCALE, load_autoencoder_kl, vae_weight_file
+from duca_common.validate import looks_like_hub_id
 
 from .models import DiT, DiT_models
 
@@ -202,7 +203,7 @@ def resolve_vae_folder(spec: str) -> Path:
             raise VAEError(f"--vae {spec}: a local VAE must be a folder with config.json and "
                            f"diffusion_pytorch_model.safetensors (or .bin)")
         return path
-    if spec.count("/") != 1 or spec.startswith((".", "/", "~")):
+    if not looks_like_hub_id(spec):
         raise VAEError(f"--vae {spec}: not a local folder, not 'ema'/'mse'/'none', and not a hub id (owner/name)")
     try:
         from huggingface_hub import snapshot_download

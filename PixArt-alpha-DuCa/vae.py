@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from duca_common.vae import LATENT_SCALE, VAE_WEIGHT_FILES, load_autoencoder_kl, vae_weight_file
+from duca_common.validate import looks_like_hub_id
 
 VAE_SUBFOLDER = "vae"
 
@@ -23,7 +24,7 @@ def _resolve(path_or_id: str) -> Path:
                 return folder
         raise FileNotFoundError(f"--vae_path {path_or_id!r} has no config.json with {VAE_WEIGHT_FILES} (nor under "
                                 f"{VAE_SUBFOLDER}/); pass the sd-vae-ft-ema folder, or --vae_path none")
-    if local.exists() or path_or_id.count("/") != 1:
+    if local.exists() or not looks_like_hub_id(path_or_id):
         raise FileNotFoundError(f"--vae_path {path_or_id!r} does not exist; pass the sd-vae-ft-ema folder, a hub id "
                                 f"such as stabilityai/sd-vae-ft-ema, or --vae_path none")
     from huggingface_hub import snapshot_download

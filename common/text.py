@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from .validate import looks_like_hub_id
+
 T5_MAX_LENGTH = 120   # PixArt-alpha's T5 sequence length (B.6); OpenSora passes its own 300 (C.7)
 
 CLEANING_PASSES = 2   # upstream calls clean_caption twice (B.6)
@@ -142,7 +144,7 @@ class T5TextEncoder:
         from transformers import AutoTokenizer, T5EncoderModel
 
         local = Path(path_or_id)
-        if not local.exists() and (path_or_id.count("/") != 1 or path_or_id.startswith((".", "/"))):
+        if not local.exists() and not looks_like_hub_id(path_or_id):
             raise FileNotFoundError(f"--t5_path {path_or_id!r} does not exist; pass the t5-v1_1-xxl folder (hub repo "
                                     f"PixArt-alpha/PixArt-alpha, subfolder t5-v1_1-xxl) or a hub id such as "
                                     f"DeepFloyd/t5-v1_1-xxl")
