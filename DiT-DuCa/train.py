@@ -184,7 +184,7 @@ def train(cfg: TrainConfig, results_dir: Path, export: Path | None = None, resum
             raise ValueError(f"--resume: the checkpoint was trained with different {', '.join(changed)} "
                              f"({', '.join(f'{n}={getattr(saved, n)!r}' for n in changed)}); use the same flags")
 
-    data = load_training_data(cfg.data, cfg.image_size, cfg.channels)
+    data = load_training_data(cfg.data, cfg.image_size, cfg.channels, progress=progress)
     spec = cfg.spec(data)
     torch.manual_seed(cfg.seed)
     model = spec.build()

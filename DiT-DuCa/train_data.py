@@ -112,7 +112,7 @@ def _load_image(path: Path, size: int, channels: int) -> np.ndarray:
     return arr * 2.0 - 1.0
 
 
-def load_image_folder(folder: Path, size: int, channels: int) -> TrainHeldout:
+def load_image_folder(folder: Path, size: int, channels: int, progress: bool = True) -> TrainHeldout:
     if channels not in (1, 3):
         raise DataError(f"--channels must be 1 (grey) or 3 (RGB) for an image folder, got {channels}")
     subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and _image_files(p))
@@ -128,7 +128,8 @@ def load_image_folder(folder: Path, size: int, channels: int) -> TrainHeldout:
         raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder} or its sub-folders")
     from tqdm.auto import tqdm
 
-    x = torch.from_numpy(np.stack([_load_image(f, size, channels) for f, _ in tqdm(files, desc="loading images")]))
+    bar = tqdm(files, desc="loading images", disable=not progress)
+    x = torch.from_numpy(np.stack([_load_image(f, size, channels) for f, _ in bar]))
     labels = torch.tensor([c for _, c in files], dtype=torch.int64)
     return _split(x, labels, num_classes, f"image folder {folder} ({len(files)} images, {kind})")
 
@@ -195,9 +196,9 @@ def check_source(source: str) -> None:
                         f"{' or '.join(LATENT_EXTENSIONS)}")
 
 
-def load_training_data(source: str, image_size: int, channels: int) -> TrainHeldout:
+def load_training_data(source: str, image_size: int, channels: int, progress: bool = True) -> TrainHeldout:
     check_source(source)
     if source == DIGITS_SOURCE:
         return load_digits_data(image_size)
     path = Path(source)
-    return load_image_folder(path, image_size, channels) if path.is_dir() else load_latent_file(path)
+    return load_image_folder(path, image_size, channels, progress) if path.is_dir() else load_latent_file(path)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from duca_common.cache.attention_score import sdpa_and_received
 from duca_common.errors import UsageError, run_or_exit
@@ -58,13 +59,15 @@ def run(tokens: list[int], repeats: int, warmup: int, device: str, threads: int 
         torch.set_num_threads(threads)
     dev = torch.device(device)
     rows = []
+    bar = tqdm(total=len(tokens) * len(PATHS) * (warmup + repeats), desc="attention cores")
     for n in tokens:
         g = torch.Generator().manual_seed(n)
         q, k, v = (torch.randn(CFG_BATCH, DIT_S_HEADS, n, DIT_S_HEAD_DIM, generator=g).to(dev) for _ in range(3))
         scale = DIT_S_HEAD_DIM ** -0.5
         cases = [Case(p, fn=(lambda p=p: FUNCTIONS[p](q, k, v, scale))) for p in PATHS]
         with torch.inference_mode():
-            series = interleaved(cases, repeats=repeats, warmup=warmup, device=dev, track_memory=True)
+            series = interleaved(cases, repeats=repeats, warmup=warmup, device=dev, track_memory=True,
+                                 progress=bar.update)
         ref_out, ref_score = series["map"].result
         out, score = series["chunked"].result
         map_bytes = CFG_BATCH * DIT_S_HEADS * n * n * 4
@@ -80,6 +83,7 @@ def run(tokens: list[int], repeats: int, warmup: int, device: str, threads: int 
                          "map_mib": map_bytes / 2 ** 20})
         rows[-2]["max_abs_score_error"] = float((score - ref_score).abs().max())
         rows[-2]["max_abs_output_error"] = float((out - ref_out).abs().max())
+    bar.close()
     return {"environment": environment(dev), "repeats": repeats, "warmup": warmup,
             "shape": f"batch {CFG_BATCH}, {DIT_S_HEADS} heads x {DIT_S_HEAD_DIM} (DiT-S)", "rows": rows}
 

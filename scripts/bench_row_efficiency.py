@@ -30,7 +30,8 @@ is the larger of its FLOPs at the full-step rate and its weights' bytes at the m
 what a kernel that reads each weight once while computing at the full-step rate would take. "s beyond the
 roofline" is what the CPU BLAS spends on top of that (at few rows largely the per-call packing of the
 weights: MKL's prepacked product is 23% faster at 24 rows, docs/benchmarks.md).
-Writes ``<out>/row_efficiency.json`` and ``.md`` and prints the table.
+Writes ``<out>/row_efficiency.json``, ``.md`` and ``.png`` (GFLOP/s and efficiency against rows) and prints
+the table.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from dit_duca.models import DiT_models
+from tqdm.auto import tqdm
 
 from duca_common.errors import UsageError, run_or_exit
 from duca_common.measure import Case, interleaved
@@ -142,8 +144,8 @@ def run(model: str, images: int, rows: list[int], steps: int, repeats: int, warm
         flops[f"adaLN:{r}"] = adaln_flops(r, hidden, depth)
     cases.append(Case(READ_LABEL, fn=read_mlp_weights))
     cases.append(Case(COPY_LABEL, fn=copy_mlp_weights))
-    with torch.inference_mode():
-        series = interleaved(cases, repeats=repeats, warmup=warmup, keep_results=False)
+    with torch.inference_mode(), tqdm(total=len(cases) * (warmup + repeats), desc=f"{model} products") as bar:
+        series = interleaved(cases, repeats=repeats, warmup=warmup, keep_results=False, progress=bar.update)
 
     def seconds(label: str) -> float:
         s = series[label]
@@ -203,6 +205,35 @@ def render(data: dict) -> str:
     return head + table + tail
 
 
+def row_efficiency_plot(data: dict, path: Path) -> Path:
+    """GFLOP/s and efficiency vs the full step against the row count, one line per product (log rows)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    products = list(dict.fromkeys(r["product"] for r in data["rows"]))
+    fig, axes = plt.subplots(1, 2, figsize=(12.0, 4.6))
+    for ax, (key, label) in zip(axes, [("gflop_per_s", "GFLOP/s (CPU time)"),
+                                       ("efficiency_vs_full_step", "efficiency vs full step")], strict=True):
+        for product in products:
+            pts = sorted((r["rows"], r[key]) for r in data["rows"] if r["product"] == product)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=4, label=product)
+        ax.axvline(data["full_step_rows"], color="grey", alpha=0.4, linestyle="--")
+        ax.set_xscale("log")
+        ax.set_xlabel("rows per product (dashed: a full step)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[1].axhline(1.0, color="grey", alpha=0.4)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{data['model']}: block products' rate against their row count "
+                 f"({data['environment']['threads']} thread(s), {data['repeats']} rounds)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -241,7 +272,8 @@ def main(argv: list[str] | None = None) -> dict:
     data = run(args.model, args.images, args.rows, args.steps, args.repeats, args.warmup, args.threads,
                args.column_major)
     md = render(data)
-    write_report(args.out, "row_efficiency", data, md)
+    row_efficiency_plot(data, args.out / "row_efficiency.png")
+    write_report(args.out, "row_efficiency", data, md, note=", row_efficiency.png")
     return data
 
 

@@ -10,7 +10,9 @@ skipped). For each kind: the mean CPU seconds, the mean FLOPs, and the time per 
 full step (1.00 = as fast per FLOP as a full step; above 1 = time the FLOPs model does not see). With
 ``--profile-ops`` one typical step of each kind (CPU time nearest the kind's median) is profiled with
 ``torch.profiler`` and the top operators are listed. A full forward of DiT-XL/2 takes ~4-8 s on the
-project's CPU, so profile a few steps, not runs.
+project's CPU, so profile a few steps, not runs. A progress bar per sampling run goes to stderr
+(``--no-progress``: none). With ``--out``: ``profile.json``, ``profile.md`` and ``profile.png`` (CPU seconds and
+FLOPs of every step, coloured by kind).
 """
 
 from __future__ import annotations
@@ -86,11 +88,11 @@ def run(opts: argparse.Namespace) -> dict:
         times = timed_forwards(model)
         base_times = []
         if opts.baseline_steps:
-            target.sample(noise, labels, opts.baseline_steps)
+            target.sample(noise, labels, opts.baseline_steps, progress=opts.progress)
             base_times = list(times)
             times.clear()
         target.configure(spec.config)
-        target.sample(noise, labels, opts.steps)
+        target.sample(noise, labels, opts.steps, progress=opts.progress)
         trace = model.feature_cache.last_trace
         del model.forward
     kinds: dict[str, list[int]] = defaultdict(list)
@@ -116,6 +118,7 @@ def run(opts: argparse.Namespace) -> dict:
     data = {"environment": environment(torch.device("cpu")), "model": opts.model, "method": spec.label,
             "steps": opts.steps, "images": opts.images, "per_step_cpu_seconds": times,
             "per_step_tflops": [f / 1e12 for f in flops],
+            "per_step_kind": [step_kind(trace, p) for p in range(trace.num_steps)],
             "uncached_step_cpu_seconds": base_times, "rows": rows, "trace": trace.table(),
             "run_cpu_seconds": total_t, "run_tflops": total_f / 1e12,
             "cpu_speedup_estimate": base_step * opts.steps / total_t,
@@ -163,7 +166,7 @@ def profile_ops(target, spec, noise, labels, trace, typical: dict[str, int], opt
     try:
         with torch.inference_mode():
             target.configure(spec.config)
-            target.sample(noise, labels, opts.steps)
+            target.sample(noise, labels, opts.steps, progress=opts.progress)
     finally:
         del model.forward
     return out
@@ -192,6 +195,39 @@ def render(data: dict) -> str:
     return head + t + tail
 
 
+def profile_plot(data: dict, path: Path) -> Path:
+    """CPU seconds (top) and reference TFLOPs (bottom) of every model evaluation, bars coloured by step kind;
+    the measured uncached step's mean (or the full steps' mean) as a line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    times, flops = data["per_step_cpu_seconds"], data["per_step_tflops"]
+    kinds = data["per_step_kind"]
+    colours = {"full": "tab:red", "conservative": "tab:orange", "aggressive": "tab:green"}
+    steps = range(len(times))
+    fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 0.3 * len(times) + 2), 5.6), sharex=True)
+    for ax, values, label in ((axes[0], times, "CPU s"), (axes[1], flops, "TFLOPs (reference formula)")):
+        ax.bar(steps, values, color=[colours[k] for k in kinds])
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+    base = data["uncached_step_cpu_seconds"]
+    if base:
+        axes[0].axhline(sum(base) / len(base), color="grey", linestyle="--", label="uncached step (mean)")
+    handles = axes[0].get_legend_handles_labels()[0]
+    handles += [Patch(color=colour, label=kind) for kind, colour in colours.items() if kind in kinds]
+    axes[0].legend(handles=handles, fontsize=8)
+    axes[1].set_xlabel("model evaluation (sampling order)")
+    fig.suptitle(f"{data['model']}, {data['method']}: CPU time and FLOPs per step\n"
+                 f"{data['images']} image(s) + CFG twin, {data['environment']['threads']} thread(s)", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="DiT-XL/2", help=TARGET_HELP)
@@ -202,7 +238,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--profile-ops", action="store_true")
     p.add_argument("--top", type=int, default=15)
-    p.add_argument("--out", type=Path, default=None, help="folder for profile.json / profile.md")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar per sampling run")
+    p.add_argument("--out", type=Path, default=None, help="folder for profile.json / profile.md / profile.png")
     opts = p.parse_args(argv)
     if opts.images < 1 or opts.steps < 1:
         p.error(f"--images and --steps must be >= 1, got {opts.images} and {opts.steps}")
@@ -214,6 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
         opts.out.mkdir(parents=True, exist_ok=True)
         write_json(opts.out / "profile.json", data)
         (opts.out / "profile.md").write_text(md)
+        profile_plot(data, opts.out / "profile.png")
     return data
 
 

@@ -347,6 +347,8 @@ def test_scorer_calls_vbench_with_the_reference_settings_and_resumes(tmp_path):
     assert res.returncode == 0, res.stderr
     calls = [json.loads(line) for line in (scores / "calls.jsonl").read_text().splitlines()]
     assert [c["name"] for c in calls[1:]] == ["color", "scene"]
+    # one progress line per dimension, on stderr (stdout keeps its summary lines)
+    assert "[1/2] scoring color" in res.stderr and "[2/2] scoring scene" in res.stderr and "[1/2]" not in res.stdout
 
 
 def _calc_module():

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from PIL import Image
 from duca_scripts import profile_steps
 
 
@@ -25,6 +26,19 @@ def test_step_kinds_add_up_to_the_run(tmp_path):
     assert kinds["full"]["tflops_mean"] == pytest.approx(2 * full_one)
     saved = json.loads((tmp_path / "profile.json").read_text())
     assert saved["images"] == 2 and "2 image(s) + CFG twin" in (tmp_path / "profile.md").read_text()
+    assert sorted(set(saved["per_step_kind"])) == ["aggressive", "conservative", "full"]
+    with Image.open(tmp_path / "profile.png") as im:                  # per-step times and FLOPs as a plot
+        assert im.format == "PNG" and im.size[0] > 500 and im.size[1] > 400
+    assert (tmp_path / "profile.png").stat().st_size > 10_000
+
+
+def test_progress_goes_to_stderr_and_can_be_turned_off(capsys):
+    argv = ["--model", "tiny", "--method", "duca:n=3,r=0.5", "--steps", "3"]
+    profile_steps.main(argv)
+    shown = capsys.readouterr()
+    assert "sampling" in shown.err and "sampling:" not in shown.out and "| full |" in shown.out
+    profile_steps.main([*argv, "--no-progress"])
+    assert "sampling" not in capsys.readouterr().err
 
 
 def test_bad_counts_exit_2(capsys):

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from PIL import Image
 from duca_scripts import bench_row_efficiency as bench
 
 
@@ -44,7 +45,11 @@ def test_flops_and_the_full_step_reference(tmp_path, capsys):
     assert "read once in" in (tmp_path / "row_efficiency.md").read_text()
     printed = capsys.readouterr()
     assert "| mlp | 24 |" in printed.out
-    assert printed.err.strip().splitlines()[-1] == f"wrote {tmp_path}/row_efficiency.json and .md"
+    assert printed.err.strip().splitlines()[-1] == f"wrote {tmp_path}/row_efficiency.json and .md, row_efficiency.png"
+    assert "| mlp | 24 |" not in printed.err and "DiT-S/2 products" in printed.err      # the bar: stderr only
+    with Image.open(tmp_path / "row_efficiency.png") as im:                     # the sweep as a plot
+        assert im.format == "PNG" and im.size[0] > 600 and im.size[1] > 300
+    assert (tmp_path / "row_efficiency.png").stat().st_size > 10_000
 
 
 def test_column_major_weights_are_timed_beside_row_major(tmp_path):

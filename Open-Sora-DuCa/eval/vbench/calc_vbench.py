@@ -197,7 +197,8 @@ def run(argv: list[str] | None = None) -> int:
     from vbench import VBench
 
     bench = VBench(torch.device(args.device), str(Path(args.full_info).resolve()), str(score_dir))
-    for dim in todo:
+    for i, dim in enumerate(todo, 1):              # hours in all: one progress line per dimension, on stderr
+        print(f"[{i}/{len(todo)}] scoring {dim}", file=sys.stderr, flush=True)
         bench.evaluate(videos_path=str(view), name=dim, local=False, read_frame=False, dimension_list=[dim],
                        mode="vbench_standard", imaging_quality_preprocessing_mode="longer")
     print(f"done; tabulate in the project's environment: python -m opensora_duca.vbench_table --run NAME={score_dir}")
