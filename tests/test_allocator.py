@@ -106,8 +106,9 @@ from duca_common import allocator
 assert allocator.retain_freed_memory()
 MB = 1 << 20
 # torch's 64-byte-aligned blocks fragment the heap for the first steps: after 10 steps 8 of 30 runs still
-# faulted one 12 MB block in during the next 5, after 20 steps none of 30 did
-WARMUP_STEPS = 20
+# faulted one 12 MB block in during the next 5, after 20 steps none of 30 did in isolation (one full-suite
+# run of 2026-12-04 still failed); 40 steps cost ~0.6 s more
+WARMUP_STEPS = 40
 cache = [None] * 8
 def step():
     for b in range(8):
@@ -124,16 +125,24 @@ print(f1 - f0, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f1)
 """
 
 
+# Page faults of a fresh process depend on how its heap happened to fragment; a second fresh process is
+# measured when the first one faulted (retention that does not work faults in every run, see below)
+STEP_LOOP_ATTEMPTS = 2
+
+
 def test_retained_memory_is_reused_instead_of_faulted_in_again():
-    out = _child(_STEP_LOOP, _env("retain"))
-    assert out.returncode == 0, out.stderr
-    warmup, steady = map(int, out.stdout.split())
     one_step_pages = 8 * 18 * MIB // 4096
-    assert warmup >= one_step_pages // 2          # the counter sees fresh memory being faulted in
+    for _ in range(STEP_LOOP_ATTEMPTS):
+        out = _child(_STEP_LOOP, _env("retain"))
+        assert out.returncode == 0, out.stderr
+        warmup, steady = map(int, out.stdout.split())
+        if steady < 5 * one_step_pages // 100:
+            break
+    assert warmup >= one_step_pages // 2, (warmup, steady)   # the counter sees fresh memory being faulted in
     # once the heap holds a step's worth, 5 more steps (5 x 8 x 18 MB) fault (almost) nothing in again. With
     # DUCA_CPU_ALLOCATOR=system the same 5 steps faulted 3,072-73,408 pages in (4 runs, erratic: glibc's
     # dynamic mmap threshold), so it is not asserted.
-    assert steady < 5 * one_step_pages // 100
+    assert steady < 5 * one_step_pages // 100, (warmup, steady)
 
 
 def test_timing_entry_points_refuse_a_bad_policy_before_any_model(monkeypatch, capsys, tmp_path):
