@@ -31,7 +31,15 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-NUM_DIFFUSION_TIMESTEPS = 1000
+NUM_DIFFUSION_TIMESTEPS = 1000          # base schedule length (models.md A.5)
+LINEAR_BETA_START = 1e-4                # linear betas 1e-4 .. 0.02 over the 1000 base steps (models.md A.5)
+LINEAR_BETA_END = 0.02
+# discretized_gaussian_log_likelihood, as upstream DiT diffusion_utils (from guided-diffusion / IDDPM):
+CDF_TANH_COEF = 0.044715                # tanh approximation of the standard normal CDF (the GELU-tanh constant)
+PIXEL_BIN_HALF_WIDTH = 1.0 / 255.0      # 8-bit data scaled to [-1, 1]: bins of width 2/255
+LOG_CLAMP_MIN = 1e-12                   # floor before log() of a CDF value
+PIXEL_EDGE = 0.999                      # |x| above this is the first/last bin (open-ended CDF tail)
+POSTERIOR_VAR_FLOOR = 1e-20             # 1-step process: its only posterior variance is 0; avoids log(0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -40,8 +48,8 @@ NUM_DIFFUSION_TIMESTEPS = 1000
 
 def linear_betas(num_diffusion_timesteps: int = NUM_DIFFUSION_TIMESTEPS) -> np.ndarray:
     """Linear betas of DDPM (1e-4 .. 0.02 for 1000 steps, scaled for other lengths), float64."""
-    scale = 1000 / num_diffusion_timesteps
-    return np.linspace(scale * 0.0001, scale * 0.02, num_diffusion_timesteps, dtype=np.float64)
+    scale = NUM_DIFFUSION_TIMESTEPS / num_diffusion_timesteps
+    return np.linspace(scale * LINEAR_BETA_START, scale * LINEAR_BETA_END, num_diffusion_timesteps, dtype=np.float64)
 
 
 def space_timesteps(num_timesteps: int, section_counts: str | list[int]) -> set[int]:
@@ -61,7 +69,8 @@ def space_timesteps(num_timesteps: int, section_counts: str | list[int]) -> set[
         try:
             section_counts = [int(x) for x in section_counts.split(",")]
         except ValueError as exc:
-            raise ValueError(f"timestep respacing {section_counts!r} is not a comma-separated list of integers") from exc
+            raise ValueError(f"timestep respacing {section_counts!r} is not a comma-separated list of "
+                             "integers") from exc
     size_per = num_timesteps // len(section_counts)
     extra = num_timesteps % len(section_counts)
     start_idx = 0
@@ -111,20 +120,21 @@ def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, l
 
 
 def approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3))))
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + CDF_TANH_COEF * torch.pow(x, 3))))
 
 
-def discretized_gaussian_log_likelihood(x: torch.Tensor, *, means: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
+def discretized_gaussian_log_likelihood(x: torch.Tensor, *, means: torch.Tensor,
+                                        log_scales: torch.Tensor) -> torch.Tensor:
     """Log-likelihood of data in [-1, 1] discretised to 256 bins (IDDPM), elementwise, in nats."""
     centered_x = x - means
     inv_stdv = torch.exp(-log_scales)
-    cdf_plus = approx_standard_normal_cdf(inv_stdv * (centered_x + 1.0 / 255.0))
-    cdf_min = approx_standard_normal_cdf(inv_stdv * (centered_x - 1.0 / 255.0))
-    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
-    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    cdf_plus = approx_standard_normal_cdf(inv_stdv * (centered_x + PIXEL_BIN_HALF_WIDTH))
+    cdf_min = approx_standard_normal_cdf(inv_stdv * (centered_x - PIXEL_BIN_HALF_WIDTH))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=LOG_CLAMP_MIN))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=LOG_CLAMP_MIN))
     cdf_delta = cdf_plus - cdf_min
-    return torch.where(x < -0.999, log_cdf_plus,
-                       torch.where(x > 0.999, log_one_minus_cdf_min, torch.log(cdf_delta.clamp(min=1e-12))))
+    log_cdf_delta = torch.log(cdf_delta.clamp(min=LOG_CLAMP_MIN))
+    return torch.where(x < -PIXEL_EDGE, log_cdf_plus, torch.where(x > PIXEL_EDGE, log_one_minus_cdf_min, log_cdf_delta))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -165,7 +175,8 @@ class GaussianDiffusion:
             self.posterior_log_variance_clipped = np.log(np.append(self.posterior_variance[1],
                                                                    self.posterior_variance[1:]))
         else:
-            self.posterior_log_variance_clipped = np.array([np.log(max(self.posterior_variance[0], 1e-20))])
+            floored = max(self.posterior_variance[0], POSTERIOR_VAR_FLOOR)
+            self.posterior_log_variance_clipped = np.array([np.log(floored)])
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
 
@@ -334,7 +345,8 @@ class GaussianDiffusion:
             frozen_out = torch.cat([model_output.detach(), model_var_values], dim=1)
             terms["vb"] = self._vb_terms_bpd(None, x_start, x_t, t, frozen_out)
         if model_output.shape != x_start.shape:
-            raise ValueError(f"model output {tuple(model_output.shape)} does not match the input {tuple(x_start.shape)}")
+            raise ValueError(f"model output {tuple(model_output.shape)} does not match the input "
+                             f"{tuple(x_start.shape)}")
         terms["mse"] = mean_flat((noise - model_output) ** 2)
         terms["loss"] = terms["mse"] + terms["vb"] if "vb" in terms else terms["mse"]
         return terms
@@ -347,7 +359,8 @@ class SpacedDiffusion(GaussianDiffusion):
     first = 1; ``timestep_map`` holds the kept original timesteps.
     """
 
-    def __init__(self, use_timesteps: set[int] | list[int], base_betas: np.ndarray, *, learn_sigma: bool = True) -> None:
+    def __init__(self, use_timesteps: set[int] | list[int], base_betas: np.ndarray, *,
+                 learn_sigma: bool = True) -> None:
         base = GaussianDiffusion(base_betas, learn_sigma=learn_sigma)
         last_alpha_cumprod = 1.0
         new_betas, timestep_map = [], []

@@ -21,6 +21,22 @@ from duca_common.cache.attention_score import sdpa_and_received
 # the timestep embedder (models.md 0.1) and the 2-D sin-cos table (0.4) are shared with PixArt
 from duca_common.layers import TimestepEmbedder, pos_embed_2d
 
+# Constants of the DiT architecture (facebookresearch/DiT models.py; models.md A.1-A.3).
+LN_EPS = 1e-6                    # LayerNorm(C, eps=1e-6, elementwise_affine=False) (models.md notation, A.3)
+NUM_MODULATIONS = 6              # adaLN vectors per block: shift/scale/gate of attention, then of the MLP (A.3)
+EMBED_INIT_STD = 0.02            # normal init std of the label table and timestep MLP (upstream initialize_weights)
+# DiT-XL/2 at 256px, the constructor defaults (models.md A.1): latent side 32 = 256 / 8
+XL_INPUT_SIZE = 32
+XL_PATCH_SIZE = 2
+LATENT_CHANNELS = 4              # SD VAE latent channels (models.md D.1)
+XL_HIDDEN = 1152
+XL_DEPTH = 28
+XL_HEADS = 16
+MLP_RATIO = 4.0                  # timm Mlp hidden = 4C (models.md 0.3)
+CLASS_DROPOUT = 0.1              # label dropout; > 0 adds the null-class row (A.1)
+IMAGENET_CLASSES = 1000
+OFFICIAL_CFG_CHANNELS = 3        # forward_with_cfg guides only eps channels 0..2 of the official models (A.4)
+
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
@@ -130,13 +146,14 @@ class Mlp(nn.Module):
 class DiTBlock(nn.Module):
     """adaLN-Zero block. Cache decisions come from the engine's block view (``cache``)."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = MLP_RATIO) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=LN_EPS)
         self.attn = Attention(hidden_size, num_heads)
-        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=LN_EPS)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size, bias=True))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(),
+                                              nn.Linear(hidden_size, NUM_MODULATIONS * hidden_size, bias=True))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, cache=None) -> torch.Tensor:
         if cache is not None and cache.skip:          # aggressive: the block adds nothing
@@ -163,8 +180,8 @@ class DiTBlock(nn.Module):
         """
         if cache is not None:
             need = [base + i for module, base in (("attn", 0), ("mlp", 3)) for i in _MOD_NEEDED[cache.action(module)]]
-            if len(need) < 6:
-                out: list[torch.Tensor | None] = [None] * 6
+            if len(need) < NUM_MODULATIONS:
+                out: list[torch.Tensor | None] = [None] * NUM_MODULATIONS
                 linear = self.adaLN_modulation[-1]
                 dim = linear.in_features
                 h = self.adaLN_modulation[0](c) if need else None
@@ -172,7 +189,7 @@ class DiTBlock(nn.Module):
                     rows = F.linear(h, linear.weight[lo * dim:hi * dim], linear.bias[lo * dim:hi * dim])
                     out[lo:hi] = rows.chunk(hi - lo, dim=1)
                 return out
-        return list(self.adaLN_modulation(c).chunk(6, dim=1))
+        return list(self.adaLN_modulation(c).chunk(NUM_MODULATIONS, dim=1))
 
 
 # adaLN vectors (0 shift, 1 scale, 2 gate) a module needs for each engine action: a computed module (full or
@@ -195,7 +212,7 @@ def _runs(indices: list[int]) -> list[tuple[int, int]]:
 class FinalLayer(nn.Module):
     def __init__(self, hidden_size: int, patch_size: int, out_channels: int) -> None:
         super().__init__()
-        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=LN_EPS)
         self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels, bias=True)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size, bias=True))
 
@@ -217,9 +234,10 @@ def dit_block_layout(depth: int) -> BlockLayout:
 class DiT(CachedModel, nn.Module):
     """Diffusion transformer. ``forward(x, t, y)`` with integer timesteps in the original 0..999 scale."""
 
-    def __init__(self, input_size: int = 32, patch_size: int = 2, in_channels: int = 4, hidden_size: int = 1152,
-                 depth: int = 28, num_heads: int = 16, mlp_ratio: float = 4.0, class_dropout_prob: float = 0.1,
-                 num_classes: int = 1000, learn_sigma: bool = True, cfg_channels: int | None = None,
+    def __init__(self, input_size: int = XL_INPUT_SIZE, patch_size: int = XL_PATCH_SIZE,
+                 in_channels: int = LATENT_CHANNELS, hidden_size: int = XL_HIDDEN, depth: int = XL_DEPTH,
+                 num_heads: int = XL_HEADS, mlp_ratio: float = MLP_RATIO, class_dropout_prob: float = CLASS_DROPOUT,
+                 num_classes: int = IMAGENET_CLASSES, learn_sigma: bool = True, cfg_channels: int | None = None,
                  cache_config: CacheConfig | None = None) -> None:
         super().__init__()
         if input_size % patch_size:
@@ -235,7 +253,9 @@ class DiT(CachedModel, nn.Module):
         self.num_classes = num_classes
         # Channels guided by forward_with_cfg: 3 for the official 4-channel models (models.md A.4, a
         # quirk kept for parity); every epsilon channel for other channel counts.
-        self.cfg_channels = cfg_channels if cfg_channels is not None else (3 if in_channels == 4 else in_channels)
+        official = in_channels == LATENT_CHANNELS
+        self.cfg_channels = (cfg_channels if cfg_channels is not None
+                             else OFFICIAL_CFG_CHANNELS if official else in_channels)
 
         self.x_embedder = PatchEmbed(input_size, patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
@@ -268,9 +288,9 @@ class DiT(CachedModel, nn.Module):
         w = self.x_embedder.proj.weight.data
         nn.init.xavier_uniform_(w.view([w.shape[0], -1]))
         nn.init.constant_(self.x_embedder.proj.bias, 0)
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=EMBED_INIT_STD)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=EMBED_INIT_STD)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=EMBED_INIT_STD)
         for block in self.blocks:
             nn.init.constant_(block.adaLN_modulation[-1].weight, 0)
             nn.init.constant_(block.adaLN_modulation[-1].bias, 0)
@@ -325,7 +345,8 @@ class DiT(CachedModel, nn.Module):
 # ------------------------------------------------------------------------------------------------
 
 # ------------------------------------------------------------------------------------------------
-# Configs (facebookresearch/DiT)
+# Configs: the size table of upstream facebookresearch/DiT models.py (depth, hidden, patch, heads;
+# XL/2 is models.md A.1)
 # ------------------------------------------------------------------------------------------------
 
 def DiT_XL_2(**kwargs): return DiT(depth=28, hidden_size=1152, patch_size=2, num_heads=16, **kwargs)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from dit_duca.diffusion import create_diffusion
+from dit_duca.models import IMAGENET_CLASSES
 from dit_duca.loading import (CheckpointNotFoundError, build_dit, decode_latents, load_checkpoint, load_into,
                               load_vae, resolve_checkpoint, resolve_vae_folder)
 from dit_duca.precision import DTYPE_CHOICES, DTYPE_HELP, dtype_name, resolve_dtype
@@ -34,19 +35,26 @@ from duca_common.outputs import check_output_file, image_suffixes
 from duca_common.runtime import atomic_path, pick_device, write_json
 from duca_common.validate import SEED, FiniteWatch, check_number
 
-REFERENCE_CLASS_LABELS = [207, 360, 387, 974, 88, 979, 417, 279]
+REFERENCE_CLASS_LABELS = [207, 360, 387, 974, 88, 979, 417, 279]   # upstream DiT sample.py's ImageNet labels
+# argparse defaults of the DuCa reference sample.py (models.md A.5 defaults table; the VAE is upstream's)
+DEFAULT_CFG_SCALE = 1.5
+DEFAULT_STEPS = 250
+DEFAULT_VAE = "mse"
+GRID_COLUMNS = 4                 # images per row of the saved grid, as upstream sample.py's save_image(nrow=4)
+TERA = 1e12                      # FLOPs -> TFLOPs
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_model_args(parser, cfg_scale=1.5, steps=250, vae="mse")
+    add_model_args(parser, cfg_scale=DEFAULT_CFG_SCALE, steps=DEFAULT_STEPS, vae=DEFAULT_VAE)
     add_cache_args(parser, cache_type="attention")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--class-labels", type=str, default=None,
                         help="comma-separated labels; default: the reference's 207,360,387,974,88,979,417,279")
     parser.add_argument("--out", type=str, default="sample.png", help="image grid (PNG)")
-    parser.add_argument("--save-latents", type=str, default=None, help="save the final latents (before decoding) as .pt")
+    parser.add_argument("--save-latents", type=str, default=None,
+                        help="save the final latents (before decoding) as .pt")
     parser.add_argument("--report", type=str, default=None, help="write a JSON report (FLOPs, latency, cache, trace)")
     parser.add_argument("--flops-only", action="store_true",
                         help="count the FLOPs of the whole run on the meta device (no weights, no images)")
@@ -61,9 +69,9 @@ def parse_labels(text: str | None, num_classes: int | None) -> list[int]:
     if text is None:
         if num_classes is None:
             return list(REFERENCE_CLASS_LABELS)
-        if num_classes == 1000:
+        if num_classes == IMAGENET_CLASSES:
             return list(REFERENCE_CLASS_LABELS)
-        return [i % num_classes for i in range(8)]
+        return [i % num_classes for i in range(len(REFERENCE_CLASS_LABELS))]
     try:
         labels = [int(v) for v in text.split(",") if v.strip() != ""]
     except ValueError:
@@ -72,7 +80,8 @@ def parse_labels(text: str | None, num_classes: int | None) -> list[int]:
         raise UsageError("--class-labels is empty; pass comma-separated class indices, e.g. 207,360")
     bad = [v for v in labels if v < 0 or (num_classes is not None and v >= num_classes)]
     if bad:
-        raise UsageError(f"--class-labels {bad} outside 0..{(num_classes or 1) - 1}; the model has {num_classes} classes")
+        raise UsageError(f"--class-labels {bad} outside 0..{(num_classes or 1) - 1}; "
+                         f"the model has {num_classes} classes")
     return labels
 
 
@@ -115,11 +124,11 @@ def count_flops(args: argparse.Namespace, cache_cfg, config: dict | None, n: int
     ref = reference_flops(trace, dims)
     full = full_run_flops(dims, model.depth, args.num_sampling_steps, model.feature_cache.layout.modules)
     return {"reference_flops": ref, "reference_flops_per_image": ref / n,
-            "reference_tflops_per_image": ref / n / 1e12,
-            "uncached_reference_flops": full, "uncached_reference_tflops_per_image": full / n / 1e12,
+            "reference_tflops_per_image": ref / n / TERA,
+            "uncached_reference_flops": full, "uncached_reference_tflops_per_image": full / n / TERA,
             "reference_speedup": full / ref if ref else float("inf"),
             "measured_flops": measured, "measured_flops_per_image": measured / n,
-            "measured_tflops_per_image": measured / n / 1e12,
+            "measured_tflops_per_image": measured / n / TERA,
             "measured_note": "torch FlopCounterMode over the whole sampling loop on the meta device "
                              "(all network evaluations incl. embedders and final layer; no VAE)",
             "trace": trace.table(), "trace_actions": trace.actions.tolist(),
@@ -189,7 +198,8 @@ def run(args: argparse.Namespace) -> dict:
         report.update(flops)
         print(f"[flops-only] {args.model} {args.image_size}px, {args.num_sampling_steps} steps, {cache_desc}")
         print(f"reference formula: {flops['reference_tflops_per_image']:.3f} TFLOPs per image "
-              f"(uncached {flops['uncached_reference_tflops_per_image']:.3f}, speed-up {flops['reference_speedup']:.2f}x)")
+              f"(uncached {flops['uncached_reference_tflops_per_image']:.3f}, "
+              f"speed-up {flops['reference_speedup']:.2f}x)")
         print(f"measured (meta device): {flops['measured_tflops_per_image']:.3f} TFLOPs per image")
         print(flops["trace"])
         _write_report(args.report, report)
@@ -234,10 +244,10 @@ def run(args: argparse.Namespace) -> dict:
     dims = run_dims(model, 2 * n)
     ref = reference_flops(trace, dims)
     full = full_run_flops(dims, model.depth, args.num_sampling_steps, model.feature_cache.layout.modules)
-    print(f"{cache_desc}; sampling {latency:.2f} s; reference FLOPs {ref / n / 1e12:.3f} TFLOPs per image "
+    print(f"{cache_desc}; sampling {latency:.2f} s; reference FLOPs {ref / n / TERA:.3f} TFLOPs per image "
           f"(speed-up {full / ref:.2f}x)")
     if args.test_flops:
-        print(f"Total FLOPs (reference formula): {ref / 1e12:.4f} TFLOPs for {n} images with CFG")
+        print(f"Total FLOPs (reference formula): {ref / TERA:.4f} TFLOPs for {n} images with CFG")
 
     images = decode_latents(vae, latents)
     if not torch.isfinite(images).all():
@@ -250,12 +260,12 @@ def run(args: argparse.Namespace) -> dict:
         from torchvision.utils import save_image
         grid_images = images if images.shape[1] in (1, 3) else images[:, :3]
         with atomic_path(Path(args.out)) as tmp:
-            save_image(grid_images, tmp, nrow=4, normalize=True, value_range=(-1, 1))
+            save_image(grid_images, tmp, nrow=GRID_COLUMNS, normalize=True, value_range=(-1, 1))
         print(f"saved {args.out}")
 
     report.update({"checkpoint": str(ckpt_path), "device": str(device), "dtype": dtype_name(dtype),
                    "latency_s": latency,
-                   "reference_flops": ref, "reference_tflops_per_image": ref / n / 1e12,
+                   "reference_flops": ref, "reference_tflops_per_image": ref / n / TERA,
                    "uncached_reference_flops": full, "reference_speedup": full / ref if ref else float("inf"),
                    "cache_peak_bytes": model.feature_cache.last_peak_bytes,
                    "trace": trace.table(), "trace_actions": trace.actions.tolist(),

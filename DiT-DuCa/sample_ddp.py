@@ -48,18 +48,24 @@ from duca_common.seeding import sample_seed
 from duca_common.validate import COUNT, SEED, FiniteWatch, check_numbers
 
 MANIFEST = RECORD_NAME
+# argparse defaults of upstream DiT sample_ddp.py (models.md A.5 defaults table: 250 steps, CFG 1.5, ema VAE)
+DEFAULT_CFG_SCALE = 1.5
+DEFAULT_STEPS = 250
+DEFAULT_VAE = "ema"
+DEFAULT_PER_PROC_BATCH = 32
+DEFAULT_NUM_FID_SAMPLES = 50_000      # FID-50K, as upstream (the ADM evaluation suite's sample count)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_model_args(parser, cfg_scale=1.5, steps=250, vae="ema")
+    add_model_args(parser, cfg_scale=DEFAULT_CFG_SCALE, steps=DEFAULT_STEPS, vae=DEFAULT_VAE)
     add_cache_args(parser, cache_type="random")
     parser.add_argument("--sample-dir", type=str, default="samples")
     parser.add_argument("--out", type=str, default=None,
                         help="sample folder (default: an upstream-style name under --sample-dir)")
-    parser.add_argument("--per-proc-batch-size", type=int, default=32)
-    parser.add_argument("--num-fid-samples", type=int, default=50_000)
+    parser.add_argument("--per-proc-batch-size", type=int, default=DEFAULT_PER_PROC_BATCH)
+    parser.add_argument("--num-fid-samples", type=int, default=DEFAULT_NUM_FID_SAMPLES)
     parser.add_argument("--global-seed", type=int, default=0)
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=DTYPE_HELP)
     parser.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
@@ -146,7 +152,8 @@ def run_settings(args: argparse.Namespace, ckpt_path: Path, stored: dict | None,
 def prepare(args: argparse.Namespace, rank: int, device: torch.device):
     """Validate everything before any sampling: flags, output folder, checkpoint, run record, model, VAE."""
     validate_common(args)
-    check_numbers([("--global-seed", args.global_seed, SEED), ("--per-proc-batch-size", args.per_proc_batch_size, COUNT),
+    check_numbers([("--global-seed", args.global_seed, SEED),
+                   ("--per-proc-batch-size", args.per_proc_batch_size, COUNT),
                    ("--num-fid-samples", args.num_fid_samples, COUNT)])
     resolve_dtype(args.dtype, device)                    # fp16 on CPU fails here, before any work
     cache_cfg, cache_desc = cache_config_from_args(args)

@@ -50,8 +50,8 @@ from opensora_duca.checkpoint import CONFIG_FILE, CheckpointError, config_fields
 from opensora_duca.config import InferenceConfig, parse_config
 from opensora_duca.pipeline import DEFAULT_AES, DEFAULT_FPS, VideoSpec, flops_report
 from opensora_duca.rflow import RFlowConfig, sampling_timesteps
-from opensora_duca.stdit3 import STDIT3_HUB_ID, STDiT3Config, stdit3_xl_2
-from opensora_duca.vae import VAE_HUB_ID, VideoVAEConfig
+from opensora_duca.stdit3 import PATCH_SIZE, STDIT3_HUB_ID, STDiT3Config, stdit3_xl_2
+from opensora_duca.vae import VAE_HUB_ID, SpatialVAEConfig, VideoVAEConfig
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_SEED = 1024                      # C.9: the DuCa fork reseeds with 1024 + k
@@ -62,6 +62,8 @@ MAX_NAME_BYTES = 250                     # file-name limit (255) minus "-k.mp4" 
 VIDEO_CRF = "0"                          # upstream save_sample: h264 with crf 0
 NOISE_SEEDINGS = ("reference", "per-sample")
 SCORE = Bound("score appended to the prompt; a negative --aes appends none", low=0.0)
+# smallest image side: one latent patch, the VAE's 8x spatial downsampling (C.8) times the patch 2 (C.2) = 16
+MIN_IMAGE_SIDE = SpatialVAEConfig().downsample * PATCH_SIZE[1]
 VIDEO_GLOB = "*.mp4"                     # what a sampling folder holds (a folder of videos without run.json is refused)
 
 # Every setting a config file can give: (argparse dest, dotted config key, built-in default). A flag on the
@@ -226,8 +228,8 @@ def image_size(args: argparse.Namespace) -> tuple[int, int]:
         h, w = args.image_size
     else:
         h, w = aspect.image_size(args.resolution, args.aspect_ratio)
-    if h < 16 or w < 16:
-        raise UsageError(f"image size {h}x{w} is too small: pass at least 16x16")
+    if h < MIN_IMAGE_SIDE or w < MIN_IMAGE_SIDE:
+        raise UsageError(f"image size {h}x{w} is too small: pass at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}")
     return h, w
 
 
@@ -265,8 +267,9 @@ def vbench_info_path() -> Path:
 
     spec = importlib.util.find_spec("vbench")
     if spec is None or not spec.submodule_search_locations:
-        raise UsageError(f"--vbench needs VBench's prompt list: pass --prompts-file {VBENCH_INFO} (in the vbench==0.1.5 "
-                         f"wheel: pip download vbench==0.1.5 --no-deps, then unzip vbench/{VBENCH_INFO})")
+        raise UsageError(f"--vbench needs VBench's prompt list: pass --prompts-file {VBENCH_INFO} "
+                         f"(in the vbench==0.1.5 wheel: pip download vbench==0.1.5 --no-deps, "
+                         f"then unzip vbench/{VBENCH_INFO})")
     return Path(list(spec.submodule_search_locations)[0]) / VBENCH_INFO
 
 

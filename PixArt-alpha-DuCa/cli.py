@@ -24,7 +24,7 @@ from duca_common.validate import COUNT, GUIDANCE, SEED, STEPS, Bound, FiniteWatc
 
 from .checkpoint import CheckpointError, check_image_size, config_from_state_dict, load_transformer, read_pth_state_dict
 from .dpm_solver import DEFAULT_CFG, DEFAULT_STEPS
-from .model import TEXT_TOKENS, VAE_DOWNSAMPLE, PixArt, PixArtConfig, nearest_bucket, pixart_xl_2
+from .model import MS_IMAGE_SIZE, TEXT_TOKENS, VAE_DOWNSAMPLE, PixArt, PixArtConfig, nearest_bucket, pixart_xl_2
 
 # The reference --cache_type names -> engine selectors (the flags layer's PixArt family, models.md B.9).
 CACHE_TYPES = family("pixart").cache_types
@@ -33,6 +33,7 @@ DEFAULT_T5_PATH = "output/pretrained_models/t5_ckpts"
 T5_SUBFOLDER = "t5-v1_1-xxl"
 DEFAULT_VAE_PATH = "output/pretrained_models/sd-vae-ft-ema"
 DEFAULT_OUT = "output/samples"
+DEFAULT_IMAGE_SIZE = 256        # reference scripts/inference.py default (models.md B.9 defaults table)
 PROMPTS_COPY = "prompts.txt"
 IMAGE_NAME = "{index:06d}.png"   # image index <-> line index of the prompts file (the evaluation's pairing)
 IMAGE_GLOB = "[0-9]*.png"        # what the run record attributes to a run
@@ -44,7 +45,7 @@ GPU_DTYPE = torch.float16
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model and inputs")
     g.add_argument("--model_path", help="official PixArt-XL-2-*.pth, a diffusers PixArt folder, or a hub id")
-    g.add_argument("--image_size", type=int, default=256, help="256, 512 or 1024 (the 1024-MS model)")
+    g.add_argument("--image_size", type=int, default=DEFAULT_IMAGE_SIZE, help="256, 512 or 1024 (the 1024-MS model)")
     g.add_argument("--aspect_ratio", type=float, default=1.0, help="1024-MS only: H/W, snapped to the nearest bucket")
     g.add_argument("--bs", type=int, default=1, help="images per forward batch (CFG doubles it)")
     g.add_argument("--txt_file", help="prompts, one per line")
@@ -148,7 +149,7 @@ def model_config_for(args: argparse.Namespace) -> PixArtConfig:
 
 def image_hw(config: PixArtConfig, args: argparse.Namespace) -> tuple[int, int]:
     """(H, W) in pixels: the training size, or the 1024-MS bucket nearest to --aspect_ratio (B.5)."""
-    if config.multi_scale and args.image_size == 1024:
+    if config.multi_scale and args.image_size == MS_IMAGE_SIZE:
         _, (h, w) = nearest_bucket(args.aspect_ratio)
         return h, w
     return args.image_size, args.image_size

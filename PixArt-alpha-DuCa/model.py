@@ -45,11 +45,14 @@ LATENT_CHANNELS = 4
 TEXT_TOKENS = T5_MAX_LENGTH       # T5 max_length (B.6)
 T5_XXL_DIM = 4096               # caption_channels
 MLP_RATIO = 4.0
-LN_EPS = 1e-6
+LN_EPS = 1e-6                   # LayerNorm without affine (models.md notation, B.2)
+NUM_MODULATIONS = 6             # shift/scale/gate for attention and MLP (adaLN-single t_block, B.2)
+MS_IMAGE_SIZE = 1024            # the only official multi-scale (PixArtMS) checkpoint is 1024px (B.1)
 VAE_DOWNSAMPLE = 8              # SD VAE: latent side = image side / 8
 # lewei_scale per image size (B.1: the DuCa fork's table); other sizes use 1 (non-MS) / 2 (MS).
 LEWEI_SCALE = {256: 1.0, 512: 1.0, 1024: 2.0}
-# Entropy of the cross-attention map: the reference adds 1e-7 inside the log (B.9 step 2).
+# Entropy of the cross-attention map: the reference adds 1e-7 inside the log (B.9 step 2; ENTROPY_EPS in
+# duca_common.layers).
 
 # The module names the engine caches, in execution order, and which can run on a token subset (B.9).
 CACHED_MODULES = ("attn", "cross_attn", "mlp")
@@ -107,7 +110,7 @@ def pixart_xl_2(image_size: int) -> PixArtConfig:
         raise ValueError(f"image_size={image_size} has no official PixArt-XL/2 checkpoint; allowed "
                          f"{sorted(LEWEI_SCALE)}")
     return PixArtConfig(input_size=image_size // VAE_DOWNSAMPLE, lewei_scale=LEWEI_SCALE[image_size],
-                        multi_scale=image_size == 1024)
+                        multi_scale=image_size == MS_IMAGE_SIZE)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -168,7 +171,7 @@ class PixArtBlock(nn.Module):
         self.cross_attn = CrossAttention(dim, heads)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=LN_EPS)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * MLP_RATIO), act_layer=gelu_tanh)
-        self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim ** 0.5)
+        self.scale_shift_table = nn.Parameter(torch.randn(NUM_MODULATIONS, dim) / dim ** 0.5)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor, t0: torch.Tensor, cache=None,
                 cfg_halves: bool = False) -> torch.Tensor:
@@ -176,7 +179,7 @@ class PixArtBlock(nn.Module):
             return x
         b = x.shape[0]
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
-            self.scale_shift_table[None] + t0.reshape(b, 6, -1)).chunk(6, dim=1)
+            self.scale_shift_table[None] + t0.reshape(b, NUM_MODULATIONS, -1)).chunk(NUM_MODULATIONS, dim=1)
         x = residual(cache, "attn", x, lambda t, stat: self.attn(
             t2i_modulate(self.norm1(t), shift_msa, scale_msa), stat, cfg_halves), gate_msa)
         x = residual(cache, "cross_attn", x, lambda t, stat: self.cross_attn(t, y, key_mask, stat, cfg_halves))
@@ -209,7 +212,7 @@ class PixArt(CachedModel, nn.Module):
         c = config.hidden_size
         self.x_embedder = PatchEmbed(config.patch_size, config.in_channels, c)
         self.t_embedder = TimestepEmbedder(c)
-        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(c, 6 * c))
+        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(c, NUM_MODULATIONS * c))
         self.y_embedder = CaptionEmbedder(config.caption_channels, c, config.text_tokens)
         if config.multi_scale:
             self.csize_embedder = SizeEmbedder(c // 3)

@@ -22,11 +22,12 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 
 FREQ_EMBED_DIM = 256            # sinusoidal timestep features (models.md section 0.1)
+SINCOS_MAX_PERIOD = 10000       # base of the sinusoids: ln(10000) in 0.1, 10000^(-k/288) in 0.4 (models.md)
 ENTROPY_EPS = 1e-7              # the reference's log(P + 1e-7) in the entropy score (B.9)
 
 
 def _sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
-    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+    omega = 1.0 / SINCOS_MAX_PERIOD ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
     out = np.einsum("m,d->md", pos.reshape(-1).astype(np.float64), omega)
     return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
@@ -47,7 +48,8 @@ def pos_embed_2d(dim: int, grid: tuple[int, int], base_size: int, lewei_scale: f
     return torch.from_numpy(emb.astype(np.float32))[None]
 
 
-def timestep_embedding(t: torch.Tensor, dim: int = FREQ_EMBED_DIM, max_period: float = 10000.0) -> torch.Tensor:
+def timestep_embedding(t: torch.Tensor, dim: int = FREQ_EMBED_DIM,
+                       max_period: float = float(SINCOS_MAX_PERIOD)) -> torch.Tensor:
     """GLIDE sinusoid, [cos | sin], frequencies exp(-ln(max_period) i / half) (section 0.1), in fp32."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)

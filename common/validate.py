@@ -61,9 +61,13 @@ COUNT = Bound("count", low=1, integer=True)
 NON_NEGATIVE_INT = Bound("non-negative integer", low=0, integer=True)
 NON_NEGATIVE = Bound("non-negative number", low=0.0)
 FRACTION = Bound("fraction of tokens", low=0.0, high=1.0)
-# Cycle length N: CacheConfig accepts 1..1000 (common/cache/config.py), the same bound here.
-INTERVAL = Bound("cycle length N", low=1, high=1000, integer=True)
-TAYLOR_ORDER = Bound("Taylor order", low=0, high=8, integer=True)       # CacheConfig.taylor_order's range
+# Cycle length N: at most the 1000 steps of DiT's base schedule (models.md A.5), longer cycles never refresh;
+# CacheConfig (common/cache/config.py) checks the same bounds.
+MAX_INTERVAL = 1000
+# TaylorSeer expansion order O: a project sanity bound (docs/failure-modes.md); the presets use 1 to 3.
+MAX_TAYLOR_ORDER = 8
+INTERVAL = Bound("cycle length N", low=1, high=MAX_INTERVAL, integer=True)
+TAYLOR_ORDER = Bound("Taylor order", low=0, high=MAX_TAYLOR_ORDER, integer=True)
 
 
 def check_number(flag: str, value: object, bound: Bound) -> None:
@@ -131,4 +135,5 @@ class FiniteWatch:
         step = self.first_bad_step
         if step is not None:
             raise NonFiniteError(f"the sample became NaN/inf at step {step + 1} of {self.total_steps} ({self.what}); "
-                                 f"nothing was written. {self.hint or 'Check the checkpoint for NaN weights and the guidance scale'}")
+                                 f"nothing was written. "
+                                 f"{self.hint or 'Check the checkpoint for NaN weights and the guidance scale'}")

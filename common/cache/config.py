@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from ..validate import MAX_INTERVAL, MAX_TAYLOR_ORDER
 from .methods import available_methods, get_method
 
 # The built-in methods (one module each under common/cache/methods/), as registered at import. ``CacheConfig.method``
@@ -123,9 +124,9 @@ class CacheConfig:
     def __post_init__(self) -> None:
         _check(self.method in available_methods(), "method", f"one of {available_methods()}", self.method)
         _check(
-            isinstance(self.interval, int) and 1 <= self.interval <= 1000,
+            isinstance(self.interval, int) and 1 <= self.interval <= MAX_INTERVAL,
             "interval",
-            "an integer in [1, 1000]",
+            f"an integer in [1, {MAX_INTERVAL}]",
             self.interval,
         )
         _check(0.0 <= float(self.fresh_ratio) <= 1.0, "fresh_ratio", "a float in [0, 1]", self.fresh_ratio)
@@ -142,9 +143,9 @@ class CacheConfig:
             self.spatial_cell,
         )
         _check(
-            isinstance(self.taylor_order, int) and 0 <= self.taylor_order <= 8,
+            isinstance(self.taylor_order, int) and 0 <= self.taylor_order <= MAX_TAYLOR_ORDER,
             "taylor_order",
-            "an integer in [0, 8]",
+            f"an integer in [0, {MAX_TAYLOR_ORDER}]",
             self.taylor_order,
         )
         _check(

@@ -64,6 +64,8 @@ CFG_THRESHOLD = 1.0
 # diffusers turns a 0/1 encoder mask into a bias of 0 (keep) / -10000 (discard)
 # (PixArtTransformer2DModel.forward); anything below half of that is a discarded key.
 DISCARD_BIAS_THRESHOLD = -5000.0
+# adaLN vectors per block, shift/scale/gate of attention then of the MLP (models.md A.3, B.2; DiT and PixArt)
+NUM_MODULATIONS = 6
 HANDLE_ATTRIBUTE = "_duca_cache"  # where the handle lives on the transformer
 
 
@@ -234,7 +236,7 @@ def _dit_block(block, cache, run_cfg: bool, hidden_states, timestep, class_label
         return hidden_states
     norm1 = block.norm1
     emb = norm1.linear(norm1.silu(norm1.emb(timestep, class_labels, hidden_dtype=hidden_states.dtype)))
-    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = emb.chunk(6, dim=1)
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = emb.chunk(NUM_MODULATIONS, dim=1)
 
     def attn(t: torch.Tensor, stat: str | None):
         normed = norm1.norm(t) * (1 + scale_msa[:, None]) + shift_msa[:, None]
@@ -265,8 +267,8 @@ def _pixart_block(
         return hidden_states
     b = hidden_states.shape[0]
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
-        block.scale_shift_table[None] + timestep.reshape(b, 6, -1)
-    ).chunk(6, dim=1)
+        block.scale_shift_table[None] + timestep.reshape(b, NUM_MODULATIONS, -1)
+    ).chunk(NUM_MODULATIONS, dim=1)
 
     def attn(t: torch.Tensor, stat: str | None):
         normed = block.norm1(t) * (1 + scale_msa) + shift_msa
