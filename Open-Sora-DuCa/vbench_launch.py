@@ -18,6 +18,9 @@ optional sixth and seventh (sampling steps, motion score). Any ``--flag`` is pas
   ``DUCA_VBENCH_ALLOW_CPU=1``) is given; then ``--cpu-processes`` processes run on the CPU.
 * Resumable: rerun the same command; each process skips the videos already written (they belong to the
   recorded run: ``run.json`` is checked first), and every video is written atomically.
+* Progress: while the processes run, one bar on stderr counts the finished videos of all shards (the output
+  folder is listed every ``PROGRESS_POLL_S`` seconds; videos already there from an earlier run count from the
+  start); ``--verbose 0`` (the inference flag, passed to every process) turns it off.
 """
 
 from __future__ import annotations
@@ -29,12 +32,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from duca_common.errors import UsageError, print_error
 
 from opensora_duca import inference
 
 ALLOW_CPU_ENV = "DUCA_VBENCH_ALLOW_CPU"
 SHIPPED_CONFIG = "configs/opensora-v1-2/inference/sample.py"
+# Seconds between two listings of the output folder for the progress bar: a 480p video takes minutes on a GPU,
+# so a few seconds is fine-grained enough, and stat-ing the 4,720 expected files costs milliseconds.
+PROGRESS_POLL_S = 5.0
 
 
 def checkpoint_base(ckpt: str) -> str:
@@ -72,6 +80,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-flops", action="store_true", help="skip the FLOPs report (meta device, no weights)")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     return p
+
+
+def finished_videos(out: Path, names: set[str]) -> int:
+    """How many of the expected videos are in ``out`` (a video appears there only once complete: atomic writes)."""
+    return sum((out / name).is_file() for name in names)
+
+
+def wait_with_progress(procs: list[subprocess.Popen], out: Path, names: set[str], show: bool) -> list[int]:
+    """Every process's exit code, once all have exited; meanwhile a bar on stderr of the finished videos of all
+    shards, updated every ``PROGRESS_POLL_S`` seconds and when a process exits."""
+    with tqdm(total=len(names), initial=finished_videos(out, names), desc="videos", unit="video", file=sys.stderr,
+              disable=not show, dynamic_ncols=True) as bar:
+        while True:
+            running = [proc for proc in procs if proc.poll() is None]
+            if show:
+                bar.update(finished_videos(out, names) - bar.n)
+            if not running:
+                break
+            try:
+                running[0].wait(timeout=PROGRESS_POLL_S)
+            except subprocess.TimeoutExpired:
+                pass
+    return [proc.wait() for proc in procs]
 
 
 def child_flags(args: argparse.Namespace, extra: list[str], out: Path) -> list[str]:
@@ -119,10 +150,13 @@ def run(argv: list[str] | None = None) -> int:
     try:
         logs.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UsageError(f"the logs folder {logs} cannot be created ({err.strerror}); pass another --out-root") from None
+        raise UsageError(f"the logs folder {logs} cannot be created ({err.strerror}); "
+                         f"pass another --out-root") from None
     if not args.no_flops:
         if inference.main([*flags, "--flops-only", "--report", str(logs / "flops.json")]) != 0:
             return 2
+    settings_args = inference.parse_args([*flags, *device_flags])
+    settings = inference.settings_from_args(settings_args)
     print(f"{n} process(es) on {', '.join(w for w, _ in workers)}; videos in {out}, logs in {logs}", flush=True)
     procs = []
     for i, ((name, env), cmd) in enumerate(zip(workers, commands)):
@@ -138,7 +172,8 @@ def run(argv: list[str] | None = None) -> int:
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        codes = [proc.wait() for _, _, proc in procs]
+        codes = wait_with_progress([proc for _, _, proc in procs], out, {j.name for j in settings.jobs},
+                                   show=settings_args.verbose != 0)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -146,7 +181,6 @@ def run(argv: list[str] | None = None) -> int:
             log.close()
     failed = [f"shard {i} ({name}): exit {code}, see {logs / f'shard{i}-of-{n}.log'}"
               for i, ((name, _, _), code) in enumerate(zip(procs, codes)) if code != 0]
-    settings = inference.settings_from_args(inference.parse_args([*flags, *device_flags]))
     missing = [j.name for j in settings.jobs if not (out / j.name).is_file()]
     if failed or missing:
         print(f"error: {len(missing)} of {len(settings.jobs)} videos are missing; " + "; ".join(failed)

@@ -25,7 +25,9 @@ fp32 with TF32 matmuls, PixArt fp16, OpenSora bf16; CPU: fp32).
 
 The workloads run in the order above, eager first, compiled after all eager runs; when ``--budget-s``
 (default 540 s, for a 10-minute slot) would be exceeded the remaining parts are skipped and named in
-the output. Writes ``<out>/gpu_bench.json`` and ``<out>/gpu_bench.md``.
+the output. Writes ``<out>/gpu_bench.json``, ``<out>/gpu_bench.md`` and ``<out>/gpu_bench.png`` (per workload:
+wall-clock against FLOPs speed-up of each method, eager and compiled, with y = x; peak memory below; no
+PNG when every part was skipped).
 """
 
 from __future__ import annotations
@@ -83,7 +85,8 @@ def _dit_methods() -> dict[str, CacheConfig]:
 
 def _pixart_methods() -> dict[str, CacheConfig]:
     from duca_common.cache import get_preset
-    out = {name: get_preset(name).config for name in ("pixart-none", "pixart-fora-n3", "pixart-toca-r70", "pixart-duca-r25")}
+    out = {name: get_preset(name).config
+           for name in ("pixart-none", "pixart-fora-n3", "pixart-toca-r70", "pixart-duca-r25")}
     out["pixart-taylorseer-n3-o3"] = CacheConfig(method="taylorseer", interval=3, taylor_order=3)
     return out
 
@@ -267,9 +270,10 @@ def run(opts: argparse.Namespace) -> dict:
                              "method": label, "steps": work.steps, "tflops": flops[label] / 1e12, "flops_speedup": f_su,
                              "wall_seconds": s.walls, "wall_median": s.wall.median, "wall_min": s.wall.min,
                              "wall_max": s.wall.max, "wall_speedup": sp.wall,
-                             "wall_speedup_rounds_min": sp.wall_rounds.min, "wall_speedup_rounds_max": sp.wall_rounds.max,
-                             "wall_over_flops": sp.wall / f_su if f_su else None,
-                             "cpu_speedup": sp.cpu, "peak_mib": None if s.peak_bytes is None else s.peak_bytes / 2 ** 20,
+                             "wall_speedup_rounds_min": sp.wall_rounds.min,
+                             "wall_speedup_rounds_max": sp.wall_rounds.max,
+                             "wall_over_flops": sp.wall / f_su if f_su else None, "cpu_speedup": sp.cpu,
+                             "peak_mib": None if s.peak_bytes is None else s.peak_bytes / 2 ** 20,
                              "cache_mib": cache_bytes.get(label, 0) / 2 ** 20})
             if opts.progress:
                 print(f"{work.name} {mode}: done at {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
@@ -305,6 +309,124 @@ def render(data: dict) -> str:
                             "wall speed-up (rounds)", "wall / FLOPs speed-up", "peak MiB", "cache MiB"], cells)
     tail = "".join(f"\n- skipped: {s}" for s in data["skipped"]) + "".join(f"\n- {n}" for n in data["notes"])
     return head + table + ("\n" + tail if tail else "") + "\n"
+
+
+MODE_MARKERS = {"eager": "o", "compiled": "^"}
+
+
+def _method_kind(label: str) -> str:
+    """``dit-duca-n3-r95`` -> ``duca``: one colour per method across the four families."""
+    return label.split("-")[1] if "-" in label else label
+
+
+def gpu_bench_plot(data: dict, path: Path) -> Path | None:
+    """One column per workload that has rows: wall-clock speed-up (with the per-round range) against the
+    FLOPs speed-up, eager and compiled as two markers, with y = x (speed-up equal to the FLOPs model) on top;
+    peak memory per method, eager and compiled as paired bars, below. Workloads or modes skipped for the
+    budget are named in the titles. No rows: no plot (None), and an old ``path`` is removed."""
+    rows = data["rows"]
+    if not rows:
+        path.unlink(missing_ok=True)
+        return None
+    import math
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    works = list(dict.fromkeys(r["workload"] for r in rows))
+    kinds = list(dict.fromkeys(_method_kind(r["method"]) for r in rows))
+    colours = dict(zip(kinds, plt.get_cmap("tab10").colors))
+    modes = [m for m in MODE_MARKERS if any(r["mode"] == m for r in rows)]
+    skipped = [s.split(":")[0] for s in data["skipped"]]          # "<workload> <mode>"
+    fig, axes = plt.subplots(2, len(works), figsize=(max(4.6 * len(works) + 0.6, 6.8), 7.8), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 2]})
+
+    def finite(v) -> bool:
+        return isinstance(v, (int, float)) and math.isfinite(v)
+
+    for col, work in enumerate(works):
+        ax, mem = axes[0, col], axes[1, col]
+        wrows = [r for r in rows if r["workload"] == work]
+        timed = [r for r in wrows if finite(r["flops_speedup"]) and finite(r["wall_speedup"])
+                 and r["flops_speedup"] != 1.0]
+        top = max([1.0] + [max(r["flops_speedup"], r["wall_speedup"], r["wall_speedup_rounds_max"]
+                                if finite(r["wall_speedup_rounds_max"]) else 0.0) for r in timed])
+        lim = top * 1.12
+        # methods at the same FLOPs speed-up (FORA and TaylorSeer share a schedule) are spread sideways by a
+        # fraction of the axis so that neither hides the other; a method's compiled marker sits just right of
+        # its eager one (same reason: overlapping round ranges)
+        mode_shift = {"eager": -0.006 * (lim - 0.8), "compiled": 0.006 * (lim - 0.8)}
+        shift, span = {}, lim - 0.8
+        for r in timed:
+            if r["method"] not in shift:
+                twins = list(dict.fromkeys(q["method"] for q in timed
+                                           if abs(q["flops_speedup"] - r["flops_speedup"]) < 0.01 * span))
+                for k, m in enumerate(twins):
+                    shift[m] = (k - (len(twins) - 1) / 2) * 0.025 * span
+        for r in timed:
+            lo, hi = r["wall_speedup_rounds_min"], r["wall_speedup_rounds_max"]
+            yerr = [[max(r["wall_speedup"] - lo, 0.0)], [max(hi - r["wall_speedup"], 0.0)]] if finite(lo) and \
+                finite(hi) else None
+            ax.errorbar(r["flops_speedup"] + shift[r["method"]] + mode_shift[r["mode"]], r["wall_speedup"], yerr=yerr,
+                        fmt=MODE_MARKERS[r["mode"]], markersize=7, color=colours[_method_kind(r["method"])],
+                        capsize=3, alpha=0.9, markerfacecolor="none" if r["mode"] == "compiled" else None)
+        ax.plot([0, lim], [0, lim], "--", color="grey", alpha=0.6)
+        ax.axhline(1.0, color="grey", alpha=0.25, linewidth=0.8)
+        ax.set_xlim(0.8, lim)
+        ax.set_ylim(0, lim)
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("FLOPs speed-up")
+        if col == 0:
+            ax.set_ylabel("wall-clock speed-up (round range)")
+        missing = [m for m in MODE_MARKERS if f"{work} {m}" in skipped]
+        title = work + (f" ({wrows[0]['dtype']})" if wrows else "")
+        if missing:
+            title += f"\n{', '.join(missing)}: skipped"
+        ax.set_title(title, fontsize=10)
+        if not timed:
+            ax.text(0.5, 0.5, "no cached method timed", ha="center", va="center", transform=ax.transAxes,
+                    fontsize=9, color="grey")
+
+        methods = list(dict.fromkeys(r["method"] for r in wrows))
+        width = 0.8 / max(len(modes), 1)
+        peaks = False
+        for j, mode in enumerate(modes):
+            for i, method in enumerate(methods):
+                r = next((r for r in wrows if r["method"] == method and r["mode"] == mode), None)
+                if r is None or not finite(r["peak_mib"]):
+                    continue
+                peaks = True
+                mem.bar(i + (j - (len(modes) - 1) / 2) * width, r["peak_mib"], width,
+                        color=colours[_method_kind(method)], alpha=0.9 if mode == "eager" else 0.45,
+                        hatch=None if mode == "eager" else "//", edgecolor="black", linewidth=0.4)
+        mem.set_xticks(range(len(methods)))
+        mem.set_xticklabels([m.split("-", 1)[1] if "-" in m else m for m in methods], rotation=30, ha="right",
+                            fontsize=8)
+        mem.grid(axis="y", alpha=0.3)
+        if col == 0:
+            mem.set_ylabel("peak memory (MiB)")
+        if not peaks:
+            mem.text(0.5, 0.5, "no peak memory measured", ha="center", va="center", transform=mem.transAxes,
+                     fontsize=9, color="grey")
+
+    handles = [Line2D([], [], color=colours[k], marker="s", linestyle="", label=k) for k in kinds if k != "none"]
+    handles += [Line2D([], [], color="black", marker=MODE_MARKERS[m], linestyle="", label=m,
+                       markerfacecolor="none" if m == "compiled" else None) for m in modes]
+    handles.append(Line2D([], [], color="grey", linestyle="--", label="y = x (FLOPs model)"))
+    legend_rows = 1 if len(works) > 1 else 2                     # one panel is too narrow for one row
+    fig.legend(handles=handles, loc="lower center", ncol=math.ceil(len(handles) / legend_rows), fontsize=8,
+               frameon=False)
+    env = data["environment"]
+    fig.suptitle(f"{env.get('gpu', env['device'])}: wall-clock against FLOPs speed-up per method\n(bottom: peak "
+                 f"memory, hatched: compiled)" + (f"\nskipped for the budget: {', '.join(skipped)}"
+                                                  if skipped else ""), fontsize=10)
+    fig.tight_layout(rect=(0, 0.03 + 0.025 * legend_rows, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -346,7 +468,9 @@ def main(argv: list[str] | None = None) -> dict:
     run_or_exit(lambda: _check(opts))
     data = run(opts)
     md = render(data)
-    write_report(opts.out, "gpu_bench", data, md, note=f" ({data['total_seconds']:.0f} s)")
+    png = gpu_bench_plot(data, opts.out / "gpu_bench.png")
+    plotted = ", gpu_bench.png" if png else " (no rows: no gpu_bench.png)"
+    write_report(opts.out, "gpu_bench", data, md, note=f"{plotted} ({data['total_seconds']:.0f} s)")
     return data
 
 

@@ -7,7 +7,9 @@
 # DiT-XL/2 at 256 and 512 px, PixArt-XL/2 at 1024 px and OpenSora 1.2 at 480p (few frames), random
 # weights at the real shapes (DIT_CKPT=path/DiT-XL-2-256x256.pt uses real DiT weights). The Python script
 # stops starting new parts after 540 s; `timeout` is the hard stop at 10 minutes. Writes
-# OUT_DIR/gpu_bench.json and OUT_DIR/gpu_bench.md (ratios to the FLOPs speed-ups included).
+# OUT_DIR/gpu_bench.json and OUT_DIR/gpu_bench.md (ratios to the FLOPs speed-ups included) and
+# OUT_DIR/gpu_bench.png (per workload: wall-clock against FLOPs speed-up of each method, eager and compiled,
+# with the y = x line; peak memory below; not written when every part was skipped).
 set -euo pipefail
 
 OUT="${1:-results/gpu_bench}"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import sys
 
 import pytest
 
@@ -10,16 +13,23 @@ from duca_scripts import gpu_bench
 from duca_scripts.report import parse_markdown_table
 
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_bench")
-    data = gpu_bench.main(["--tiny", "--device", "cpu", "--compile-backend", "eager", "--repeats", "1",
-                           "--out", str(out)])
-    return out, data
+    err = io.StringIO()                                        # module scope: no capsys; the stderr lines kept
+    with contextlib.redirect_stderr(err):
+        data = gpu_bench.main(["--tiny", "--device", "cpu", "--compile-backend", "eager", "--repeats", "1",
+                               "--out", str(out)])
+    sys.stderr.write(err.getvalue())
+    err = err.getvalue().strip().splitlines()
+    return out, data, err
 
 
 def test_every_workload_runs_eager_and_compiled_with_flops_ratios(bench):
-    out, data = bench
+    out, data, _ = bench
     saved = json.loads((out / "gpu_bench.json").read_text())
     assert saved["skipped"] == [] and len(saved["rows"]) == len(data["rows"])
     parts = {(r["workload"], r["mode"]) for r in data["rows"]}
@@ -36,10 +46,33 @@ def test_every_workload_runs_eager_and_compiled_with_flops_ratios(bench):
     assert len(table) == len(data["rows"]) and "wall / FLOPs speed-up" in table[0]
 
 
-def test_budget_skips_the_remaining_parts_by_name(tmp_path):
+def test_the_plot_is_a_png_named_on_the_last_line(bench):
+    out, _, err = bench
+    png = (out / "gpu_bench.png").read_bytes()
+    assert png.startswith(PNG_MAGIC) and len(png) > 20_000      # four panels of markers and bars, not a blank
+    assert "gpu_bench.png" in err[-1] and err[-1].startswith(f"wrote {out}/gpu_bench.json")
+
+
+def test_the_plot_takes_any_subset_of_the_rows(bench, tmp_path):
+    """Parts skipped for the budget (a whole workload, or its compiled runs) and rows without a peak."""
+    _, data, _ = bench
+    part = {**data, "skipped": ["pixart1024 eager: budget", "pixart1024 compiled: budget",
+                                "dit512 compiled: budget"],
+            "rows": [{**r, "peak_mib": None} for r in data["rows"] if r["workload"] != "pixart1024"
+                     and (r["workload"], r["mode"]) != ("dit512", "compiled")]}
+    assert gpu_bench.gpu_bench_plot(part, tmp_path / "a.png").read_bytes().startswith(PNG_MAGIC)
+    one = {**data, "rows": [r for r in data["rows"] if r["workload"] == "dit256" and r["mode"] == "eager"]}
+    assert gpu_bench.gpu_bench_plot(one, tmp_path / "b.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_budget_skips_the_remaining_parts_by_name(tmp_path, capsys):
+    (tmp_path / "gpu_bench.png").write_bytes(b"an old run's plot")
     data = gpu_bench.main(["--tiny", "--device", "cpu", "--workloads", "dit256", "--budget-s", "1e-9",
                            "--out", str(tmp_path)])
     assert data["rows"] == [] and [s.split(":")[0] for s in data["skipped"]] == ["dit256 eager", "dit256 compiled"]
+    # no rows, no plot (an old one would show another run), and the last line says so
+    assert not (tmp_path / "gpu_bench.png").exists()
+    assert "(no rows: no gpu_bench.png)" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_no_gpu_is_refused_with_one_line(tmp_path, capsys):

@@ -66,7 +66,8 @@ def test_incomplete_or_bad_score_folders_are_named(tmp_path, capsys):
     folder = write_scores(tmp_path / "p", partial)
     assert vbench_table.main(["--run", f"x={folder}"]) == 2
     assert "lacks 2 of the 16 VBench dimensions (color, scene)" in capsys.readouterr().err
-    (folder / "color_full_info.json").write_text(json.dumps([{"prompt_en": "p", "dimension": ["color"], "video_list": []}]))
+    (folder / "color_full_info.json").write_text(
+        json.dumps([{"prompt_en": "p", "dimension": ["color"], "video_list": []}]))
     (folder / "color_eval_results.json").write_text(json.dumps({"color": [0.5, []]}))
     assert vbench_table.main(["--run", f"x={folder}"]) == 2
     assert "lists no videos" in capsys.readouterr().err
@@ -161,7 +162,8 @@ def test_launch_sh_starts_one_process_per_gpu(tmp_path):
     assert len(lines) == 3
     for i, (gpu, line) in enumerate(zip("356", lines)):
         assert line.startswith(f"CUDA_VISIBLE_DEVICES={gpu} ")
-        assert line.endswith(f"--shard {i}/3 --report {tmp_path}/samples_duca_OpenSora-STDiT-v3_vbench_logs/shard{i}-of-3.json")
+        assert line.endswith(f"--shard {i}/3 --report {tmp_path}/samples_duca_OpenSora-STDiT-v3_vbench_logs/"
+                             f"shard{i}-of-3.json")
         assert "--vbench" in line and "--resolution 480p --aspect-ratio 9:16" in line
         assert f"--save-dir {tmp_path}/samples_duca_OpenSora-STDiT-v3_vbench" in line
     assert not list(tmp_path.iterdir())
@@ -203,9 +205,11 @@ def test_scorer_reports_missing_model_files_before_reading_videos(tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     err = res.stderr
     assert "14 VBench model file(s) missing and downloads are off" in err
-    assert f"dino_vitbase16_pretrain.pth (for subject_consistency) expected at {tmp_path}/cache/torch/hub/checkpoints/" in err
+    assert (f"dino_vitbase16_pretrain.pth (for subject_consistency) expected at "
+            f"{tmp_path}/cache/torch/hub/checkpoints/") in err
     assert f"amt-s.pth (for motion_smoothness) expected at {tmp_path}/cache/vbench/amt_model/amt-s.pth" in err
-    assert f"ViT-B-32.pt (for background_consistency, appearance_style) expected at {tmp_path}/cache/home/.cache/clip/" in err
+    assert (f"ViT-B-32.pt (for background_consistency, appearance_style) expected at "
+            f"{tmp_path}/cache/home/.cache/clip/") in err
     assert "no-videos-here" not in err                    # the videos were not looked at
     # only the chosen dimensions' files are required: temporal_flickering (index 12) needs none
     res = run_calc(str(tmp_path / "no-videos-here"), "--offline", "--start", "12", "--end", "13", env=env)
@@ -320,7 +324,8 @@ def test_scorer_calls_vbench_with_the_reference_settings_and_resumes(tmp_path):
         (videos / f"a cat-{k}.mp4").write_bytes(b"")
     (videos / "run.json").write_text("{}")
     cache = tmp_path / "cache"
-    env = {**fake_model_cache(cache), "PYTHONPATH": f"{tmp_path / 'fake'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = {**fake_model_cache(cache),
+           "PYTHONPATH": f"{tmp_path / 'fake'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     env = with_fake_detectron2(tmp_path / "libs", env)
     for _, root, rel, _, _ in _model_files():
         target = {"vbench": cache / "vbench", "torch": cache / "torch", "clip": cache / "home" / ".cache" / "clip",
@@ -368,3 +373,67 @@ def test_launcher_unwritable_out_root_fails_before_any_process(tmp_path, monkeyp
                              "--out-root", str(blocker / "sub"), "--vae-path", str(weights / "vae")])
     err = capsys.readouterr().err
     assert rc == 2 and "error: --out" in err and "is a file, not a folder" in err and "Traceback" not in err
+
+
+# A stand-in for one ``opensora_duca.inference --shard i/N`` process: writes its share of the videos (names as
+# JSON in argv[2]) into argv[1], one every few ms, then exits with argv[3].
+FAKE_WORKER = """
+import json, sys, time
+from pathlib import Path
+for name in json.loads(sys.argv[2]):
+    time.sleep(0.05)
+    (Path(sys.argv[1]) / (name + ".tmp")).write_bytes(b"mp4")
+    (Path(sys.argv[1]) / (name + ".tmp")).rename(Path(sys.argv[1]) / name)
+sys.exit(int(sys.argv[3]))
+"""
+REAL_POPEN = subprocess.Popen        # a second fake_launch in one test patches over the first one's fake
+
+
+def fake_launch(tmp_path, monkeypatch, *flags: str, fail_shard: int | None = None) -> tuple[int, Path, list[str]]:
+    """The launcher with 2 CPU processes whose workers are FAKE_WORKER (no weights, no sampling); the up-front
+    check and FLOPs report are stubbed. Returns the exit code, the video folder and the names expected."""
+    info = tmp_path / "info.json"
+    info.write_text(json.dumps([{"prompt_en": p, "dimension": ["scene"]} for p in ("a cat", "a red dog")]))
+    out = tmp_path / "samples" / "samples_fake_stdit_vbench"
+    argv = ["stdit", "17", "fake", "240p", "9:16", "--allow-cpu", "--cpu-processes", "2", "--out-root",
+            str(tmp_path / "samples"), "--prompts-file", str(info), *flags]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(vbench_launch, "PROGRESS_POLL_S", 0.02)
+    monkeypatch.setattr(vbench_launch.inference, "main", lambda argv: 0)
+
+    def popen(cmd, env, stdout, stderr):
+        args = inference.parse_args(cmd[3:])
+        names = sorted({j.name for j in inference.settings_from_args(args).jobs})
+        i, n = (int(v) for v in args.shard.split("/"))
+        out.mkdir(parents=True, exist_ok=True)
+        code = 3 if i == fail_shard else 0
+        return REAL_POPEN([sys.executable, "-c", FAKE_WORKER, str(out), json.dumps(names[i::n]), str(code)],
+                          env=env, stdout=stdout, stderr=stderr)
+
+    monkeypatch.setattr(vbench_launch.subprocess, "Popen", popen)
+    rc = vbench_launch.main(argv)
+    return rc, out, sorted(f"{p}-{k}.mp4" for p in ("a cat", "a red dog") for k in range(5))
+
+
+def test_launcher_progress_bar_counts_every_shards_videos_on_stderr(tmp_path, monkeypatch, capsys):
+    rc, out, names = fake_launch(tmp_path, monkeypatch)
+    res = capsys.readouterr()
+    assert rc == 0 and sorted(p.name for p in out.glob("*.mp4")) == names
+    bar = res.err.replace("\r", "\n").splitlines()
+    assert any(line.startswith("videos: 100%") and "10/10" in line for line in bar), res.err
+    assert "videos:" not in res.out and f"all 10 videos are in {out}; score them with" in res.out
+
+
+def test_launcher_progress_bar_keeps_failures_and_verbose_0(tmp_path, monkeypatch, capsys):
+    """A failed shard: its count on the bar, exit code 1 and the message as before; a rerun's bar starts at the
+    videos already there; --verbose 0: no bar."""
+    rc, out, _ = fake_launch(tmp_path, monkeypatch, fail_shard=1)
+    err = capsys.readouterr().err
+    assert rc == 1 and "10/10" in err and "error: 0 of 10 videos are missing; shard 1 (cpu1): exit 3, see " in err
+    sorted(out.glob("*.mp4"))[0].unlink()
+    rc, _, _ = fake_launch(tmp_path, monkeypatch)
+    bar = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.startswith("videos:")]
+    assert rc == 0 and "9/10" in bar[0] and "10/10" in bar[-1]
+    rc, _, _ = fake_launch(tmp_path, monkeypatch, "--verbose", "0")
+    res = capsys.readouterr()
+    assert rc == 0 and "videos:" not in res.err and "all 10 videos" in res.out
