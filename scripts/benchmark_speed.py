@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from duca_common.allocator import check_policy
 from duca_common.cache import measured_flops, reference_flops, speedup
 from duca_common.errors import UsageError, print_error
+from duca_common.measure import MEMORY_SAMPLE_SECONDS
 from duca_common.outputs import check_output_dir
 from duca_common.runtime import pick_device
 from duca_common.validate import SEED, check_number
@@ -43,6 +44,7 @@ from duca_common.validate import SEED, check_number
 from .measure import WALL_CPU_DISAGREEMENT, Case, Series, Summary, Timed, compare, interleaved, timed_run, wall_warning
 from .methods import MethodSpec, MethodSpecError, parse_methods
 from .report import environment, fmt, markdown_table, sig, write_json
+from .reproduce_table import DEFAULT_STEPS                # the paper's DDIM-50
 from .targets import TARGET_HELP, Target, TargetError, build_target
 
 DEFAULT_METHODS = ["dit-fora-n3", "dit-toca-n3-r93", "dit-duca-n3-r95", "dit-duca-n5-r95", "dit-taylorseer-n3-o3"]
@@ -50,6 +52,9 @@ PROFILE_MODES = ("auto", "same", "separate", "off")
 # Issue 7 targets (reported, not asserted): wall-clock speed-up >= 0.9 x FLOPs speed-up, engine <= 5%.
 TARGET_EFFICIENCY = 0.9
 TARGET_OVERHEAD = 0.05
+# Timed rounds per method: three give a median and a min-max spread (docs/benchmarks.md runs use 2-3).
+DEFAULT_REPEATS = 3
+DEFAULT_OUT = Path("results/benchmark")   # relative to the working directory; --out overrides
 
 
 @dataclass
@@ -57,8 +62,8 @@ class BenchOptions:
     model: str = "DiT-S/2"
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     images: int = 1
-    steps: int = 50
-    repeats: int = 3
+    steps: int = DEFAULT_STEPS
+    repeats: int = DEFAULT_REPEATS
     warmup: int = 1
     warmup_steps: int | None = None       # steps of each warm-up run (default: --steps)
     device: str = "cpu"
@@ -71,7 +76,7 @@ class BenchOptions:
     step_progress: bool = False
     skip_measured_flops: bool = False
     flops_only: bool = False              # meta-device FLOPs table only: no weights, no timing
-    out: Path = Path("results/benchmark")
+    out: Path = DEFAULT_OUT
 
     def validate(self) -> None:
         checks = [(self.images >= 1, "--images", "an integer >= 1"),
@@ -297,7 +302,8 @@ def _summarise(opts: BenchOptions, specs: list[MethodSpec], results: dict[str, M
             "wall_warning": wall_warning(speedups),
             "targets": {"wall_over_flops_at_least": TARGET_EFFICIENCY, "engine_fraction_at_most": TARGET_OVERHEAD},
             "memory_note": ("CUDA max_memory_allocated above the start of the run" if device.type == "cuda" else
-                            "CPU: peak of RSS sampled every 2 ms above the RSS at the start of the run (estimate)"),
+                            f"CPU: peak of RSS sampled every {MEMORY_SAMPLE_SECONDS * 1000:g} ms above the RSS at the "
+                            f"start of the run (estimate)"),
             "flops_note": ("reference = hand formula of the reference code over the transformer blocks "
                            "(paper.md section 4); measured = torch FlopCounterMode over the whole sampling loop on "
                            "the meta device (embedders, final layer and all CFG rows included; VAE excluded)"),
@@ -307,7 +313,8 @@ def _summarise(opts: BenchOptions, specs: list[MethodSpec], results: dict[str, M
 
 def render_flops_markdown(data: dict) -> str:
     o = data["options"]
-    head = f"**{data['model']}**, {o['steps']} steps, {o['images']} image(s) + CFG twin, FLOPs counted on the meta device\n\n"
+    head = (f"**{data['model']}**, {o['steps']} steps, {o['images']} image(s) + CFG twin, "
+            f"FLOPs counted on the meta device\n\n")
     headers = ["method", "setting", "TFLOPs/img (ref formula)", "FLOPs speed-up", "measured TFLOPs/img",
                "measured speed-up", "paper row (paper.md)"]
     rows = [[r["label"], r["setting"], sig(r["reference_tflops_per_image"]), fmt(r["flops_speedup"], 2, "x"),
@@ -324,7 +331,8 @@ def render_markdown(data: dict) -> str:
             f"device {data['environment']['device']} ({data['environment']['threads']} threads)\n\n")
     headers = ["method", "setting", "TFLOPs/img (ref)", "FLOPs speed-up", "measured FLOPs speed-up",
                "wall s median (min-max)", "wall speed-up (rounds min-max)", "wall / FLOPs",
-               "CPU s median (min-max)", "CPU speed-up (rounds min-max)", "CPU / FLOPs", "engine %", "scoring / gather+scatter / writes s", "cache MiB", "peak mem MiB"]
+               "CPU s median (min-max)", "CPU speed-up (rounds min-max)", "CPU / FLOPs", "engine %",
+               "scoring / gather+scatter / writes s", "cache MiB", "peak mem MiB"]
     rows = []
     for r in data["rows"]:
         e = r["engine_seconds"]
@@ -358,7 +366,8 @@ def _ratio_range(value, lo, hi) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d = BenchOptions()
     p.add_argument("--model", default=d.model, help=TARGET_HELP)
     p.add_argument("--methods", nargs="+", default=d.methods,

@@ -45,9 +45,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from duca_common.cache.presets import REFERENCE_STALENESS
 from duca_scripts import reference_fixtures as rf
 
 MODELS = ("dit", "pixart", "opensora")
+# The reference PixArt scripts/inference.py sampler: DPM-Solver++ of order 2, multistep (models.md B.7).
+PIXART_SOLVER_ORDER = 2
 
 
 def _reference_commit(root: Path) -> str:
@@ -113,7 +116,7 @@ def run_dit(root: Path) -> None:
         z = rf.dit_noise(geo)
         kwargs = dict(y=rf.dit_labels(geo), cfg_scale=rf.DIT_CFG, cache_type=case.cache_type,
                       fresh_ratio=case.fresh_ratio, force_fresh="global", fresh_threshold=case.fresh_threshold,
-                      ratio_scheduler="ToCa", soft_fresh_weight=0.25, test_FLOPs=False)
+                      ratio_scheduler="ToCa", soft_fresh_weight=REFERENCE_STALENESS, test_FLOPs=False)
         with torch.no_grad():
             out = diffusion.ddim_sample_loop(ref.forward_with_cfg, z.shape, z, clip_denoised=False,
                                              model_kwargs=kwargs, progress=False, device="cpu")
@@ -235,7 +238,7 @@ def _stub_pixart_imports(folder: Path) -> None:
 def run_pixart(root: Path) -> None:
     import importlib
 
-    from pixart_duca.model import PixArt, PixArtConfig
+    from pixart_duca.model import PATCH_SIZE, PixArt, PixArtConfig
 
     folder = root / "DuCa-PixArt-alpha"
     if not (folder / "diffusion" / "model" / "nets" / "PixArt.py").is_file():
@@ -274,18 +277,18 @@ def run_pixart(root: Path) -> None:
     z, caption, mask = rf.pixart_inputs(geo)
     null_y = ref.y_embedder.y_embedding[None].repeat(1, 1, 1)[:, None]
     modules = ("attn", "cross-attn", "mlp")
-    n_tok = (geo.input_size // 2) ** 2
+    n_tok = (geo.input_size // PATCH_SIZE) ** 2
     arrays: dict[str, np.ndarray] = {}
     cases = []
     for case in rf.PIXART_CASES:
         record.update(rule=case.rule, types={}, index={})
         kwargs = dict(mask=mask, cache_type=case.cache_type, fresh_ratio=case.fresh_ratio,
                       fresh_threshold=case.fresh_threshold, force_fresh="global", ratio_scheduler="ToCa",
-                      soft_fresh_weight=0.25, test_FLOPs=False)
+                      soft_fresh_weight=REFERENCE_STALENESS, test_FLOPs=False)
         solver = ref_dpms.DPMS(ref.forward_with_dpmsolver, condition=caption[:, None], uncondition=null_y,
                                cfg_scale=rf.PIXART_CFG, model_kwargs=kwargs)
         with torch.no_grad():
-            out = solver.sample(z.clone(), steps=rf.PIXART_STEPS, order=2, skip_type="time_uniform",
+            out = solver.sample(z.clone(), steps=rf.PIXART_STEPS, order=PIXART_SOLVER_ORDER, skip_type="time_uniform",
                                 method="multistep", model_kwargs=kwargs)
         k_steps = rf.PIXART_STEPS
         actions = np.zeros((k_steps, geo.depth, 3), dtype=np.int8)
@@ -326,7 +329,8 @@ def run_pixart(root: Path) -> None:
                           partial_events=len(events)))
         print(f"pixart {case.name}: {len(events)} partial events, |latents| max {float(out.abs().max()):.4f}")
     meta = dict(model="pixart", reference_commit=_reference_commit(root), geometry=rf.geometry_dict(geo),
-                weights_seed=rf.PIXART_SEED, weights_gain=[list(g) for g in rf.PIXART_GAIN], weights_checksum=rf.checksum(state), noise_seed=rf.PIXART_NOISE_SEED,
+                weights_seed=rf.PIXART_SEED, weights_gain=[list(g) for g in rf.PIXART_GAIN],
+                weights_checksum=rf.checksum(state), noise_seed=rf.PIXART_NOISE_SEED,
                 cfg_scale=rf.PIXART_CFG, steps=rf.PIXART_STEPS, sampler="DPM-Solver++ 2M, time-uniform",
                 pos_embed_max_abs_diff=pos_diff, cases=cases, torch=torch.__version__,
                 index_layout="per partial event in (step, block, module) order: rows 0..2B-1 ([uncond, cond]), "
@@ -352,7 +356,7 @@ def _stub_opensora_imports(folder: Path) -> None:
 def run_opensora(root: Path) -> None:
     import importlib
 
-    from opensora_duca.stdit3 import STDiT3, STDiT3Config
+    from opensora_duca.stdit3 import PATCH_SIZE, STDiT3, STDiT3Config
 
     folder = root / "DuCa-Open-Sora"
     if not (folder / "opensora" / "models" / "stdit" / "stdit3.py").is_file():
@@ -373,7 +377,7 @@ def run_opensora(root: Path) -> None:
                                input_sq_size=geo.pixels))
     state = rf.seeded_weights(ours, rf.OPENSORA_SEED, skip=("rope.freqs",))
     ref = ref_stdit.STDiT3(ref_stdit.STDiT3Config(
-        depth=geo.depth, hidden_size=geo.hidden_size, patch_size=(1, 2, 2), num_heads=geo.num_heads,
+        depth=geo.depth, hidden_size=geo.hidden_size, patch_size=PATCH_SIZE, num_heads=geo.num_heads,
         caption_channels=geo.caption_channels, model_max_length=geo.text_tokens, input_sq_size=geo.pixels)).eval()
     rope_diff = float((ref.rope.freqs - state["rope.freqs"]).abs().max())
     ref.load_state_dict(state, strict=True)
@@ -407,7 +411,7 @@ def run_opensora(root: Path) -> None:
             return ref.y_embedder.y_embedding[None].repeat(n, 1, 1)[:, None]
 
     modules = ("attn", "cross-attn", "mlp")
-    n_tok = geo.latent[0] * (geo.latent[1] // 2) * (geo.latent[2] // 2)
+    n_tok = (geo.latent[0] // PATCH_SIZE[0]) * (geo.latent[1] // PATCH_SIZE[1]) * (geo.latent[2] // PATCH_SIZE[2])
     arrays: dict[str, np.ndarray] = {}
     cases = []
     for case in rf.OPENSORA_CASES:

@@ -59,8 +59,12 @@ PEER_FAMILY_PREFIXES = ("cachedit-", "diffusers-")
 
 # Defaults of a method string come from the method (duca_common.cache.methods): token-wise methods take
 # their paper rows' R and selector (ToCa R=93% by attention received, DuCa R=95% by value norm; paper.md
-# section 2), forecasting methods their own order (TaylorSeer O=3 as its published rows).
+# section 2), forecasting methods their own order (TaylorSeer O=3 as its published rows). The cycle length
+# N = 3 is the DuCa README's fresh_threshold (models.md A.7) and the presets' n3 rows.
 DEFAULT_INTERVAL = 3
+# Decimals kept of the fresh ratio 1 - R: drops float noise (1 - 0.95 = 0.050000000000000044) so the
+# config equals the preset's 0.05.
+FRESH_RATIO_DECIMALS = 6
 
 # The paper's DiT grid: every method at N = 2..7 (the range of the DuCa/TaylorSeer ablations).
 PAPER_GRID_INTERVALS = (2, 3, 4, 5, 6, 7)
@@ -73,7 +77,8 @@ def allowed_keys(method: str) -> set[str]:
     rules = get_method(method)
     if not rules.caches:
         return set()
-    return {"n", "warmup"} | ({"r", "sel"} if rules.token_wise else set()) | ({"o"} if rules.default_order is not None else set())
+    return ({"n", "warmup"} | ({"r", "sel"} if rules.token_wise else set())
+            | ({"o"} if rules.default_order is not None else set()))
 
 
 class MethodSpecError(ValueError):
@@ -82,7 +87,11 @@ class MethodSpecError(ValueError):
 
 @dataclass(frozen=True)
 class PeerSettings:
-    """cache-dit settings (DBCache: Fn compute blocks, Bn compute blocks at the end, residual diff threshold)."""
+    """cache-dit settings (DBCache: Fn compute blocks, Bn compute blocks at the end, residual diff threshold).
+
+    Defaults: cache-dit 1.5.3's ``DBCacheConfig`` / ``TaylorSeerCalibratorConfig`` defaults (bn 0, rdt 0.08,
+    max_cached -1, order 1), except ``fn`` and ``warmup`` (cache-dit: 8 and 8), which are this project's
+    F1B0 setting with 2 warm-up steps (docs/benchmarks.md method strings)."""
 
     kind: str                       # "dbcache", or the calibrator: "taylorseer", "foca", "dmd"
     fn: int = 1                     # Fn_compute_blocks
@@ -91,6 +100,11 @@ class PeerSettings:
     warmup: int = 2                 # max_warmup_steps: always-computed first steps
     order: int = 1                  # TaylorSeer calibrator order
     max_cached: int = -1            # max_cached_steps (-1: unlimited)
+
+
+# Per cache-dit peer: method-string key -> (PeerSettings field, type).
+PEER_KEYS: dict[str, tuple[str, type]] = {"fn": ("fn", int), "bn": ("bn", int), "rdt": ("rdt", float),
+                                          "warmup": ("warmup", int), "o": ("order", int), "max": ("max_cached", int)}
 
 
 # diffusers 0.42.1's defaults (FirstBlockCacheConfig.threshold; PyramidAttentionBroadcastConfig's spatial
@@ -216,7 +230,7 @@ def _engine_spec(label: str, method: str, kv: dict[str, str]) -> MethodSpec:
         if not 0.0 <= r <= 1.0:
             raise MethodSpecError(f"method {label!r}: r={r} is the cache ratio R and must be in [0, 1] "
                                   f"(R=0.95 means 95%)")
-        settings["fresh_ratio"] = round(1.0 - r, 6)
+        settings["fresh_ratio"] = round(1.0 - r, FRESH_RATIO_DECIMALS)
     if "sel" in kv:
         if kv["sel"] not in SELECTORS:
             raise MethodSpecError(f"method {label!r}: sel={kv['sel']!r} is not one of {', '.join(SELECTORS)}")
@@ -234,13 +248,9 @@ def _engine_spec(label: str, method: str, kv: dict[str, str]) -> MethodSpec:
 
 def _peer_spec(label: str, family: str, kv: dict[str, str]) -> MethodSpec:
     kind = family.split("-", 1)[1]
-    peer = PeerSettings(kind=kind,
-                        fn=int(_number(label, "fn", kv.get("fn", "1"), int)),
-                        bn=int(_number(label, "bn", kv.get("bn", "0"), int)),
-                        rdt=float(_number(label, "rdt", kv.get("rdt", "0.08"), float)),
-                        warmup=int(_number(label, "warmup", kv.get("warmup", "2"), int)),
-                        order=int(_number(label, "o", kv.get("o", "1"), int)),
-                        max_cached=int(_number(label, "max", kv.get("max", "-1"), int)))
+    # settings not given keep PeerSettings' defaults
+    peer = PeerSettings(kind=kind, **{name: _number(label, key, kv[key], cast)
+                                      for key, (name, cast) in PEER_KEYS.items() if key in kv})
     if peer.fn < 1 or peer.bn < 0 or peer.rdt < 0 or peer.warmup < 0 or peer.order < 1:
         raise MethodSpecError(f"method {label!r}: need fn >= 1, bn >= 0, rdt >= 0, warmup >= 0, o >= 1; got {peer}")
     setting = (f"F{peer.fn}B{peer.bn}, rdt={peer.rdt:g}" + (f", O={peer.order}" if kind == "taylorseer" else "")
@@ -282,7 +292,7 @@ def parse_method(text: str) -> MethodSpec:
     if name in ENGINE_METHODS:
         return _engine_spec(label, name, _parse_kv(label, body, allowed_keys(name)))
     if name in PEER_METHODS:
-        return _peer_spec(label, name, _parse_kv(label, body, {"fn", "bn", "rdt", "warmup", "o", "max"}))
+        return _peer_spec(label, name, _parse_kv(label, body, set(PEER_KEYS)))
     if name in DIFFUSERS_PEER_METHODS:
         return _diffusers_spec(label, name, _parse_kv(label, body, set(DIFFUSERS_KEYS[name])))
     raise MethodSpecError(f"unknown method {label!r}: use a preset ({', '.join(sorted(PRESETS))}), "

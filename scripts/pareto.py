@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from .methods import MethodSpec, MethodSpecError, is_peer_family, parse_methods
 from .peers import PeerError
 from .report import environment, fmt, markdown_table, write_csv, write_json
-from .reproduce_table import WARMUP_STEPS, Row, TableOptions, _sample_all
+from .reproduce_table import DEFAULT_STEPS, WARMUP_STEPS, Row, TableOptions, _sample_all
 from .targets import TargetError, build_target
 
 # The paper's DiT grid spans N = 2..7; N = 8 reaches about 6x FLOPs speed-up for the reuse methods.
@@ -61,7 +61,15 @@ DEFAULT_IMAGES = 32
 # The frontier's columns (FLOPs speed-ups) and the goal speed-ups of issue 16.
 FRONTIER_SPEEDUPS = (1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0)
 GOAL_SPEEDUPS = (3.0, 4.0, 5.0)
+# Rows between two uncached timings: each row is then at most 3 rows from an uncached timing, and the
+# ~70-row grid adds ~12 uncached runs (a sixth of the rows).
 DEFAULT_BASELINE_EVERY = 6
+# One torch thread: the setting of the CPU results (docs/benchmarks.md, "Threads on a shared machine").
+DEFAULT_THREADS = 1
+DEFAULT_OUT = Path("results/pareto")      # relative to the working directory; --out overrides
+# Slack of the range check in interpolate(): a speed-up equal to a family's end point up to float rounding
+# of the FLOPs ratio still counts as inside the measured range.
+SPEEDUP_RANGE_SLACK = 1e-9
 
 # Engine method families in the grid: (family, method string with {n}). The paper's methods at the
 # published settings (ToCa R=93%, DuCa R=95%, TaylorSeer O=3), TaylorSeer also at O=1 (the best order on
@@ -132,7 +140,7 @@ class ParetoOptions:
     model: str = "digits"
     ckpt: str | None = None
     images: int = DEFAULT_IMAGES
-    steps: int = 50
+    steps: int = DEFAULT_STEPS
     seed: int = 0
     intervals: tuple[int, ...] = DEFAULT_INTERVALS
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
@@ -141,8 +149,8 @@ class ParetoOptions:
     cachedit: bool = True
     baseline_every: int = DEFAULT_BASELINE_EVERY
     engine_warmup: int = 0              # first steps always full for every engine method (0: none, the paper's)
-    threads: int | None = 1
-    out: Path = Path("results/pareto")
+    threads: int | None = DEFAULT_THREADS
+    out: Path = DEFAULT_OUT
 
     def validate(self) -> None:
         from dit_duca.embedded import EMBEDDED_MODELS
@@ -177,7 +185,7 @@ def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
         return None
     xs = sorted({s for s, _ in pts})
     ys = [float(np.mean([v for s, v in pts if s == u])) for u in xs]
-    if not xs[0] - 1e-9 <= x <= xs[-1] + 1e-9:
+    if not xs[0] - SPEEDUP_RANGE_SLACK <= x <= xs[-1] + SPEEDUP_RANGE_SLACK:
         return None
     return float(np.interp(x, xs, ys))
 

@@ -35,7 +35,7 @@ from duca_common.errors import UsageError
 
 from .methods import DiffusersPeerSettings, PeerSettings
 
-CACHE_DIT_VERSION = "1.5.3"
+CACHE_DIT_VERSION = "1.5.3"          # the version the "peers" extra pins (pyproject.toml)
 INSTALL_HINT = f'pip install -e ".[peers]"  (installs cache-dit=={CACHE_DIT_VERSION})'
 
 

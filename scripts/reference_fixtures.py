@@ -15,6 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from dit_duca.models import LATENT_CHANNELS as DIT_LATENT_CHANNELS
+from dit_duca.models import XL_DEPTH as DIT_XL_DEPTH
+from dit_duca.models import XL_PATCH_SIZE as DIT_PATCH_SIZE
+from opensora_duca.rflow import NUM_TIMESTEPS as OPENSORA_NUM_TIMESTEPS
+from opensora_duca.stdit3 import LATENT_CHANNELS as OPENSORA_LATENT_CHANNELS
+from opensora_duca.stdit3 import XL_DEPTH as OPENSORA_XL_DEPTH
+from pixart_duca.model import HEAD_DIM as PIXART_HEAD_DIM
+from pixart_duca.model import LATENT_CHANNELS as PIXART_LATENT_CHANNELS
+from pixart_duca.model import TEXT_TOKENS as PIXART_TEXT_TOKENS
+from pixart_duca.model import XL_DEPTH as PIXART_XL_DEPTH
 
 FIXTURE_DIR = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "reference"
 
@@ -28,6 +38,12 @@ LATENT_RTOL = 1e-6
 # ends 1.2e-6 apart. The bound is float32 noise, two orders below any decision-changing difference
 # (a token choice that differs moves these latents by 1e-4 or more).
 PIXART_LATENT_RTOL = 2e-6
+
+# seeded_weights' scales: N(0, 1) x 0.5 / sqrt(fan_in) for matrices and convolutions keeps a 28-block trunk
+# of random blocks from vanishing or exploding; 0.02 for vectors (biases, tables), the std of DiT's
+# normal initialisations (dit_duca.models.EMBED_INIT_STD).
+MATRIX_STD_GAIN = 0.5
+VECTOR_STD = 0.02
 
 
 def seeded_weights(model: torch.nn.Module, seed: int, *, skip: tuple[str, ...] = ("pos_embed",),
@@ -43,7 +59,7 @@ def seeded_weights(model: torch.nn.Module, seed: int, *, skip: tuple[str, ...] =
             continue
         g = torch.Generator().manual_seed(seed + i)
         values = torch.randn(t.shape, generator=g, dtype=torch.float32)
-        std = 0.5 / float(np.prod(t.shape[1:])) ** 0.5 if t.dim() >= 2 else 0.02
+        std = MATRIX_STD_GAIN / float(np.prod(t.shape[1:])) ** 0.5 if t.dim() >= 2 else VECTOR_STD
         std *= next((v for suffix, v in gain if name.endswith(suffix)), 1.0)
         out[name] = (values * std).to(t.dtype)
     return out
@@ -62,10 +78,10 @@ class DiTGeometry:
     applies) that is narrow enough to sample 50 DDIM steps on a CPU in about a second."""
 
     input_size: int = 32       # 16x16 = 256 tokens as DiT-XL/2 at 256 px (a square grid: the spatial bonus needs one)
-    patch_size: int = 2
-    in_channels: int = 4
+    patch_size: int = DIT_PATCH_SIZE
+    in_channels: int = DIT_LATENT_CHANNELS
     hidden_size: int = 32
-    depth: int = 28            # the reference hard-codes 28 blocks (cache_init, layer/27, block 27 trunk)
+    depth: int = DIT_XL_DEPTH  # the reference hard-codes 28 blocks (cache_init, layer/27, block 27 trunk)
     num_heads: int = 2
     mlp_ratio: float = 2.0
     num_classes: int = 10
@@ -85,11 +101,13 @@ class DiTCase:
     rule: str
 
 
+# Seeds and the label of the fixtures: arbitrary fixed values, stored in each fixture's JSON.
 DIT_SEED = 1234                # weights
 DIT_NOISE_SEED = 7
 DIT_LABEL = 3
 DIT_CFG = 1.5                  # DuCa README
-DIT_STEPS = 25                 # DDIM-25: reaches every schedule feature of DDIM-50 (forced N=2 window, k=0 partial steps) at half the cost
+# DDIM-25: reaches every schedule feature of DDIM-50 (forced N=2 window, k=0 partial steps) at half the cost
+DIT_STEPS = 25
 DIT_CASES = (
     # uncached: threshold 1 with fresh_ratio 0 makes every reference block 'full'; kv-norm keeps SDPA
     DiTCase("none", "dit-none", "kv-norm", 0.0, 1, "reference"),
@@ -118,11 +136,11 @@ class PixArtGeometry:
     caption features; 8x8 = 64 tokens (the reference's 4x4-cell spatial bonus needs a side divisible by 4)."""
 
     input_size: int = 16
-    hidden_size: int = 72
-    depth: int = 28
+    hidden_size: int = PIXART_HEAD_DIM      # one head of the XL width
+    depth: int = PIXART_XL_DEPTH
     num_heads: int = 1
     caption_channels: int = 16
-    text_tokens: int = 120
+    text_tokens: int = PIXART_TEXT_TOKENS
     caption_length: int = 9    # valid tokens of the one prompt (the mask's ones)
 
 
@@ -155,7 +173,7 @@ PIXART_CASES = (
 def pixart_inputs(geo: PixArtGeometry) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(noise (1, 4, s, s), caption features (1, 120, C), mask (1, 120)) for the one prompt."""
     g = torch.Generator().manual_seed(PIXART_NOISE_SEED)
-    z = torch.randn(1, 4, geo.input_size, geo.input_size, generator=g)
+    z = torch.randn(1, PIXART_LATENT_CHANNELS, geo.input_size, geo.input_size, generator=g)
     caption = torch.randn(1, geo.text_tokens, geo.caption_channels, generator=g)
     mask = torch.zeros(1, geo.text_tokens, dtype=torch.long)
     mask[:, :geo.caption_length] = 1
@@ -170,14 +188,14 @@ class OpenSoraGeometry:
     (T, H, W) = (4, 8, 8): 4 frames x 16 patches = 64 tokens."""
 
     hidden_size: int = 64
-    depth: int = 28
+    depth: int = OPENSORA_XL_DEPTH
     num_heads: int = 2
     caption_channels: int = 16
     text_tokens: int = 12
     caption_length: int = 7
     latent: tuple[int, int, int] = (4, 8, 8)
     pixels: int = 64           # height = width in pixels (= input_sq_size: position-table scale 1)
-    fps: float = 24.0
+    fps: float = 24.0          # the reference inference fps (models.md C.10)
 
 
 @dataclass(frozen=True)
@@ -206,14 +224,14 @@ OPENSORA_CASES = (
 def opensora_inputs(geo: OpenSoraGeometry) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(noise (1, 4, T, H, W), caption features (1, L, C), mask (1, L))."""
     g = torch.Generator().manual_seed(OPENSORA_NOISE_SEED)
-    z = torch.randn(1, 4, *geo.latent, generator=g)
+    z = torch.randn(1, OPENSORA_LATENT_CHANNELS, *geo.latent, generator=g)
     caption = torch.randn(1, geo.text_tokens, geo.caption_channels, generator=g)
     mask = torch.zeros(1, geo.text_tokens, dtype=torch.long)
     mask[:, :geo.caption_length] = 1
     return z, caption, mask
 
 
-def opensora_timesteps(steps: int = OPENSORA_STEPS, num_timesteps: int = 1000) -> list[float]:
+def opensora_timesteps(steps: int = OPENSORA_STEPS, num_timesteps: int = OPENSORA_NUM_TIMESTEPS) -> list[float]:
     """RFlow's base grid (1 - i/K) * 1000 (no timestep transform: it only reshapes the grid)."""
     return [(1.0 - i / steps) * num_timesteps for i in range(steps)]
 

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import torch
 from dit_duca.embedded import EMBEDDED_MODELS
+from dit_duca.options import DEFAULT_IMAGE_SIZE
 from duca_common.allocator import check_policy
 from duca_common.cache import get_method, measured_flops, reference_flops, speedup
 from duca_common.errors import UsageError, print_error
@@ -61,11 +62,18 @@ PROTOCOLS = ("memory", "fid50k")
 DEFAULT_IMAGES = 100
 DEFAULT_STEPS = 50                  # the paper's DDIM-50
 FID_NUM_SAMPLES = 50_000            # the ADM FID-50k protocol (paper.md section 2)
+# Per-GPU batch of the FID-50k launcher: DEFAULT_GPUS x 125 = 1000 images per global batch, which divides
+# FID_NUM_SAMPLES exactly (50 batches, no padded samples).
 FID_DEFAULT_BATCH = 125
+# NGPU default of the generated fid50k.sh: one 8-GPU node (--gpus or $NGPU override it).
+DEFAULT_GPUS = 8
+DEFAULT_OUT = Path("results/table")       # relative to the working directory; --out overrides
 # Timed rounds per method: two is the fewest that shows a spread; each round samples every image again.
 DEFAULT_REPEATS = 2
 # Steps of the untimed uncached warm-up call before the first round (first-call allocations).
 WARMUP_STEPS = 2
+# Image size of the FID-50k launcher: the paper's DiT-XL/2 256 px table (dit_duca.options.DEFAULT_IMAGE_SIZE).
+FID_IMAGE_SIZE = DEFAULT_IMAGE_SIZE
 
 
 class TableError(ValueError):
@@ -88,8 +96,8 @@ class TableOptions:
     cfg_scale: float | None = None
     protocol: str = "memory"
     ref: str | None = None                  # fid50k: ADM reference batch
-    gpus: int = 8
-    out: Path = Path("results/table")
+    gpus: int = DEFAULT_GPUS
+    out: Path = DEFAULT_OUT
 
     def validate(self) -> None:
         if self.images < 1:
@@ -106,9 +114,11 @@ class TableOptions:
             raise TableError(f"--protocol {self.protocol!r} is invalid: allowed {PROTOCOLS}")
         if self.protocol == "fid50k":
             if self.ckpt is None:
-                raise TableError("--protocol fid50k needs --ckpt (official DiT weights); FID of random weights means nothing")
+                raise TableError("--protocol fid50k needs --ckpt (official DiT weights); "
+                                 "FID of random weights means nothing")
             if self.ref is None:
-                raise TableError("--protocol fid50k needs --ref (the ADM reference batch VIRTUAL_imagenet256_labeled.npz)")
+                raise TableError("--protocol fid50k needs --ref "
+                                 "(the ADM reference batch VIRTUAL_imagenet256_labeled.npz)")
         self.device = str(pick_device(self.device))     # the project's one device choice (UsageError if unusable)
 
     def method_list(self) -> list[str]:
@@ -175,13 +185,13 @@ def _unit_range(samples: torch.Tensor, reference: torch.Tensor, pixel: bool) -> 
 
 
 def _fidelity(row: Row, base: Row, pixel: bool) -> None:
-    from duca_eval.fidelity import psnr, ssim
+    from duca_eval.fidelity import SSIM_WINDOW, psnr, ssim
 
     a, b = _unit_range(row.samples, base.samples, pixel)
     p = psnr(a, b)
     finite = p[torch.isfinite(p)]
     row.metrics["psnr"] = float(finite.mean()) if len(finite) else math.inf
-    row.metrics["ssim"] = float(ssim(a, b).mean()) if min(a.shape[-2:]) >= 11 else None
+    row.metrics["ssim"] = float(ssim(a, b).mean()) if min(a.shape[-2:]) >= SSIM_WINDOW else None
 
 
 class DigitsJudge:
@@ -284,8 +294,9 @@ def _summarise(opts: TableOptions, specs: list[MethodSpec], rows: dict[str, Row]
         })
     return {"options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
             "environment": environment(target.device), "model": target.name, "protocol": opts.protocol,
-            "quality_metrics": "digits accuracy + Frechet distance (dit_duca.digits_metrics)" if opts.model in EMBEDDED_MODELS
-            else "PSNR/SSIM against the uncached samples only (no quality judge for this model)",
+            "quality_metrics": ("digits accuracy + Frechet distance (dit_duca.digits_metrics)"
+                                if opts.model in EMBEDDED_MODELS
+                                else "PSNR/SSIM against the uncached samples only (no quality judge for this model)"),
             "measurement": (f"interleaved: {opts.repeats} round(s), every method once per round; speed-up = ratio "
                             f"of medians, (min-max) = the per-round ratios; wall time flagged unreliable when wall "
                             f"and CPU speed-ups differ by more than {WALL_CPU_DISAGREEMENT:.0%}"),
@@ -294,7 +305,8 @@ def _summarise(opts: TableOptions, specs: list[MethodSpec], rows: dict[str, Row]
 
 
 TABLE_HEADERS = ["method", "setting", "TFLOPs/img", "FLOPs speed-up", "measured FLOPs speed-up",
-                 "CPU speed-up (rounds min-max)", "wall speed-up (rounds min-max)", "accuracy", "Frechet dist.", "PSNR vs uncached", "SSIM vs uncached"]
+                 "CPU speed-up (rounds min-max)", "wall speed-up (rounds min-max)", "accuracy", "Frechet dist.",
+                 "PSNR vs uncached", "SSIM vs uncached"]
 
 
 def ratio_cell(value, lo, hi) -> str:
@@ -332,7 +344,8 @@ def write_csv_table(path: Path, data: dict) -> Path:
 
 
 FAMILY_STYLE = {"fora": ("FORA", "o"), "toca": ("ToCa", "s"), "duca": ("DuCa", "D"), "taylorseer": ("TaylorSeer", "^"),
-                "cachedit-dbcache": ("cache-dit DBCache", "v"), "cachedit-taylorseer": ("cache-dit DBCache+TaylorSeer", "P")}
+                "cachedit-dbcache": ("cache-dit DBCache", "v"),
+                "cachedit-taylorseer": ("cache-dit DBCache+TaylorSeer", "P")}
 
 
 def pareto_plot(data: dict, path: Path) -> Path:
@@ -393,7 +406,8 @@ def cache_flags(spec: MethodSpec) -> str:
 def write_fid50k_plan(opts: TableOptions, specs: list[MethodSpec], target: Target) -> dict:
     if any(s.is_peer for s in specs):
         raise TableError("--protocol fid50k runs the engine's methods through dit_duca.sample_ddp; drop --peers")
-    lines = ["#!/usr/bin/env bash", "# Generated by duca_scripts.reproduce_table --protocol fid50k: FID-50k per method.",
+    lines = ["#!/usr/bin/env bash",
+             "# Generated by duca_scripts.reproduce_table --protocol fid50k: FID-50k per method.",
              "set -euo pipefail", f'NGPU="${{NGPU:-{opts.gpus}}}"', f'OUT="{opts.out}"']
     rows = []
     for spec in tqdm(specs, desc="FLOPs (meta device)"):
@@ -402,10 +416,12 @@ def write_fid50k_plan(opts: TableOptions, specs: list[MethodSpec], target: Targe
         d = f'"$OUT/samples/{slug(spec.label)}"'
         lines += [f"# {spec.label}: {spec.setting}",
                   f"torchrun --nproc_per_node=$NGPU -m dit_duca.sample_ddp --model {target.name} --ckpt {opts.ckpt} "
-                  f"--image-size 256 --num-sampling-steps {opts.steps} --cfg-scale {target.cfg_scale} --ddim-sample "
+                  f"--image-size {FID_IMAGE_SIZE} --num-sampling-steps {opts.steps} --cfg-scale {target.cfg_scale} "
+                  f"--ddim-sample "
                   f"--num-fid-samples {FID_NUM_SAMPLES} --per-proc-batch-size {FID_DEFAULT_BATCH} "
                   f"--global-seed {opts.seed} --sample-dir {d} {cache_flags(spec)}",
-                  f'python -m duca_eval.imagenet --sample {d}.npz --ref {opts.ref} --out "$OUT/eval/{slug(spec.label)}.json"']
+                  f'python -m duca_eval.imagenet --sample {d}.npz --ref {opts.ref} '
+                  f'--out "$OUT/eval/{slug(spec.label)}.json"']
     script = opts.out / "fid50k.sh"
     script.write_text("\n".join(lines) + "\n")
     script.chmod(0o755)
@@ -420,10 +436,12 @@ def write_fid50k_plan(opts: TableOptions, specs: list[MethodSpec], target: Targe
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d = TableOptions()
     p.add_argument("--model", default=d.model, help=TARGET_HELP)
-    p.add_argument("--methods", nargs="+", default=None, help="default: the paper's DiT grid (FORA/ToCa/DuCa/TaylorSeer, N=2..7)")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="default: the paper's DiT grid (FORA/ToCa/DuCa/TaylorSeer, N=2..7)")
     p.add_argument("--peers", action="store_true", help="add cache-dit DBCache and TaylorSeer-calibrator rows")
     p.add_argument("--images", type=int, default=d.images)
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per sampling batch")

@@ -25,13 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from dit_duca.embedded_sampling import DEFAULT_CFG_SCALE as DIGITS_DEMO_CFG_SCALE
+from dit_duca.models import IMAGENET_CLASSES, LATENT_CHANNELS, XL_INPUT_SIZE
 from duca_common.cache import CacheConfig, FeatureCache, TransformerDims
 from duca_common.errors import CheckpointError, one_line
 
-# The DiT-XL/2 256 px shape (models.md A.1): 32x32 latents of the SD VAE, 4 channels, 1000 classes.
-DIT_LATENT_SIDE = 32
-DIT_LATENT_CHANNELS = 4
-IMAGENET_CLASSES = 1000
+# The DiT-XL/2 256 px shape (models.md A.1): 32x32 latents of the SD VAE, 4 channels, 1000 classes
+# (dit_duca.models' constants).
+DIT_LATENT_SIDE = XL_INPUT_SIZE
+DIT_LATENT_CHANNELS = LATENT_CHANNELS
 # Reference sampling settings of the DiT table (paper.md section 2): cfg 1.5; PixArt cfg 4.5.
 DIT_CFG_SCALE = 1.5
 PIXART_CFG_SCALE = 4.5
@@ -39,13 +41,17 @@ PIXART_CFG_SCALE = 4.5
 DIT_BENCH_LABEL = 207
 # Classifier-free guidance of the embedded digits model: the value its demo samples with
 # (dit_duca.embedded_sampling.DEFAULT_CFG_SCALE), so the table's uncached row is the demo's quality.
-DIGITS_CFG_SCALE = 4.0
+DIGITS_CFG_SCALE = DIGITS_DEMO_CFG_SCALE
 # Tiny test model: 2 blocks, width 32, 8x8 inputs with patch 2 (16 tokens), 10 classes.
 TINY_KWARGS = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2, num_classes=10)
 # PixArt benchmark caption: T5 tokens the synthetic prompt keeps valid (a typical short COCO caption
 # is ~15-25 T5 tokens; the hand formula's cross-attention cost scales with it).
 PIXART_BENCH_TEXT_TOKENS = 20
+# PixArt benchmark resolution: the reference scripts/inference.py default, 256 px (models.md B.9;
+# pixart_duca.cli.DEFAULT_IMAGE_SIZE, not imported: the PixArt stack is optional here).
 PIXART_IMAGE_SIZE = 256
+# Seed of the synthetic caption's random features (fixed, so every method sees the same caption).
+PIXART_CAPTION_SEED = 0
 
 TARGET_HELP = ("a DiT config (DiT-XL/2, DiT-S/2, ...), 'digits' / 'digits256' (embedded models, 64 / 256 tokens), "
                "'tiny', or 'PixArt-XL/2'")
@@ -211,7 +217,7 @@ def _pixart_target(device: torch.device) -> Target:
     with torch.device(device):
         model = PixArt(config)
     model.eval().requires_grad_(False)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(PIXART_CAPTION_SEED)
     # A synthetic caption: random T5-width features, PIXART_BENCH_TEXT_TOKENS valid tokens per row.
     text = torch.randn(1, PIXART_BENCH_TEXT_TOKENS, config.caption_channels, generator=g)
 
