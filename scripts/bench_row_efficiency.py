@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from duca_common.errors import UsageError, run_or_exit
 from duca_common.measure import Case, interleaved
 
-from .report import environment, markdown_table, write_report
+from .report import environment, markdown_table, save_figure, write_report
 
 # One image with its CFG twin (the benchmarks' setting, docs/benchmarks.md), 32x32 latents with patch 2
 # (256 px): 256 tokens per image.
@@ -227,11 +227,7 @@ def row_efficiency_plot(data: dict, path: Path) -> Path:
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{data['model']}: block products' rate against their row count "
                  f"({data['environment']['threads']} thread(s), {data['repeats']} rounds)", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -46,7 +46,7 @@ from duca_common.cache.plan import build_plan
 from duca_common.errors import UsageError, run_or_exit
 from duca_common.measure import Case, compare, interleaved
 
-from .report import environment, markdown_table, sig, write_report
+from .report import environment, markdown_table, save_figure, sig, write_report
 
 WORKLOADS = ("dit256", "dit512", "pixart1024", "opensora480p")
 DEFAULT_BUDGET_S = 540          # 9 of the 10 minutes a GPU slot gives: model building and writing need the rest
@@ -422,11 +422,7 @@ def gpu_bench_plot(data: dict, path: Path) -> Path | None:
     fig.suptitle(f"{env.get('gpu', env['device'])}: wall-clock against FLOPs speed-up per method\n(bottom: peak "
                  f"memory, hatched: compiled)" + (f"\nskipped for the budget: {', '.join(skipped)}"
                                                   if skipped else ""), fontsize=10)
-    fig.tight_layout(rect=(0, 0.03 + 0.025 * legend_rows, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, layout_rect=(0, 0.03 + 0.025 * legend_rows, 1, 1))
 
 
 def build_parser() -> argparse.ArgumentParser:

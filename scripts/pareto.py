@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from .methods import MethodSpec, MethodSpecError, is_peer_family, parse_methods
 from .peers import PeerError
-from .report import environment, fmt, markdown_table, write_csv, write_json
+from .report import environment, fmt, markdown_table, save_figure, write_csv, write_json
 from .reproduce_table import DEFAULT_STEPS, WARMUP_STEPS, Row, TableOptions, _sample_all
 from .targets import TargetError, build_target
 
@@ -414,11 +414,7 @@ def pareto_plot(data: dict, path: Path) -> Path:
     o = data["options"]
     fig.suptitle(f"{data['model']}: fidelity to the uncached run against speed-up ({o['images']} images, "
                  f"DDIM-{o['steps']}); dashed: cache-dit, dotted: diffusers hooks", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def build_parser() -> argparse.ArgumentParser:

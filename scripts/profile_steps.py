@@ -34,7 +34,7 @@ from duca_common.cache.trace import NOT_RUN
 from duca_common.errors import run_or_exit
 
 from .methods import parse_methods
-from .report import environment, markdown_table, write_json
+from .report import environment, markdown_table, save_figure, write_json
 from .targets import TARGET_HELP, build_target
 
 KINDS = ("full", "conservative", "aggressive")
@@ -229,11 +229,7 @@ def profile_plot(data: dict, path: Path) -> Path:
     axes[1].set_xlabel("model evaluation (sampling order)")
     fig.suptitle(f"{data['model']}, {data['method']}: CPU time and FLOPs per step\n"
                  f"{data['images']} image(s) + CFG twin, {data['environment']['threads']} thread(s)", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -43,6 +43,26 @@ def environment(device: torch.device) -> dict:
     return env
 
 
+# Resolution of the saved plots (pixels per inch): readable at the figure sizes the scripts use
+FIGURE_DPI = 110
+
+
+def save_figure(fig, path: Path, dpi: int = FIGURE_DPI,
+                layout_rect: tuple[float, float, float, float] | None = None) -> Path:
+    """Lay out a matplotlib figure (within ``layout_rect`` when given), write it to ``path`` (creating its
+    folder) and close it."""
+    import matplotlib.pyplot as plt
+
+    if layout_rect is None:
+        fig.tight_layout()
+    else:
+        fig.tight_layout(rect=layout_rect)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def _jsonable(obj):
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}

@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 
 from .measure import WALL_CPU_DISAGREEMENT, Case, Series, compare, interleaved, wall_warning
 from .methods import MethodSpec, MethodSpecError, paper_grid, parse_methods, peer_grid
-from .report import environment, fmt, markdown_table, sig, write_csv, write_json
+from .report import environment, fmt, markdown_table, save_figure, sig, write_csv, write_json
 from .targets import TARGET_HELP, Target, TargetError, build_target
 
 PROTOCOLS = ("memory", "fid50k")
@@ -375,11 +375,7 @@ def pareto_plot(data: dict, path: Path) -> Path:
     axes[0, 0].legend(fontsize=8)
     fig.suptitle(f"{data['model']}: quality against FLOPs speed-up ({data['options']['images']} images, "
                  f"{data['options']['steps']} steps)", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 # ------------------------------------------------------------------------------------------------ FID-50k
