@@ -21,7 +21,12 @@ from the cache), for:
   every weight for every call would cost;
 * with ``--column-major``, ``mlp column-major``: the MLP at each row count with the same weights stored
   column-major (``W.t().contiguous().t()``, the same ``[out, in]`` tensor to ``F.linear``), which makes MKL
-  take another path, and whether its outputs equal the row-major product's bit for bit (first block).
+  take another path, and whether its outputs equal the row-major product's bit for bit (first block);
+* with ``--prepacked``, the MLP on weights packed once before timing, what removing the per-call packing
+  would give: ``mlp mkl-packed`` (``torch.ops.mkl._mkl_linear``, packed for each row count: MKL's packed
+  GEMM only serves the row count it was packed for) and ``mlp onednn-prepacked``
+  (``torch.ops.mkldnn._linear_pointwise`` on ``_reorder_linear_weight``), each with its largest difference
+  from the row-major product (first block).
 
 Timed the project's one way (``duca_common.measure``: interleaved rounds, CPU time beside wall, the
 spread). Efficiency = GFLOP/s of the row count / GFLOP/s of the full-step row count; "s beyond the FLOPs
@@ -61,6 +66,9 @@ FLOAT32_BYTES = 4
 READ_LABEL = "read:mlp weights"
 COPY_LABEL = "copy:mlp weights"
 COLUMN_MAJOR = "mlp column-major"
+MKL_PACKED = "mlp mkl-packed"
+ONEDNN_PREPACKED = "mlp onednn-prepacked"
+MLP_VARIANTS = ("mlp", COLUMN_MAJOR, MKL_PACKED, ONEDNN_PREPACKED)
 
 
 def dims_of(model: str) -> tuple[int, int, int, int]:
@@ -90,7 +98,7 @@ def adaln_weight_bytes(hidden: int, depth: int) -> int:
 
 
 def run(model: str, images: int, rows: list[int], steps: int, repeats: int, warmup: int,
-        threads: int | None, column_major: bool = False) -> dict:
+        threads: int | None, column_major: bool = False, prepacked: bool = False) -> dict:
     if threads:
         torch.set_num_threads(threads)
     depth, hidden, mlp_hidden, tokens = dims_of(model)
@@ -106,10 +114,28 @@ def run(model: str, images: int, rows: list[int], steps: int, repeats: int, warm
     fc1_col = [(w.t().contiguous().t(), b) for w, b in fc1] if column_major else []
     fc2_col = [(w.t().contiguous().t(), b) for w, b in fc2] if column_major else []
 
-    def mlp(x: torch.Tensor, first: list, second: list) -> torch.Tensor:
+    def mlp(x: torch.Tensor, first: list, second: list, linear=F.linear) -> torch.Tensor:
         for (w1, b1), (w2, b2) in zip(first, second):
-            y = F.linear(F.gelu(F.linear(x, w1, b1), approximate="tanh"), w2, b2)
+            y = linear(F.gelu(linear(x, w1, b1), approximate="tanh"), w2, b2)
         return y
+
+    def onednn_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+
+    fc1_onednn = [(torch.ops.mkldnn._reorder_linear_weight(w), b) for w, b in fc1] if prepacked else []
+    fc2_onednn = [(torch.ops.mkldnn._reorder_linear_weight(w), b) for w, b in fc2] if prepacked else []
+
+    def mkl_packed_mlp(rows: int):
+        """The MLP on weights MKL packed for ``rows`` rows (a packed copy of every weight, kept while timing)."""
+        packed = [[(torch.ops.mkl._mkl_reorder_linear_weight(w, rows), w, b) for w, b in fc] for fc in (fc1, fc2)]
+
+        def run(x: torch.Tensor, n: int = depth) -> torch.Tensor:
+            for (p1, w1, b1), (p2, w2, b2) in zip(packed[0][:n], packed[1][:n]):
+                h = torch.ops.mkl._mkl_linear(x, p1, w1, b1, rows)
+                y = torch.ops.mkl._mkl_linear(F.gelu(h, approximate="tanh"), p2, w2, b2, rows)
+            return y
+
+        return run
 
     def adaln(c: torch.Tensor) -> None:
         for w, b in ada:
@@ -128,16 +154,22 @@ def run(model: str, images: int, rows: list[int], steps: int, repeats: int, warm
             buffers[1].copy_(w2)
 
     mlp_rows = sorted(set(rows) | {full_rows})
-    cases, flops, identical = [], {}, {}
+    cases, flops, differences = [], {}, {}
     for r in mlp_rows:
         x = torch.randn(r, hidden, generator=g)
-        cases.append(Case(f"mlp:{r}", fn=lambda x=x: mlp(x, fc1, fc2)))
-        flops[f"mlp:{r}"] = mlp_flops(r, hidden, mlp_hidden, depth)
+        variants = {"mlp": lambda x, n=depth: mlp(x, fc1[:n], fc2[:n])}
         if column_major:
-            cases.append(Case(f"{COLUMN_MAJOR}:{r}", fn=lambda x=x: mlp(x, fc1_col, fc2_col)))
-            flops[f"{COLUMN_MAJOR}:{r}"] = flops[f"mlp:{r}"]
-            with torch.inference_mode():
-                identical[r] = torch.equal(mlp(x, fc1[:1], fc2[:1]), mlp(x, fc1_col[:1], fc2_col[:1]))
+            variants[COLUMN_MAJOR] = lambda x, n=depth: mlp(x, fc1_col[:n], fc2_col[:n])
+        if prepacked:
+            variants[MKL_PACKED] = mkl_packed_mlp(r)
+            variants[ONEDNN_PREPACKED] = lambda x, n=depth: mlp(x, fc1_onednn[:n], fc2_onednn[:n], onednn_linear)
+        with torch.inference_mode():
+            first_block = variants["mlp"](x, 1)
+            for name, fn in variants.items():
+                differences[f"{name}:{r}"] = float((fn(x, 1) - first_block).abs().max())
+        for name, fn in variants.items():
+            cases.append(Case(f"{name}:{r}", fn=lambda x=x, fn=fn: fn(x)))
+            flops[f"{name}:{r}"] = mlp_flops(r, hidden, mlp_hidden, depth)
     for r in (batch, steps * batch):
         c = torch.randn(r, hidden, generator=g)
         cases.append(Case(f"adaLN:{r}", fn=lambda c=c: adaln(c)))
@@ -153,7 +185,7 @@ def run(model: str, images: int, rows: list[int], steps: int, repeats: int, warm
 
     full_rate = flops[f"mlp:{full_rows}"] / seconds(f"mlp:{full_rows}")
     mlp_bytes = mlp_weight_bytes(hidden, mlp_hidden, depth)
-    weight_bytes = {"mlp": mlp_bytes, COLUMN_MAJOR: mlp_bytes, "adaLN": adaln_weight_bytes(hidden, depth)}
+    weight_bytes = {**dict.fromkeys(MLP_VARIANTS, mlp_bytes), "adaLN": adaln_weight_bytes(hidden, depth)}
     read_rate = mlp_bytes / seconds(READ_LABEL)                               # bytes per second
     out_rows = []
     for label, s in series.items():
@@ -168,8 +200,9 @@ def run(model: str, images: int, rows: list[int], steps: int, repeats: int, warm
                          "efficiency_vs_full_step": rate / full_rate,
                          "seconds_beyond_flops_share": t - flops[label] / full_rate,
                          "roofline_seconds": roofline, "seconds_beyond_roofline": t - roofline})
-        if product == COLUMN_MAJOR:
-            out_rows[-1]["bit_identical_to_row_major"] = identical[int(r)]
+        if product in MLP_VARIANTS[1:]:
+            out_rows[-1]["max_abs_diff_to_row_major"] = differences[label]
+            out_rows[-1]["bit_identical_to_row_major"] = differences[label] == 0.0
     per_step, all_steps = seconds(f"adaLN:{batch}"), seconds(f"adaLN:{steps * batch}")
     return {"environment": environment(torch.device("cpu")), "model": model, "depth": depth, "hidden": hidden,
             "mlp_hidden": mlp_hidden, "tokens_per_image": tokens, "images": images, "full_step_rows": full_rows,
@@ -189,7 +222,9 @@ def render(data: dict) -> str:
     def product(r: dict) -> str:
         if "bit_identical_to_row_major" not in r:
             return r["product"]
-        return f"{r['product']} ({'bit-identical' if r['bit_identical_to_row_major'] else 'differs'})"
+        if r["bit_identical_to_row_major"]:
+            return f"{r['product']} (bit-identical)"
+        return f"{r['product']} (differs by {r['max_abs_diff_to_row_major']:.1e})"
 
     cells = [[product(r), str(r["rows"]), f"{r['seconds']:.3f}", f"{r['gflop_per_s']:.1f}",
               f"{r['efficiency_vs_full_step']:.2f}", f"{r['seconds_beyond_flops_share']:+.3f}",
@@ -242,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--column-major", action="store_true",
                    help="also time the MLP with its weights stored column-major (and check it is bit-identical)")
+    p.add_argument("--prepacked", action="store_true",
+                   help="also time the MLP on weights packed once (MKL per row count, oneDNN) and give the difference")
     p.add_argument("--out", type=Path, default=Path("results/row_efficiency"))
     return p
 
@@ -257,6 +294,8 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(f"--rows must be >= 1, got {args.rows}")
     if args.warmup < 0:
         raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.prepacked and not (torch.backends.mkl.is_available() and torch.backends.mkldnn.is_available()):
+        raise UsageError("--prepacked needs a PyTorch built with MKL and oneDNN (x86 CPU wheels); drop --prepacked")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}; omit it for torch's choice")
     check_output_dir(args.out, "--out")
@@ -266,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     run_or_exit(lambda: _check(args))
     data = run(args.model, args.images, args.rows, args.steps, args.repeats, args.warmup, args.threads,
-               args.column_major)
+               args.column_major, args.prepacked)
     md = render(data)
     row_efficiency_plot(data, args.out / "row_efficiency.png")
     write_report(args.out, "row_efficiency", data, md, note=", row_efficiency.png")

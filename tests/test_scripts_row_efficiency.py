@@ -66,6 +66,21 @@ def test_column_major_weights_are_timed_beside_row_major(tmp_path):
     assert f"mlp column-major ({word}) | {full} |" in (tmp_path / "row_efficiency.md").read_text()
 
 
+def test_prepacked_weights_are_timed_beside_row_major(tmp_path):
+    data = bench.main(["--model", "DiT-S/2", "--rows", "24", "--steps", "2", "--repeats", "1", "--warmup", "0",
+                       "--threads", "1", "--prepacked", "--out", str(tmp_path)])
+    rows = {(r["product"], r["rows"]): r for r in data["rows"]}
+    for product in ("mlp mkl-packed", "mlp onednn-prepacked"):
+        for r in (24, data["full_step_rows"]):
+            row = rows[(product, r)]
+            assert row["gflops"] == rows[("mlp", r)]["gflops"]
+            # the same products on packed copies of the same weights: equal up to rounding
+            assert 0.0 <= row["max_abs_diff_to_row_major"] < 1e-4
+            assert row["bit_identical_to_row_major"] == (row["max_abs_diff_to_row_major"] == 0.0)
+    assert "bit_identical_to_row_major" not in rows[("mlp", 24)]
+    assert "| mlp onednn-prepacked (" in (tmp_path / "row_efficiency.md").read_text()
+
+
 @pytest.mark.parametrize("argv, words", [
     (["--model", "PixArt-XL/2"], "choose a DiT config"),
     (["--rows", "0"], "--rows must be >= 1"),
