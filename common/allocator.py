@@ -88,7 +88,8 @@ def check_policy() -> str:
 
 def retain_freed_memory() -> bool:
     """Unless ``DUCA_CPU_ALLOCATOR=system``, ask glibc to keep freed memory for reuse (see the module text).
-    True when it now does; False under ``system`` or where the C library is not glibc >= 2.33."""
+    True when the process now keeps it (also under ``system`` once an earlier call turned it on: it cannot
+    be undone); False under ``system`` otherwise, or where the C library is not glibc >= 2.33."""
     global _retained
     mode = check_policy()
     if _retained:
@@ -107,6 +108,8 @@ def retention_state() -> str:
         return "not glibc: the C library's allocator, untouched"
     if _mode() == "retain":
         return f"glibc, freed memory retained ({ALLOCATOR_ENV}=retain, the default)"
+    if _retained:   # turned on earlier in this process; mallopt's thresholds cannot be given back to glibc
+        return f"glibc, freed memory retained (turned on earlier in this process; {ALLOCATOR_ENV}=system came later)"
     return f"glibc defaults ({ALLOCATOR_ENV}=system)"
 
 

@@ -98,6 +98,17 @@ def test_policy_is_named_and_a_bad_value_is_refused():
     assert "DUCA_CPU_ALLOCATOR='jemalloc': use 'retain'" in bad.stderr
 
 
+def test_system_after_retention_in_the_same_process_says_memory_is_still_retained():
+    """mallopt's thresholds cannot be given back: a report written under system after retention was turned
+    on in the same process must not claim glibc's defaults."""
+    code = ("import os; from duca_common import allocator as a; a.retain_freed_memory(); "
+            "os.environ[a.ALLOCATOR_ENV] = 'system'; print(a.retain_freed_memory(), '|', a.retention_state())")
+    out = _child(code, _env("retain"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ("True | glibc, freed memory retained (turned on earlier in this process; "
+                                  "DUCA_CPU_ALLOCATOR=system came later)")
+
+
 # A sampling loop in miniature: each step's activations come and go while a cache keeps the newest output
 # of each of 8 modules (sizes of DiT-XL/2 at one image + CFG: 2.4 MB outputs, 9.4 MB MLP hidden).
 _STEP_LOOP = """
