@@ -18,7 +18,7 @@ torch-fidelity converted the same TF weights to PyTorch and reproduces TF1's bil
 
 from __future__ import annotations
 
-import pickle
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -76,10 +76,12 @@ class InceptionFeatures:
 
         self.device = torch.device(device)
         self.weights_path = Path(weights_path)
-        # torch-fidelity unpickles the file with weights_only=False, which runs any code a hostile file holds:
-        # it is read here first with weights_only=True (tensors and containers only), and refused otherwise
+        # torch-fidelity unpickles its weights with weights_only=False, which runs any code a hostile file holds:
+        # the file is read once, checked here with weights_only=True (tensors and containers only), and only
+        # those checked bytes are handed to torch-fidelity (torch.load takes a file object)
         try:
-            torch.load(self.weights_path, map_location="cpu", weights_only=True)
+            data = self.weights_path.read_bytes()
+            torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any reader error means: not a plain state dict
             raise InputError(
                 f"{self.weights_path} is not a usable torch-fidelity Inception-v3 state dict (not a plain state "
@@ -90,9 +92,9 @@ class InceptionFeatures:
             model = FeatureExtractorInceptionV3(
                 "inception-v3-compat",
                 [POOL_FEATURE, LOGITS_FEATURE],
-                feature_extractor_weights_path=str(self.weights_path),
+                feature_extractor_weights_path=io.BytesIO(data),
             )
-        except (RuntimeError, KeyError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        except (RuntimeError, KeyError, ValueError) as exc:   # a state dict of other keys or shapes
             raise InputError(
                 f"{self.weights_path} is not a usable torch-fidelity Inception-v3 state dict ({exc}); "
                 f"download {INCEPTION_WEIGHTS.url} and pass it with {INCEPTION_WEIGHTS.flag}"
