@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 from duca_common.errors import UsageError, run_or_exit
 from duca_common.measure import Case, interleaved
 
-from .report import environment, markdown_table, save_figure, write_report
+from .report import environment, markdown_table, pyplot, save_figure, write_report
 
 # One image with its CFG twin (the benchmarks' setting, docs/benchmarks.md), 32x32 latents with patch 2
 # (256 px): 256 tokens per image.
@@ -242,9 +242,7 @@ def render(data: dict) -> str:
 
 def row_efficiency_plot(data: dict, path: Path) -> Path:
     """GFLOP/s and efficiency vs the full step against the row count, one line per product (log rows)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     products = list(dict.fromkeys(r["product"] for r in data["rows"]))
     fig, axes = plt.subplots(1, 2, figsize=(12.0, 4.6))

@@ -46,7 +46,7 @@ from duca_common.cache.plan import build_plan
 from duca_common.errors import UsageError, run_or_exit
 from duca_common.measure import Case, compare, interleaved
 
-from .report import environment, markdown_table, save_figure, sig, write_report
+from .report import environment, markdown_table, pyplot, save_figure, sig, write_report
 
 WORKLOADS = ("dit256", "dit512", "pixart1024", "opensora480p")
 DEFAULT_BUDGET_S = 540          # 9 of the 10 minutes a GPU slot gives: model building and writing need the rest
@@ -330,9 +330,7 @@ def gpu_bench_plot(data: dict, path: Path) -> Path | None:
         return None
     import math
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.lines import Line2D
 
     works = list(dict.fromkeys(r["workload"] for r in rows))

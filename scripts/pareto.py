@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from .methods import MethodSpec, MethodSpecError, is_peer_family, parse_methods
 from .peers import PeerError
-from .report import environment, fmt, markdown_table, save_figure, write_csv, write_json
+from .report import environment, fmt, markdown_table, pyplot, save_figure, write_csv, write_json
 from .reproduce_table import DEFAULT_STEPS, WARMUP_STEPS, Row, TableOptions, _sample_all
 from .targets import TargetError, build_target
 
@@ -384,9 +384,7 @@ ROW_KEYS = ["method", "family", "setting", "gflops_per_image", "flops_speedup", 
 
 
 def pareto_plot(data: dict, path: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = data["rows"]
     panels = [("flops_speedup", "psnr", "PSNR vs uncached (dB)"),

@@ -34,7 +34,7 @@ from duca_common.cache.trace import NOT_RUN
 from duca_common.errors import run_or_exit
 
 from .methods import parse_methods
-from .report import environment, markdown_table, save_figure, write_json
+from .report import environment, markdown_table, pyplot, save_figure, write_json
 from .targets import TARGET_HELP, build_target
 
 KINDS = ("full", "conservative", "aggressive")
@@ -206,9 +206,7 @@ def render(data: dict) -> str:
 def profile_plot(data: dict, path: Path) -> Path:
     """CPU seconds (top) and reference TFLOPs (bottom) of every model evaluation, bars coloured by step kind;
     the measured uncached step's mean (or the full steps' mean) as a line."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.patches import Patch
 
     times, flops = data["per_step_cpu_seconds"], data["per_step_tflops"]

@@ -47,6 +47,15 @@ def environment(device: torch.device) -> dict:
 FIGURE_DPI = 110
 
 
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display on the benchmark machines); imported on first
+    use, so scripts that write no plot never load matplotlib."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
 def save_figure(fig, path: Path, dpi: int = FIGURE_DPI,
                 layout_rect: tuple[float, float, float, float] | None = None) -> Path:
     """Lay out a matplotlib figure (within ``layout_rect`` when given), write it to ``path`` (creating its

@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 
 from .measure import WALL_CPU_DISAGREEMENT, Case, Series, compare, interleaved, wall_warning
 from .methods import MethodSpec, MethodSpecError, paper_grid, parse_methods, peer_grid
-from .report import environment, fmt, markdown_table, save_figure, sig, write_csv, write_json
+from .report import environment, fmt, markdown_table, pyplot, save_figure, sig, write_csv, write_json
 from .targets import TARGET_HELP, Target, TargetError, build_target
 
 PROTOCOLS = ("memory", "fid50k")
@@ -350,9 +350,7 @@ FAMILY_STYLE = {"fora": ("FORA", "o"), "toca": ("ToCa", "s"), "duca": ("DuCa", "
 
 def pareto_plot(data: dict, path: Path) -> Path:
     """Quality (Frechet distance when available, else PSNR) and PSNR against the FLOPs speed-up, one line per method."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = data["rows"]
     panels = [("psnr", "PSNR vs uncached (dB, higher is better)")]

@@ -195,15 +195,9 @@ def randomize_zero_init(model: torch.nn.Module, seed: int = 0) -> None:
                 module.weight.copy_(torch.randn(module.weight.shape, generator=g) * TINY_ZERO_INIT_STD)
 
 
-def _read_dit_ckpt(ckpt: Path):
-    """The checkpoint's tensors, read before any model is built (an unreadable file fails in seconds)."""
-    from dit_duca.loading import load_checkpoint
-    return load_checkpoint(str(ckpt))
-
-
-def _load_dit_ckpt(model: torch.nn.Module, ckpt: Path, loaded=None) -> None:
-    from dit_duca.loading import load_into
-    load_into(model, loaded if loaded is not None else _read_dit_ckpt(ckpt), str(ckpt))
+def _load_dit_ckpt(model: torch.nn.Module, ckpt: Path) -> None:
+    from dit_duca.loading import load_checkpoint, load_into
+    load_into(model, load_checkpoint(str(ckpt)), str(ckpt))
 
 
 def _pixart_target(device: torch.device) -> Target:
@@ -251,10 +245,12 @@ def build_target(name: str, *, device: str | torch.device = "cpu", ckpt: str | N
         def builder() -> torch.nn.Module:
             return DiT_models[name](input_size=DIT_LATENT_SIDE, in_channels=DIT_LATENT_CHANNELS,
                                     num_classes=IMAGENET_CLASSES)
-        loaded = _read_dit_ckpt(Path(ckpt)) if ckpt is not None else None
+        from dit_duca.loading import load_checkpoint, load_into
+        # read before the model is built: an unreadable checkpoint fails in seconds, not after the build
+        loaded = load_checkpoint(ckpt) if ckpt is not None else None
         target = _dit_target(name, builder, cfg_scale or DIT_CFG_SCALE, False, device)
         if loaded is not None:
-            _load_dit_ckpt(target.model, Path(ckpt), loaded)
+            load_into(target.model, loaded, ckpt)
         return target
     if name == "tiny":
         if ckpt is not None:
