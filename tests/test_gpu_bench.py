@@ -39,6 +39,7 @@ def test_every_workload_runs_eager_and_compiled_with_flops_ratios(bench):
         rows = [r for r in data["rows"] if (r["workload"], r["mode"]) == (work, mode)]
         assert rows[0]["method"] == f"{families[work]}-none" and rows[0]["flops_speedup"] == 1.0
         assert {r["method"].split("-")[1] for r in rows} >= {"none", "fora", "duca", "taylorseer"}
+        assert {r["cache_method"] for r in rows} >= {"none", "fora", "duca", "taylorseer"}   # the plot's colours
         for r in rows[1:]:
             assert r["flops_speedup"] > 1.0 and r["wall_median"] > 0
             assert r["wall_over_flops"] == pytest.approx(r["wall_speedup"] / r["flops_speedup"])
