@@ -48,7 +48,7 @@ PROGRESS_POLL_S = 5.0
 def checkpoint_base(ckpt: str) -> str:
     """The reference's CKPT_BASE: ``basename(dirname)_ema`` for an EMA file (e.g. ``run/ema.pt``), else the base
     name. The reference tests the whole path for "ema"; only the file name is tested here, so a folder such as
-    ``/home/femaleuser`` does not turn every checkpoint into an EMA one."""
+    ``checkpoints/femaleuser/`` does not turn every checkpoint into an EMA one."""
     path = Path(ckpt.rstrip("/"))
     return f"{path.parent.name}_ema" if "ema" in path.name else path.name
 

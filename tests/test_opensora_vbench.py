@@ -290,7 +290,8 @@ def test_output_folder_names_follow_the_reference():
     assert vbench_launch.checkpoint_base("/ckpts/OpenSora-STDiT-v3/") == "OpenSora-STDiT-v3"
     assert vbench_launch.checkpoint_base("outputs/042-STDiT3-XL-2/epoch1-global_step16200/ema.pt") == \
         "epoch1-global_step16200_ema"
-    assert vbench_launch.checkpoint_base("/home/femaleuser/model.safetensors") == "model.safetensors"
+    # "ema" inside a folder name ("femaleuser") does not make an EMA checkpoint: only the file name counts
+    assert vbench_launch.checkpoint_base("checkpoints/femaleuser/model.safetensors") == "model.safetensors"
 
 
 FAKE_VBENCH = '''
