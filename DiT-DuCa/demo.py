@@ -32,17 +32,26 @@ from pathlib import Path
 
 import torch
 
+from dit_duca.digits_metrics import digits_scores, load_default_classifier, real_heldout_digits
 from duca_common.allocator import check_policy
 from duca_common.errors import CheckpointError, UsageError, run_or_exit
 from duca_common.measure import Case, Speedup, compare, interleaved, wall_warning
 from duca_common.outputs import check_output_dir
 from duca_common.validate import SEED, check_number
-from dit_duca.digits_metrics import digits_scores, load_default_classifier, real_heldout_digits
 
 from .digits import to_unit_range
 from .embedded import DEFAULT_EMBEDDED_PATH, load_dit_checkpoint, read_spec
-from .embedded_sampling import (DEFAULT_CFG_SCALE, DEFAULT_NUM_STEPS, METHOD_ORDER, SampleRun, balanced_labels,
-                                psnr, run_flops_per_image, sample, uncached_flops_per_image)
+from .embedded_sampling import (
+    DEFAULT_CFG_SCALE,
+    DEFAULT_NUM_STEPS,
+    METHOD_ORDER,
+    SampleRun,
+    balanced_labels,
+    psnr,
+    run_flops_per_image,
+    sample,
+    uncached_flops_per_image,
+)
 
 DEFAULT_OUT = Path("outputs") / "demo"
 # Quick default: 20 samples (2 per digit, the fewest the Frechet distance allows) and 2 timing rounds
@@ -261,7 +270,7 @@ def run_demo(args: argparse.Namespace) -> list[MethodRow]:
     base = runs[0]
     rows: list[MethodRow] = []
     speedups: dict[str, Speedup] = {}
-    for method, run in zip(args.methods, runs):
+    for method, run in zip(args.methods, runs, strict=True):
         sp = compare(series["none"], series[method])
         if method != "none":
             speedups[method] = sp

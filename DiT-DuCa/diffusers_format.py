@@ -8,20 +8,20 @@ folder itself (``config.json`` + ``diffusion_pytorch_model.safetensors`` / ``.bi
 
 The name map (read from diffusers 0.42 ``models/transformers/dit_transformer_2d.py``, ``attention.py``):
 
-==========================================  ===============================================================
-ours (official DiT)                         diffusers ``DiTTransformer2DModel``
-==========================================  ===============================================================
-``x_embedder.proj``                         ``pos_embed.proj``
-``t_embedder.mlp.0`` / ``.mlp.2``           ``transformer_blocks.{i}.norm1.emb.timestep_embedder.linear_1`` / ``linear_2``
-``y_embedder.embedding_table``              ``transformer_blocks.{i}.norm1.emb.class_embedder.embedding_table``
-``blocks.{i}.adaLN_modulation.1``           ``transformer_blocks.{i}.norm1.linear``
-``blocks.{i}.attn.qkv`` (fused, q k v)      ``transformer_blocks.{i}.attn1.to_q`` / ``to_k`` / ``to_v``
-``blocks.{i}.attn.proj``                    ``transformer_blocks.{i}.attn1.to_out.0``
-``blocks.{i}.mlp.fc1`` / ``fc2``            ``transformer_blocks.{i}.ff.net.0.proj`` / ``ff.net.2``
-``final_layer.adaLN_modulation.1``          ``proj_out_1``
-``final_layer.linear``                      ``proj_out_2``
-``pos_embed`` (fixed sin-cos table)         not stored (diffusers recomputes it; so do we on load)
-==========================================  ===============================================================
+======================================  ===============================================================
+ours (official DiT)                     diffusers ``DiTTransformer2DModel``
+======================================  ===============================================================
+``x_embedder.proj``                     ``pos_embed.proj``
+``t_embedder.mlp.0`` / ``.mlp.2``       ``transformer_blocks.{i}.norm1.emb.timestep_embedder.linear_1`` / ``linear_2``
+``y_embedder.embedding_table``          ``transformer_blocks.{i}.norm1.emb.class_embedder.embedding_table``
+``blocks.{i}.adaLN_modulation.1``       ``transformer_blocks.{i}.norm1.linear``
+``blocks.{i}.attn.qkv`` (fused, q k v)  ``transformer_blocks.{i}.attn1.to_q`` / ``to_k`` / ``to_v``
+``blocks.{i}.attn.proj``                ``transformer_blocks.{i}.attn1.to_out.0``
+``blocks.{i}.mlp.fc1`` / ``fc2``        ``transformer_blocks.{i}.ff.net.0.proj`` / ``ff.net.2``
+``final_layer.adaLN_modulation.1``      ``proj_out_1``
+``final_layer.linear``                  ``proj_out_2``
+``pos_embed`` (fixed sin-cos table)     not stored (diffusers recomputes it; so do we on load)
+======================================  ===============================================================
 
 diffusers gives every block its own copy of the timestep and label embedders (the output layer uses block
 0's); DiT has one. Export copies ours into every block; import takes block 0's and refuses weights whose
@@ -46,6 +46,7 @@ import re
 from pathlib import Path
 
 import torch
+
 from duca_common.errors import CheckpointError
 
 from .models import DiT
@@ -108,7 +109,7 @@ def to_diffusers(sd: dict[str, torch.Tensor], depth: int) -> dict[str, torch.Ten
             i, rest = m.groups()
             if rest.startswith("attn.qkv."):
                 suffix = rest[len("attn.qkv."):]
-                for name, chunk in zip(_QKV, value.chunk(3, dim=0)):
+                for name, chunk in zip(_QKV, value.chunk(3, dim=0), strict=True):
                     out[f"transformer_blocks.{i}.{name}{suffix}"] = chunk.clone()
                 continue
             out[f"transformer_blocks.{i}.{_rename(rest, _BLOCK_MAP, key)}"] = value
@@ -288,7 +289,8 @@ def read_diffusers_dit(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]
     with torch.device("meta"):
         probe = DiT(**kwargs)
     expected = probe.state_dict()
-    if "x_embedder.proj.weight" in state and expected["x_embedder.proj.weight"].shape != state["x_embedder.proj.weight"].shape:
+    if ("x_embedder.proj.weight" in state
+            and expected["x_embedder.proj.weight"].shape != state["x_embedder.proj.weight"].shape):
         raise CheckpointError(f"{folder}: the patch embedding has shape {tuple(state['x_embedder.proj.weight'].shape)} "
                               f"but config.json describes {tuple(expected['x_embedder.proj.weight'].shape)}")
     # the fixed sin-cos table diffusers does not store: our own, for this geometry

@@ -139,7 +139,8 @@ def accuracy(model: DigitsClassifier, images: torch.Tensor, labels: torch.Tensor
 
 
 def train_classifier(cfg: ClassifierTrainConfig = ClassifierTrainConfig(),
-                     model_cfg: ClassifierConfig = ClassifierConfig(), progress: bool = True) -> tuple[DigitsClassifier, float]:
+                     model_cfg: ClassifierConfig = ClassifierConfig(),
+                     progress: bool = True) -> tuple[DigitsClassifier, float]:
     """Train on the train split; returns the model and its held-out accuracy."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from duca_eval.errors import InputError
 from duca_eval.fid import GaussianStats
 
@@ -150,7 +151,10 @@ def mean_psnr(images: torch.Tensor, reference: torch.Tensor) -> float:
     if images.shape != reference.shape:
         raise InputError(f"images {tuple(images.shape)} and reference {tuple(reference.shape)} must have one shape "
                          f"(the same seeds, in the same order)")
-    unit = lambda t: ((t.double() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def unit(t: torch.Tensor) -> torch.Tensor:
+        return ((t.double() + 1.0) / 2.0).clamp(0.0, 1.0)
+
     values = psnr(unit(images), unit(reference))
     finite = values[torch.isfinite(values)]
     return float(finite.mean()) if len(finite) else float("inf")

@@ -77,7 +77,7 @@ class DiTSpec:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "DiTSpec":
+    def from_json(cls, text: str) -> DiTSpec:
         data = json.loads(text)
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known

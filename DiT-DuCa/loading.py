@@ -2,7 +2,8 @@
 
 * Checkpoints: the official ``DiT-XL-2-{256,512}x{...}.pt`` (a plain state dict), a training checkpoint
   (``{"model": ..., "ema": ...}``: the EMA weights are used, as upstream ``find_model``), a
-  ``.safetensors`` file (preferred; never unpickles), or a diffusers DiT folder (``diffusers_format.py``). ``.pt`` files are read with ``weights_only=True``.
+  ``.safetensors`` file (preferred; never unpickles), or a diffusers DiT folder (``diffusers_format.py``).
+  ``.pt`` files are read with ``weights_only=True``.
   A file may carry its architecture: safetensors metadata ``dit_config`` (JSON) or a ``"config"`` dict
   next to the weights in a ``.pt``; then the model is built from it instead of ``--model``.
 * VAE: diffusers ``AutoencoderKL`` from a local folder or a hub id, with the deprecated mid-block

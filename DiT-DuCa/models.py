@@ -11,13 +11,13 @@ section E). Outside a cache session the forward is the plain DiT forward.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from duca_common.cache import Action, BlockLayout, CachedModel, CacheConfig, FeatureCache, residual
+from duca_common.cache import Action, BlockLayout, CacheConfig, CachedModel, FeatureCache, residual
 from duca_common.cache.attention_score import sdpa_and_received
+
 # the timestep embedder (models.md 0.1) and the 2-D sin-cos table (0.4) are shared with PixArt
 from duca_common.layers import TimestepEmbedder, pos_embed_2d
 

@@ -13,7 +13,6 @@ import argparse
 
 from duca_common.cache import CacheConfig
 from duca_common.cache.flags import add_cache_flags, family, resolve_cache_flags
-
 from duca_common.errors import UsageError
 from duca_common.validate import COUNT, GUIDANCE, SIZE, STEPS, check_numbers
 
@@ -26,7 +25,8 @@ CACHE_TYPES = family("dit").cache_types
 
 def add_model_args(parser: argparse.ArgumentParser, *, cfg_scale: float, steps: int, vae: str) -> None:
     parser.add_argument("--model", type=str, default=None,
-                        help=f"one of {', '.join(DiT_models)} (default DiT-XL/2, or the architecture a checkpoint stores)")
+                        help=f"one of {', '.join(DiT_models)} "
+                             "(default DiT-XL/2, or the architecture a checkpoint stores)")
     parser.add_argument("--vae", type=str, default=vae,
                         help="'ema' / 'mse' (stabilityai/sd-vae-ft-*), a local diffusers folder, a hub id, "
                              "or 'none' (no decoding: the model works on images directly)")

@@ -22,13 +22,29 @@ from pathlib import Path
 import torch
 
 from dit_duca.diffusion import create_diffusion
+from dit_duca.loading import (
+    CheckpointNotFoundError,
+    build_dit,
+    decode_latents,
+    load_checkpoint,
+    load_into,
+    load_vae,
+    resolve_checkpoint,
+    resolve_vae_folder,
+)
 from dit_duca.models import IMAGENET_CLASSES
-from dit_duca.loading import (CheckpointNotFoundError, build_dit, decode_latents, load_checkpoint, load_into,
-                              load_vae, resolve_checkpoint, resolve_vae_folder)
+from dit_duca.options import (
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_MODEL,
+    add_cache_args,
+    add_model_args,
+    apply_stored_architecture,
+    cache_config_from_args,
+    fill_default_architecture,
+    latent_geometry,
+    validate_common,
+)
 from dit_duca.precision import DTYPE_CHOICES, DTYPE_HELP, dtype_name, resolve_dtype
-from dit_duca.options import (DEFAULT_IMAGE_SIZE, DEFAULT_MODEL, add_cache_args, add_model_args,
-                              apply_stored_architecture, cache_config_from_args, fill_default_architecture,
-                              latent_geometry, validate_common)
 from duca_common.cache import TransformerDims, full_run_flops, measured_flops, reference_flops
 from duca_common.errors import NonFiniteError, UsageError, run_or_exit
 from duca_common.outputs import check_output_file, image_suffixes

@@ -35,11 +35,27 @@ import torch
 import torch.distributed as dist
 
 from dit_duca.diffusion import create_diffusion
-from dit_duca.loading import (build_dit, decode_latents, load_checkpoint, load_into, load_vae, resolve_checkpoint,
-                              resolve_vae_folder, to_uint8_images)
+from dit_duca.loading import (
+    build_dit,
+    decode_latents,
+    load_checkpoint,
+    load_into,
+    load_vae,
+    resolve_checkpoint,
+    resolve_vae_folder,
+    to_uint8_images,
+)
+from dit_duca.options import (
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_MODEL,
+    add_cache_args,
+    add_model_args,
+    apply_stored_architecture,
+    cache_config_from_args,
+    latent_geometry,
+    validate_common,
+)
 from dit_duca.precision import DTYPE_CHOICES, DTYPE_HELP, dtype_name, resolve_dtype
-from dit_duca.options import (DEFAULT_IMAGE_SIZE, DEFAULT_MODEL, add_cache_args, add_model_args,
-                              apply_stored_architecture, cache_config_from_args, latent_geometry, validate_common)
 from duca_common.errors import UsageError, print_error
 from duca_common.outputs import check_output_dir
 from duca_common.run_record import RECORD_NAME, RunRecord, check_resume, file_identity, write_record
@@ -244,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
         if using_cfg:
             latents, _ = latents.chunk(2, dim=0)
         images = to_uint8_images(decode_latents(vae, latents)).numpy()
-        for i, img in zip(indices, images):
+        for i, img in zip(indices, images, strict=True):
             path = png_path(folder, i)
             if not path.exists():
                 save_png_atomic(img, path)

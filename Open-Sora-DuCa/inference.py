@@ -42,9 +42,17 @@ from duca_common.run_record import RunRecord, check_resume, file_identity, text_
 from duca_common.runtime import atomic_path, pick_device, write_json
 from duca_common.seeding import sample_seed
 from duca_common.text import read_prompt_lines, read_text_utf8
-from duca_common.validate import (COUNT, GUIDANCE, NON_NEGATIVE_INT, SEED, SIZE, STEPS, Bound, check_numbers,
-                                  looks_like_hub_id)
-
+from duca_common.validate import (
+    COUNT,
+    GUIDANCE,
+    NON_NEGATIVE_INT,
+    SEED,
+    SIZE,
+    STEPS,
+    Bound,
+    check_numbers,
+    looks_like_hub_id,
+)
 from opensora_duca import aspect
 from opensora_duca.checkpoint import CONFIG_FILE, CheckpointError, config_fields
 from opensora_duca.config import InferenceConfig, parse_config
@@ -518,7 +526,6 @@ def init_distributed(device_flag: str) -> tuple[int, int, torch.device]:
 
 def load_components(args: argparse.Namespace, cache: CacheConfig, device: torch.device, dtype: torch.dtype):
     from duca_common.text import T5TextEncoder
-
     from opensora_duca.stdit3 import load_stdit3
     from opensora_duca.vae import load_vae
 

@@ -27,9 +27,9 @@ per-token modulation.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -37,9 +37,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Mlp
 
-from duca_common.cache import Action, BlockLayout, CachedModel, CacheConfig, FeatureCache
-from duca_common.layers import (Caption, CaptionEmbedder, CrossAttention, SizeEmbedder, TimestepEmbedder, gelu_tanh,
-                                pack_caption, t2i_modulate)
+from duca_common.cache import Action, BlockLayout, CacheConfig, CachedModel, FeatureCache
+from duca_common.layers import (
+    Caption,
+    CaptionEmbedder,
+    CrossAttention,
+    SizeEmbedder,
+    TimestepEmbedder,
+    gelu_tanh,
+    pack_caption,
+    t2i_modulate,
+)
 
 # Architecture constants of STDiT3-XL/2 (models.md C.2).
 XL_HIDDEN = 1152
@@ -295,7 +303,7 @@ class STDiT3Block(nn.Module):
         mods0 = ((self.scale_shift_table[None] + inp.t0_mlp.reshape(b, NUM_MODULATIONS, -1)).chunk(NUM_MODULATIONS, 1)
                  if inp.x_mask is not None else (None,) * NUM_MODULATIONS)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
-            frame_select(inp.x_mask, m, m0, t, s) for m, m0 in zip(mods, mods0))
+            frame_select(inp.x_mask, m, m0, t, s) for m, m0 in zip(mods, mods0, strict=True))
 
         out = _module_output(cache, "attn", x, lambda: t2i_modulate(self.norm1(x), shift_msa, scale_msa),
                              lambda a, stat: self._attend(a, t, s, rope, stat))
@@ -386,7 +394,8 @@ class STDiT3(CachedModel, nn.Module):
 
     def token_grid(self, latent_thw: tuple[int, int, int]) -> tuple[int, int, int]:
         """(T, H, W) of the token grid for a latent of (Tl, Hl, Wl): padded up to patch multiples."""
-        return tuple(-(-n // p) for n, p in zip(latent_thw, self.config.patch_size))  # type: ignore[return-value]
+        grid = (-(-n // p) for n, p in zip(latent_thw, self.config.patch_size, strict=True))
+        return tuple(grid)  # type: ignore[return-value]
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, caption: Caption, fps: torch.Tensor,
                 height: torch.Tensor, width: torch.Tensor, x_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -419,7 +428,7 @@ class STDiT3(CachedModel, nn.Module):
         inp = BlockInputs(t_mlp, y, caption.mask.to(x.device), t, s, x_mask, t0_mlp,
                           cfg_halves=run is not None and run.cfg_halves)
         step = self.feature_cache.current_step()
-        for i, (spatial, temporal) in enumerate(zip(self.spatial_blocks, self.temporal_blocks)):
+        for i, (spatial, temporal) in enumerate(zip(self.spatial_blocks, self.temporal_blocks, strict=True)):
             x = spatial(x, inp, None, None if step is None else step.block(2 * i))
             x = temporal(x, inp, self.rope.rotate_queries_or_keys, None if step is None else step.block(2 * i + 1))
         if step is not None:

@@ -35,7 +35,6 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from duca_common.errors import UsageError, print_error
-
 from opensora_duca import inference
 
 ALLOW_CPU_ENV = "DUCA_VBENCH_ALLOW_CPU"
@@ -139,7 +138,7 @@ def run(argv: list[str] | None = None) -> int:
     commands = [[sys.executable, "-m", "opensora_duca.inference", *flags, *device_flags, "--shard", f"{i}/{n}",
                  *(reports[i] if reports else [])] for i in range(n)]
     if args.dry_run:
-        for (name, env), cmd in zip(workers, commands):
+        for (_name, env), cmd in zip(workers, commands, strict=True):
             print(" ".join(f"{k}={v}" for k, v in env.items()), " ".join(cmd))
         return 0
 
@@ -159,7 +158,7 @@ def run(argv: list[str] | None = None) -> int:
     settings = inference.settings_from_args(settings_args)
     print(f"{n} process(es) on {', '.join(w for w, _ in workers)}; videos in {out}, logs in {logs}", flush=True)
     procs = []
-    for i, ((name, env), cmd) in enumerate(zip(workers, commands)):
+    for i, ((name, env), cmd) in enumerate(zip(workers, commands, strict=True)):
         log = open(logs / f"shard{i}-of-{n}.log", "w")
         procs.append((name, log, subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log,
                                                   stderr=subprocess.STDOUT)))
@@ -180,7 +179,7 @@ def run(argv: list[str] | None = None) -> int:
         for _, log, _ in procs:
             log.close()
     failed = [f"shard {i} ({name}): exit {code}, see {logs / f'shard{i}-of-{n}.log'}"
-              for i, ((name, _, _), code) in enumerate(zip(procs, codes)) if code != 0]
+              for i, ((name, _, _), code) in enumerate(zip(procs, codes, strict=True)) if code != 0]
     missing = [j.name for j in settings.jobs if not (out / j.name).is_file()]
     if failed or missing:
         print(f"error: {len(missing)} of {len(settings.jobs)} videos are missing; " + "; ".join(failed)

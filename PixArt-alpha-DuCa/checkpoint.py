@@ -167,7 +167,7 @@ def to_diffusers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             i, rest = m.groups()
             for orig, parts in _SPLITS:
                 if rest.startswith(orig):
-                    for part, chunk in zip(parts, value.chunk(len(parts), dim=0)):
+                    for part, chunk in zip(parts, value.chunk(len(parts), dim=0), strict=True):
                         out[f"transformer_blocks.{i}.{part}{rest[len(orig):]}"] = chunk.clone()
                     break
             else:

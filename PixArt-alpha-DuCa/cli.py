@@ -168,6 +168,7 @@ class Components:
 
 def load_components(args: argparse.Namespace, cache: CacheConfig, device: torch.device) -> Components:
     from duca_common.text import T5TextEncoder
+
     from .vae import load_vae
 
     if not args.model_path:

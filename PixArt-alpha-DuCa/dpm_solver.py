@@ -40,7 +40,7 @@ class DiscreteVPSchedule:
 
     @classmethod
     def linear(cls, steps: int = TRAIN_STEPS, beta_start: float = BETA_START,
-               beta_end: float = BETA_END) -> "DiscreteVPSchedule":
+               beta_end: float = BETA_END) -> DiscreteVPSchedule:
         betas = np.linspace(beta_start, beta_end, steps, dtype=np.float64)
         t = np.arange(1, steps + 1, dtype=np.float64) / steps
         return cls(t, 0.5 * np.cumsum(np.log(1.0 - betas)))

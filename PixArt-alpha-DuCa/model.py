@@ -30,10 +30,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Mlp
 
-from duca_common.cache import BlockLayout, CachedModel, CacheConfig, FeatureCache, residual
+from duca_common.cache import BlockLayout, CacheConfig, CachedModel, FeatureCache, residual
 from duca_common.cache.attention_score import sdpa_and_received
-from duca_common.layers import (Caption, CaptionEmbedder, CrossAttention, SizeEmbedder, TimestepEmbedder, gelu_tanh,
-                                pack_caption, pos_embed_2d, t2i_modulate)
+from duca_common.layers import (
+    Caption,
+    CaptionEmbedder,
+    CrossAttention,
+    SizeEmbedder,
+    TimestepEmbedder,
+    gelu_tanh,
+    pack_caption,
+    pos_embed_2d,
+    t2i_modulate,
+)
 from duca_common.text import T5_MAX_LENGTH
 
 # Architecture constants of PixArt-XL/2 (models.md B.1/B.2).

@@ -55,12 +55,12 @@ class MicroConditions:
     aspect_ratio: torch.Tensor    # (B, 1)
 
     @classmethod
-    def for_size(cls, batch: int, height: int, width: int, device: torch.device | str = "cpu") -> "MicroConditions":
+    def for_size(cls, batch: int, height: int, width: int, device: torch.device | str = "cpu") -> MicroConditions:
         key, _ = nearest_bucket(height / width)
         hw = torch.tensor([[float(height), float(width)]], device=device).repeat(batch, 1)
         return cls(hw, torch.tensor([[key]], device=device).repeat(batch, 1))
 
-    def doubled(self) -> "MicroConditions":
+    def doubled(self) -> MicroConditions:
         return MicroConditions(self.img_hw.repeat(2, 1), self.aspect_ratio.repeat(2, 1))
 
 

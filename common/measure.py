@@ -89,7 +89,7 @@ class MemoryPeak:
             time.sleep(MEMORY_SAMPLE_SECONDS)
         self.poller_cpu_seconds = time.thread_time() - t0
 
-    def __enter__(self) -> "MemoryPeak":
+    def __enter__(self) -> MemoryPeak:
         if self.available:
             self._start = self._read()
             self._peak = self._start
@@ -149,7 +149,7 @@ class Summary:
     q3: float = 0.0
 
     @classmethod
-    def of(cls, values: Sequence[float]) -> "Summary":
+    def of(cls, values: Sequence[float]) -> Summary:
         values = list(values)
         if not values:
             raise ValueError("no timings to summarise")
@@ -296,11 +296,11 @@ def compare(base: Series, other: Series) -> Speedup:
     if len(base.walls) != len(other.walls):
         raise ValueError(f"{base.label!r} and {other.label!r} have {len(base.walls)} and {len(other.walls)} "
                          f"rounds; compare series of the same interleaved measurement")
-    wall_rounds = Summary.of([b / o for b, o in zip(base.walls, other.walls) if o > 0] or [math.nan])
+    wall_rounds = Summary.of([b / o for b, o in zip(base.walls, other.walls, strict=True) if o > 0] or [math.nan])
     cpu = cpu_rounds = None
     if base.cpus and other.cpus:
         cpu = base.cpu.median / other.cpu.median if other.cpu.median > 0 else math.nan
-        cpu_rounds = Summary.of([b / o for b, o in zip(base.cpus, other.cpus) if o > 0] or [math.nan])
+        cpu_rounds = Summary.of([b / o for b, o in zip(base.cpus, other.cpus, strict=True) if o > 0] or [math.nan])
     wall = base.wall.median / other.wall.median if other.wall.median > 0 else math.nan
     return Speedup(wall, wall_rounds, cpu, cpu_rounds)
 

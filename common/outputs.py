@@ -72,7 +72,8 @@ def check_output_file(path: str | os.PathLike[str], flag: str, *, suffixes: tupl
         raise UsageError(f"{flag} {str(path)!r} is not a file name; pass a file path such as out/result"
                          f"{suffixes[0] if suffixes else '.json'}")
     if target.is_dir():
-        raise UsageError(f"{flag} {target} is a folder; pass a file path inside it, e.g. {target / ('result' + (suffixes[0] if suffixes else '.json'))}")
+        raise UsageError(f"{flag} {target} is a folder; pass a file path inside it, "
+                         f"e.g. {target / ('result' + (suffixes[0] if suffixes else '.json'))}")
     if suffixes and target.suffix.lower() not in suffixes:
         raise UsageError(f"{flag} {target} must end in {' or '.join(suffixes)}")
     _check_creatable_folder(target.parent, flag, target)

@@ -141,8 +141,9 @@ def check_resume(folder: str | os.PathLike[str], record: RunRecord, *, flag: str
     if folder.is_dir():
         found = sorted({p.name for pattern in outputs for p in folder.glob(pattern)})
         if found:
-            raise UsageError(f"{flag} {folder} holds {len(found)} output file(s) (e.g. {found[0]}) but no {RECORD_NAME}, "
-                             f"so they cannot be attributed to this run; pass an empty or new {flag}")
+            raise UsageError(f"{flag} {folder} holds {len(found)} output file(s) (e.g. {found[0]}) "
+                             f"but no {RECORD_NAME}, so they cannot be attributed to this run; "
+                             f"pass an empty or new {flag}")
     return False
 
 

@@ -84,7 +84,8 @@ def resolve_clip_model(spec: str | Path = DEFAULT_CLIP_MODEL) -> str:
         f"pass --clip-model clip-vit-l14"
     )
     if offline_by_env() or not network_reachable(HF_HUB_URL):
-        raise MissingWeightsError(f"CLIP model '{spec}' is not in the Hugging Face cache and the hub is unreachable; {how}.")
+        raise MissingWeightsError(f"CLIP model '{spec}' is not in the Hugging Face cache "
+                                  f"and the hub is unreachable; {how}.")
     try:
         return snapshot_download(spec, allow_patterns=["*.json", "*.txt", "*.safetensors"])
     except Exception as exc:

@@ -20,15 +20,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .clip_score import (CLIP_DEFINITIONS, DEFAULT_CLIP_DEFINITION, DEFAULT_CLIP_MODEL, ClipScorer,
-                         check_definition, resolve_clip_model)
+from .clip_score import (
+    CLIP_DEFINITIONS,
+    DEFAULT_CLIP_DEFINITION,
+    DEFAULT_CLIP_MODEL,
+    ClipScorer,
+    check_definition,
+    resolve_clip_model,
+)
 from .errors import InputError
 from .fid import GaussianStats
-from .images import FolderImages, list_images, load_rgb
 from .imagenet import LazyExtractor
+from .images import FolderImages, list_images, load_rgb
 from .inception import DEFAULT_BATCH_SIZE, compute_activations, resolve_inception_weights
 from .reference import ReferenceOptions, check_reference_path, default_cache_dir, load_reference
-from .report import EvalResult, add_common_args, finish, resolve_device, run_cli, check_outputs
+from .report import EvalResult, add_common_args, check_outputs, finish, resolve_device, run_cli
 
 PROTOCOL = "coco"
 DEFAULT_OUT = "coco_eval.json"
@@ -49,7 +55,8 @@ def read_prompts(prompts_file: str | Path) -> list[str]:
     """Prompts, one per line (UTF-8, trailing newline stripped, empty lines kept so indices hold)."""
     path = Path(prompts_file).expanduser()
     if not path.is_file():
-        raise InputError(f"prompts file {path} does not exist; pass --prompts or put {PROMPTS_FILE_NAME} in the folder.")
+        raise InputError(f"prompts file {path} does not exist; "
+                         f"pass --prompts or put {PROMPTS_FILE_NAME} in the folder.")
     from duca_common.text import read_text_utf8
 
     return read_text_utf8(path, "--prompts").splitlines()      # UTF-8 (BOM allowed); else line and byte named
@@ -132,7 +139,8 @@ def evaluate_coco(options: CocoOptions) -> EvalResult:
         if options.save_ref_stats is not None:
             ref.save(options.save_ref_stats)
         acts = compute_activations(
-            FolderImages(sample_images, str(options.sample)), extractor(), options.batch_size, options.progress, "samples"
+            FolderImages(sample_images, str(options.sample)), extractor(), options.batch_size, options.progress,
+            "samples",
         )
         metrics["fid"] = GaussianStats.from_features(acts.pool).frechet_distance(ref.pool)
         weights["inception"] = str(inception_weights)

@@ -38,7 +38,7 @@ class GaussianStats:
     factor: np.ndarray | None = None
 
     @classmethod
-    def from_features(cls, features: np.ndarray) -> "GaussianStats":
+    def from_features(cls, features: np.ndarray) -> GaussianStats:
         features = _check_features(features)
         mu = features.mean(axis=0)
         factor = (features - mu) / np.sqrt(features.shape[0] - 1)
@@ -46,7 +46,7 @@ class GaussianStats:
         keep = factor.shape[0] < factor.shape[1]
         return cls(mu, factor.T @ factor, factor if keep else None)
 
-    def frechet_distance(self, other: "GaussianStats") -> float:
+    def frechet_distance(self, other: GaussianStats) -> float:
         _check_shapes(self.mu, self.sigma, other.mu, other.sigma)
         diff = self.mu - other.mu
         trace_sqrt = _trace_sqrt_product_stats(self, other)

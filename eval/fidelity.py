@@ -23,9 +23,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from .errors import InputError
 from .images import list_images, load_rgb
 from .lpips import BACKBONES, DEFAULT_NET, LPIPS, resolve_lpips_weights
-from .report import EvalResult, add_common_args, finish, resolve_device, run_cli, check_outputs
+from .report import EvalResult, add_common_args, check_outputs, finish, resolve_device, run_cli
 
 PROTOCOL = "fidelity"
 DEFAULT_OUT = "fidelity_eval.json"

@@ -20,12 +20,17 @@ from pathlib import Path
 from .errors import InputError
 from .fid import GaussianStats
 from .images import open_image_set
-from .inception import DEFAULT_BATCH_SIZE, InceptionActivations, InceptionFeatures, compute_activations
-from .inception import resolve_inception_weights
+from .inception import (
+    DEFAULT_BATCH_SIZE,
+    InceptionActivations,
+    InceptionFeatures,
+    compute_activations,
+    resolve_inception_weights,
+)
 from .inception_score import ADM_IS_SPLIT_SIZE, inception_score
 from .precision_recall import ADM_PR_K, DEFAULT_DISTANCE, DISTANCES, precision_recall
 from .reference import ReferenceOptions, ReferenceStats, check_reference_path, default_cache_dir, load_reference
-from .report import EvalResult, add_common_args, finish, resolve_device, run_cli, check_outputs
+from .report import EvalResult, add_common_args, check_outputs, finish, resolve_device, run_cli
 
 PROTOCOL = "imagenet"
 DEFAULT_OUT = "imagenet_eval.json"

@@ -7,9 +7,10 @@ have to sit in memory at once. The ``.npz`` reader streams ``arr_0`` out of the 
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -88,7 +89,7 @@ class FolderImages:
     resize: int | None = None
 
     @classmethod
-    def from_folder(cls, folder: str | Path, resize: int | None = None, what: str = "image folder") -> "FolderImages":
+    def from_folder(cls, folder: str | Path, resize: int | None = None, what: str = "image folder") -> FolderImages:
         return cls(list_images(folder, what), description=str(folder), resize=resize)
 
     def __len__(self) -> int:
@@ -140,7 +141,8 @@ def _read_npy_header(member) -> tuple[tuple[int, ...], np.dtype, int]:
     else:
         shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(member)
     if fortran_order:
-        raise InputError("Fortran-ordered arrays are not supported; save the .npz with np.savez from a C-ordered array.")
+        raise InputError("Fortran-ordered arrays are not supported; "
+                         "save the .npz with np.savez from a C-ordered array.")
     # The header ends where the member's read position is now; np.lib.format pads it to 64 bytes.
     return tuple(shape), np.dtype(dtype), member.tell()
 
@@ -162,7 +164,7 @@ class NpzImages:
     description: str
 
     @classmethod
-    def from_npz(cls, path: str | Path, what: str = "sample batch") -> "NpzImages":
+    def from_npz(cls, path: str | Path, what: str = "sample batch") -> NpzImages:
         path = Path(path).expanduser()
         if not path.is_file():
             raise InputError(f"{what} {path} does not exist; check the path.")

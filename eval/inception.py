@@ -19,9 +19,9 @@ torch-fidelity converted the same TF weights to PyTorch and reproduces TF1's bil
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

@@ -118,7 +118,8 @@ def resolve_lpips_weights(net: str = DEFAULT_NET, backbone: str | Path | None = 
         if heads is not None:
             raise
         raise MissingWeightsError(f"{exc} Installing torchmetrics (pip install torchmetrics==1.9.0) also provides "
-                                  f"them offline: it ships the file as {'/'.join(TORCHMETRICS_HEADS_DIR)}/{net}.pth.") from exc
+                                  f"them offline: it ships the file as "
+                                  f"{'/'.join(TORCHMETRICS_HEADS_DIR)}/{net}.pth.") from exc
     return LPIPSWeights(net, backbone_path, heads_path)
 
 
@@ -142,19 +143,20 @@ class LPIPS(nn.Module):
         starts = (0,) + spec.stage_ends[:-1]
         self.stages = nn.ModuleList(
             nn.Sequential(*[backbone.features[i] for i in range(start, end)])
-            for start, end in zip(starts, spec.stage_ends)
+            for start, end in zip(starts, spec.stage_ends, strict=True)
         )
         heads = _load_state_dict(weights.heads, "heads")
         missing = [head_key(i) for i in range(len(spec.channels)) if head_key(i) not in heads]
         if missing:
-            raise InputError(f"{weights.heads} lacks LPIPS head keys {missing}; expected the LPIPS v0.1 '{weights.net}.pth'")
+            raise InputError(f"{weights.heads} lacks LPIPS head keys {missing}; "
+                             f"expected the LPIPS v0.1 '{weights.net}.pth'")
         head_weights = []
         for layer, channels in enumerate(spec.channels):
             weight = heads[head_key(layer)].float()
             if tuple(weight.shape) != (1, channels, 1, 1):
                 raise InputError(
-                    f"{weights.heads}: {head_key(layer)} has shape {tuple(weight.shape)}, expected (1, {channels}, 1, 1) "
-                    f"for the {weights.net} backbone"
+                    f"{weights.heads}: {head_key(layer)} has shape {tuple(weight.shape)}, "
+                    f"expected (1, {channels}, 1, 1) for the {weights.net} backbone"
                 )
             head_weights.append(weight.flatten())
         self.head_weights = nn.ParameterList(nn.Parameter(w, requires_grad=False) for w in head_weights)
@@ -180,7 +182,7 @@ class LPIPS(nn.Module):
                 f"images of size {tuple(a.shape[-2:])} are too small for the LPIPS {self.net} backbone ({exc})"
             ) from exc
         total = torch.zeros(a.shape[0], device=a.device)
-        for fa, fb, w in zip(feats_a, feats_b, self.head_weights):
+        for fa, fb, w in zip(feats_a, feats_b, self.head_weights, strict=True):
             per_pixel = ((fa - fb) ** 2 * w.view(1, -1, 1, 1)).sum(dim=1)
             total += per_pixel.mean(dim=(1, 2))
         return total

@@ -54,7 +54,7 @@ class ReferenceStats:
     source: str
 
     @classmethod
-    def from_activations(cls, acts: InceptionActivations, source: str) -> "ReferenceStats":
+    def from_activations(cls, acts: InceptionActivations, source: str) -> ReferenceStats:
         return cls(
             pool=GaussianStats.from_features(acts.pool),
             spatial=GaussianStats.from_features(acts.spatial),

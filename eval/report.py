@@ -23,9 +23,10 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from duca_common.errors import UsageError, one_line
 from duca_common.runtime import atomic_write_bytes
@@ -129,7 +130,8 @@ def check_outputs(args: argparse.Namespace) -> None:
     from duca_common.validate import COUNT, check_numbers
 
     check_numbers([(flag, getattr(args, dest, None), COUNT) for flag, dest in
-                   (("--batch-size", "batch_size"), ("--is-split-size", "is_split_size"), ("--ref-resize", "ref_resize"))])
+                   (("--batch-size", "batch_size"), ("--is-split-size", "is_split_size"),
+                    ("--ref-resize", "ref_resize"))])
 
 
 def run_cli(main: Callable[[list[str] | None], EvalResult], argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ Writes ``<out>/attention_score.json`` and ``.md`` and prints the table.
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -64,7 +65,7 @@ def run(tokens: list[int], repeats: int, warmup: int, device: str, threads: int 
         g = torch.Generator().manual_seed(n)
         q, k, v = (torch.randn(CFG_BATCH, DIT_S_HEADS, n, DIT_S_HEAD_DIM, generator=g).to(dev) for _ in range(3))
         scale = DIT_S_HEAD_DIM ** -0.5
-        cases = [Case(p, fn=(lambda p=p: FUNCTIONS[p](q, k, v, scale))) for p in PATHS]
+        cases = [Case(p, fn=partial(FUNCTIONS[p], q, k, v, scale)) for p in PATHS]
         with torch.inference_mode():
             series = interleaved(cases, repeats=repeats, warmup=warmup, device=dev, track_memory=True,
                                  progress=bar.update)

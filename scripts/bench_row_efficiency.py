@@ -46,9 +46,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from dit_duca.models import DiT_models
 from tqdm.auto import tqdm
 
+from dit_duca.models import DiT_models
 from duca_common.errors import UsageError, run_or_exit
 from duca_common.measure import Case, interleaved
 
@@ -115,7 +115,7 @@ def run(model: str, images: int, rows: list[int], steps: int, repeats: int, warm
     fc2_col = [(w.t().contiguous().t(), b) for w, b in fc2] if column_major else []
 
     def mlp(x: torch.Tensor, first: list, second: list, linear=F.linear) -> torch.Tensor:
-        for (w1, b1), (w2, b2) in zip(first, second):
+        for (w1, b1), (w2, b2) in zip(first, second, strict=True):
             y = linear(F.gelu(linear(x, w1, b1), approximate="tanh"), w2, b2)
         return y
 
@@ -130,7 +130,7 @@ def run(model: str, images: int, rows: list[int], steps: int, repeats: int, warm
         packed = [[(torch.ops.mkl._mkl_reorder_linear_weight(w, rows), w, b) for w, b in fc] for fc in (fc1, fc2)]
 
         def run(x: torch.Tensor, n: int = depth) -> torch.Tensor:
-            for (p1, w1, b1), (p2, w2, b2) in zip(packed[0][:n], packed[1][:n]):
+            for (p1, w1, b1), (p2, w2, b2) in zip(packed[0][:n], packed[1][:n], strict=True):
                 h = torch.ops.mkl._mkl_linear(x, p1, w1, b1, rows)
                 y = torch.ops.mkl._mkl_linear(F.gelu(h, approximate="tanh"), p2, w2, b2, rows)
             return y
@@ -142,14 +142,14 @@ def run(model: str, images: int, rows: list[int], steps: int, repeats: int, warm
             F.linear(F.silu(c), w, b)
 
     def read_mlp_weights() -> None:
-        for (w1, _), (w2, _) in zip(fc1, fc2):
+        for (w1, _), (w2, _) in zip(fc1, fc2, strict=True):
             w1.sum()
             w2.sum()
 
     buffers = (torch.empty_like(fc1[0][0]), torch.empty_like(fc2[0][0]))
 
     def copy_mlp_weights() -> None:
-        for (w1, _), (w2, _) in zip(fc1, fc2):
+        for (w1, _), (w2, _) in zip(fc1, fc2, strict=True):
             buffers[0].copy_(w1)
             buffers[1].copy_(w2)
 

@@ -17,8 +17,14 @@ from __future__ import annotations
 import argparse
 
 import torch
-from diffusers import (AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel, PixArtAlphaPipeline,
-                       PixArtTransformer2DModel)
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DiTPipeline,
+    DiTTransformer2DModel,
+    PixArtAlphaPipeline,
+    PixArtTransformer2DModel,
+)
 
 from dit_duca.models import IMAGENET_CLASSES, LATENT_CHANNELS
 from dit_duca.options import VAE_FACTOR

@@ -73,6 +73,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
+
 from dit_duca.models import DiT
 from duca_common.cache import TransformerDims
 from duca_common.cache.accounting import adaln_flops, layernorm_flops, mlp_flops, self_attention_flops

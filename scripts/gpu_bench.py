@@ -37,6 +37,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -44,7 +45,7 @@ import torch
 from duca_common.cache import CacheConfig, measured_flops, speedup
 from duca_common.cache.plan import build_plan
 from duca_common.errors import UsageError, run_or_exit
-from duca_common.measure import Case, compare, interleaved
+from duca_common.measure import Case, Timed, compare, interleaved
 
 from .report import environment, markdown_table, pyplot, save_figure, sig, write_report
 
@@ -75,6 +76,12 @@ def _set_cache(model: torch.nn.Module, config: CacheConfig) -> None:
         model.configure_cache(config)
     else:
         model.feature_cache = FeatureCache(config, model.feature_cache.layout)
+
+
+def _record_cache_bytes(cache_bytes: dict[str, int], model: torch.nn.Module, label: str, timed: Timed,
+                        timed_round: bool) -> None:
+    """``Case.record``: the largest cache footprint the case ``label`` has reached, in ``cache_bytes``."""
+    cache_bytes[label] = max(cache_bytes.get(label, 0), model.feature_cache.last_peak_bytes)
 
 
 def _dit_methods() -> dict[str, CacheConfig]:
@@ -252,13 +259,11 @@ def run(opts: argparse.Namespace) -> dict:
             model, sample, methods, flops = built[work.name]
             if mode == "compiled":
                 compile_model(model, opts.compile_backend)
-            cases = [Case(label, fn=(lambda: sample(model)), setup=(lambda cfg=cfg: _set_cache(model, cfg)))
+            cases = [Case(label, fn=partial(sample, model), setup=partial(_set_cache, model, cfg))
                      for label, cfg in methods.items()]
             cache_bytes: dict[str, int] = {}
             for case in cases:
-                case.record = (lambda timed, timed_round, label=case.label:
-                               cache_bytes.__setitem__(label, max(cache_bytes.get(label, 0),
-                                                                  model.feature_cache.last_peak_bytes)))
+                case.record = partial(_record_cache_bytes, cache_bytes, model, case.label)
             with torch.inference_mode():
                 series = interleaved(cases, repeats=opts.repeats, warmup=1, device=device, track_memory=True,
                                      keep_results=False)
@@ -333,7 +338,7 @@ def gpu_bench_plot(data: dict, path: Path) -> Path | None:
 
     works = list(dict.fromkeys(r["workload"] for r in rows))
     kinds = list(dict.fromkeys(r["cache_method"] for r in rows))          # one colour per engine method
-    colours = dict(zip(kinds, plt.get_cmap("tab10").colors))
+    colours = dict(zip(kinds, plt.get_cmap("tab10").colors, strict=False))   # the 10 colours cut to the methods
     modes = [m for m in MODE_MARKERS if any(r["mode"] == m for r in rows)]
     skipped = [s.split(":")[0] for s in data["skipped"]]          # "<workload> <mode>"
     fig, axes = plt.subplots(2, len(works), figsize=(max(4.6 * len(works) + 0.6, 6.8), 7.8), squeeze=False,

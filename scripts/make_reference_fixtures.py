@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from duca_common.cache.presets import REFERENCE_STALENESS
 from duca_scripts import reference_fixtures as rf
 
@@ -178,7 +179,7 @@ class _BlockDiagonalMask:
     def materialize(self, shape, dtype=torch.float32, device="cpu"):
         bias = torch.full((sum(self.q_seqlen), sum(self.kv_seqlen)), float("-inf"), dtype=dtype, device=device)
         q0 = k0 = 0
-        for q, k in zip(self.q_seqlen, self.kv_seqlen):
+        for q, k in zip(self.q_seqlen, self.kv_seqlen, strict=True):
             bias[q0:q0 + q, k0:k0 + k] = 0
             q0, k0 = q0 + q, k0 + k
         return bias.expand(shape)
@@ -192,7 +193,7 @@ def _memory_efficient_attention(q, k, v, attn_bias=None, p=0.0, scale=None):
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))           # (B, H, M, K)
     if isinstance(attn_bias, _BlockDiagonalMask):
         outs, q0, k0 = [], 0, 0
-        for nq, nk in zip(attn_bias.q_seqlen, attn_bias.kv_seqlen):
+        for nq, nk in zip(attn_bias.q_seqlen, attn_bias.kv_seqlen, strict=True):
             outs.append(sdpa(q[:, :, q0:q0 + nq], k[:, :, k0:k0 + nk], v[:, :, k0:k0 + nk], dropout_p=p))
             q0, k0 = q0 + nq, k0 + nk
         return torch.cat(outs, dim=2).transpose(1, 2).contiguous()      # xformers returns a contiguous tensor

@@ -36,13 +36,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
+
 from duca_common.allocator import check_policy
 from duca_common.cache import Action, Trace, get_method, reference_flops, speedup
 from duca_common.cache.selectors import fresh_token_count
 from duca_common.errors import UsageError, print_error
 from duca_common.measure import Case, interleaved
 from duca_common.outputs import check_output_dir
-from tqdm.auto import tqdm
 
 from .methods import MethodSpec, MethodSpecError, is_peer_family, parse_methods
 from .peers import PeerError

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
+
 from duca_common.cache import TransformerDims
 from duca_common.cache.accounting import adaln_flops, layernorm_flops, mlp_flops, self_attention_flops
 from duca_common.errors import UsageError

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from dit_duca.models import LATENT_CHANNELS as DIT_LATENT_CHANNELS
 from dit_duca.models import XL_DEPTH as DIT_XL_DEPTH
 from dit_duca.models import XL_PATCH_SIZE as DIT_PATCH_SIZE

@@ -26,8 +26,23 @@ def _load_average() -> float | None:
 LOAD_AVERAGE_AT_IMPORT = _load_average()
 
 
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The CPU's model name (Linux's ``/proc/cpuinfo``; else what ``platform`` knows, or None). Timings and
+    float32 rounding follow the CPU: the BLAS picks its kernels by vendor and instruction set, and the project's
+    2-core machines have been more than one kind (docs/benchmarks.md)."""
+    try:
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def environment(device: torch.device) -> dict:
-    """What the numbers were measured on (device, threads, load) so tables can be compared honestly.
+    """What the numbers were measured on (device, CPU model and instruction set, threads, load) so tables can be
+    compared honestly.
 
     The load average is given twice: when the script started (``LOAD_AVERAGE_AT_IMPORT``) and now, when
     the report is assembled after the run."""
@@ -39,6 +54,8 @@ def environment(device: torch.device) -> dict:
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     else:
+        env["cpu_model"] = cpu_model()
+        env["cpu_capability"] = torch.backends.cpu.get_cpu_capability()  # the ISA ATen's CPU kernels dispatch to
         env["cpu_allocator"] = retention_state()
     return env
 
@@ -130,7 +147,7 @@ def parse_markdown_table(text: str) -> list[dict[str, str]]:
         cells = [c.strip() for c in ln.strip("|").split("|")]
         if len(cells) != len(headers):
             raise ValueError(f"row has {len(cells)} cells, header has {len(headers)}: {ln}")
-        rows.append(dict(zip(headers, cells)))
+        rows.append(dict(zip(headers, cells, strict=True)))
     return rows
 
 

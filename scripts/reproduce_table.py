@@ -42,6 +42,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
+
 from dit_duca.embedded import EMBEDDED_MODELS
 from dit_duca.options import DEFAULT_IMAGE_SIZE
 from duca_common.allocator import check_policy
@@ -49,7 +51,6 @@ from duca_common.cache import get_method, measured_flops, reference_flops, speed
 from duca_common.errors import UsageError, print_error
 from duca_common.outputs import check_output_dir
 from duca_common.runtime import pick_device
-from tqdm.auto import tqdm
 
 from .measure import WALL_CPU_DISAGREEMENT, Case, Series, compare, interleaved, wall_warning
 from .methods import MethodSpec, MethodSpecError, paper_grid, parse_methods, peer_grid
@@ -357,7 +358,7 @@ def pareto_plot(data: dict, path: Path) -> Path:
     if any(r.get("frechet") is not None for r in rows):
         panels.insert(0, ("frechet", "Frechet distance to real digits (lower is better)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.6), squeeze=False)
-    for ax, (key, ylabel) in zip(axes[0], panels):
+    for ax, (key, ylabel) in zip(axes[0], panels, strict=True):
         base = rows[0]
         for family, (name, marker) in FAMILY_STYLE.items():
             pts = sorted((r["flops_speedup"], r[key]) for r in rows

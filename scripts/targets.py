@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
 from dit_duca.embedded_sampling import DEFAULT_CFG_SCALE as DIGITS_DEMO_CFG_SCALE
 from dit_duca.models import IMAGENET_CLASSES, LATENT_CHANNELS, XL_INPUT_SIZE
 from duca_common.cache import CacheConfig, FeatureCache, TransformerDims

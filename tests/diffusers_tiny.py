@@ -12,6 +12,7 @@ from diffusers import (
     PixArtAlphaPipeline,
     PixArtTransformer2DModel,
 )
+
 from dit_duca import diffusers_format as df
 from dit_duca.diffusion import linear_betas
 from dit_duca.models import DiT

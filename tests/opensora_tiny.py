@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from opensora_duca.stdit3 import STDiT3, STDiT3Config
 from duca_common.layers import Caption, pack_caption
+from opensora_duca.stdit3 import STDiT3, STDiT3Config
 
 CAPTION_DIM = 16          # the tiny T5 width of tests/pixart_tiny.py
 TEXT_TOKENS = 12

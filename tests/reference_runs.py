@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+
 from duca_common.cache import engine
 from duca_common.cache import selectors as sel
 from duca_common.cache.trace import NOT_RUN
@@ -54,7 +55,7 @@ def unpack(indices: np.ndarray, actions: np.ndarray, tokens: np.ndarray, modules
     selected = int(tokens[actions == rf.PARTIAL].sum())
     rows = indices.size // selected if selected else 0
     out, at = {}, 0
-    for p, b, m in zip(*np.nonzero(actions == rf.PARTIAL)):
+    for p, b, m in zip(*np.nonzero(actions == rf.PARTIAL), strict=True):
         k = int(tokens[p, b, m])
         out[(int(p), int(b), modules[m])] = indices[at:at + rows * k].reshape(rows, k)
         at += rows * k

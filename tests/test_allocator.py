@@ -11,6 +11,7 @@ import time
 
 import pytest
 import torch
+
 from duca_common import allocator
 from duca_common.measure import Case, interleaved
 

@@ -124,7 +124,8 @@ def test_benchmark_script_writes_its_table(tmp_path):
     data = bench_attention_score.main(["--tokens", "16", "40", "--repeats", "2", "--warmup", "0", "--threads", "1",
                                        "--out", str(tmp_path)])
     rows = parse_markdown_table((tmp_path / "attention_score.md").read_text().split("\n\n", 1)[1])
-    assert [(r["tokens"], r["path"]) for r in rows] == [(str(n), p) for n in (16, 40) for p in ("map", "chunked", "sdpa")]
+    assert [(r["tokens"], r["path"]) for r in rows] == [(str(n), p) for n in (16, 40)
+                                                         for p in ("map", "chunked", "sdpa")]
     chunked = [r for r in data["rows"] if r["path"] == "chunked"]
     assert all(r["max_abs_score_error"] < 1e-5 and r["max_abs_output_error"] < 1e-5 for r in chunked)
     assert all(len(r["cpu_seconds"]) == 2 for r in data["rows"])

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from dit_duca import sample as dit_sample
 from dit_duca import sample_ddp as dit_ddp
 from dit_duca import train as dit_train
@@ -30,15 +31,15 @@ from duca_eval import imagenet as eval_imagenet
 from duca_eval import testing as eval_testing
 from duca_eval.report import run_cli
 from duca_scripts import benchmark_speed, reproduce_table
-from pixart_duca.scripts import inference as pixart_inference
-from pixart_duca.scripts import inference_ddp as pixart_ddp
-from pixart_tiny import build_t5, save_pth, tiny_model
 from opensora_duca import inference as opensora_inference
 from opensora_duca.checkpoint import save_safetensors as save_opensora
 from opensora_duca.stdit3 import config_dict as stdit3_config_dict
 from opensora_duca.vae import vae_config_dict
-from opensora_tiny import TINY as OPENSORA_TINY, tiny_stdit3
-from opensora_tiny import tiny_vae, tiny_vae_config
+from opensora_tiny import TINY as OPENSORA_TINY
+from opensora_tiny import tiny_stdit3, tiny_vae, tiny_vae_config
+from pixart_duca.scripts import inference as pixart_inference
+from pixart_duca.scripts import inference_ddp as pixart_ddp
+from pixart_tiny import build_t5, save_pth, tiny_model
 
 PROC = "/proc/duca-bad-inputs/out"           # cannot be created, even by root
 
@@ -228,7 +229,8 @@ ROWS: list[tuple[str, str, Callable[[Path], list[str]], str]] = [
     ]],
     # --- evaluation CLIs
     ("fidelity-out-under-file", "eval.fidelity",
-     lambda r: ["--ref", str(r / "loose_pngs"), "--sample", str(r / "loose_pngs"), "--out", str(r / "blocker" / "f.json")],
+     lambda r: ["--ref", str(r / "loose_pngs"), "--sample", str(r / "loose_pngs"),
+                "--out", str(r / "blocker" / "f.json")],
      "lies under"),
     ("fidelity-batch-zero", "eval.fidelity",
      lambda r: ["--ref", str(r / "loose_pngs"), "--sample", str(r / "loose_pngs"), "--batch-size", "0",
@@ -250,28 +252,29 @@ ROWS: list[tuple[str, str, Callable[[Path], list[str]], str]] = [
 ]
 
 # Open-Sora-DuCa/inference.py (also scripts/inference.py and every VBench launcher process).
-O, OI = _os_base, "opensora.inference"
+OS, OI = _os_base, "opensora.inference"
 OPENSORA_ROWS: list[tuple[str, str, Callable[[Path], list[str]], str]] = [
-    ("os-latin1", OI, lambda r: O(r, r / "new_os", "latin1.txt"), "not UTF-8: byte 0xe9 at line 2, byte offset 15"),
-    ("os-utf16", OI, lambda r: O(r, r / "new_os", "utf16.txt"), "UTF-16"),
-    ("os-utf16le", OI, lambda r: O(r, r / "new_os", "utf16le.txt"), "NUL byte at line 1"),
-    ("os-cfg-nan", OI, lambda r: O(r, r / "new_os") + ["--cfg-scale", "nan"], "--cfg-scale nan is invalid"),
-    ("os-steps-zero", OI, lambda r: O(r, r / "new_os") + ["--num-sampling-steps", "0"], "--steps 0 is invalid"),
-    ("os-seed-negative", OI, lambda r: O(r, r / "new_os") + ["--seed", "-1"], "--seed -1 is invalid"),
-    ("os-fresh-ratio-inf", OI, lambda r: O(r, r / "new_os") + ["--fresh-ratio", "inf"], "--fresh-ratio inf is invalid"),
-    ("os-frames-5", OI, lambda r: O(r, r / "new_os") + ["--num-frames", "5"], "undefined for 5 frames"),
-    ("os-missing-ckpt", OI, lambda r: O(r, r / "new_os") + ["--ckpt-path", str(r / "nope")], "does not exist"),
-    ("os-pickled-ckpt", OI, lambda r: O(r, r / "new_os") + ["--ckpt-path", str(r / "pickled.pt")], "pickled.pt"),
-    ("os-truncated-ckpt", OI, lambda r: O(r, r / "new_os") + ["--ckpt-path", str(r / "os_truncated")],
+    ("os-latin1", OI, lambda r: OS(r, r / "new_os", "latin1.txt"), "not UTF-8: byte 0xe9 at line 2, byte offset 15"),
+    ("os-utf16", OI, lambda r: OS(r, r / "new_os", "utf16.txt"), "UTF-16"),
+    ("os-utf16le", OI, lambda r: OS(r, r / "new_os", "utf16le.txt"), "NUL byte at line 1"),
+    ("os-cfg-nan", OI, lambda r: OS(r, r / "new_os") + ["--cfg-scale", "nan"], "--cfg-scale nan is invalid"),
+    ("os-steps-zero", OI, lambda r: OS(r, r / "new_os") + ["--num-sampling-steps", "0"], "--steps 0 is invalid"),
+    ("os-seed-negative", OI, lambda r: OS(r, r / "new_os") + ["--seed", "-1"], "--seed -1 is invalid"),
+    ("os-fresh-ratio-inf", OI, lambda r: OS(r, r / "new_os") + ["--fresh-ratio", "inf"],
+     "--fresh-ratio inf is invalid"),
+    ("os-frames-5", OI, lambda r: OS(r, r / "new_os") + ["--num-frames", "5"], "undefined for 5 frames"),
+    ("os-missing-ckpt", OI, lambda r: OS(r, r / "new_os") + ["--ckpt-path", str(r / "nope")], "does not exist"),
+    ("os-pickled-ckpt", OI, lambda r: OS(r, r / "new_os") + ["--ckpt-path", str(r / "pickled.pt")], "pickled.pt"),
+    ("os-truncated-ckpt", OI, lambda r: OS(r, r / "new_os") + ["--ckpt-path", str(r / "os_truncated")],
      "os_truncated"),
-    ("os-nan-weights", OI, lambda r: O(r, r / "new_os") + ["--ckpt-path", str(r / "os_stdit_nan"), "--cache", "duca"],
+    ("os-nan-weights", OI, lambda r: OS(r, r / "new_os") + ["--ckpt-path", str(r / "os_stdit_nan"), "--cache", "duca"],
      "NaN/inf at step 1 of 2 (OpenSora, cache duca)"),
-    ("os-out-under-file", OI, lambda r: O(r, r / "blocker" / "os"), "lies under"),
-    ("os-out-in-proc", OI, lambda r: O(r, Path(PROC)), "cannot be written"),
-    ("os-report-in-proc", OI, lambda r: O(r, r / "new_os") + ["--report", PROC + "/r.json"], "cannot be written"),
-    ("os-other-run", OI, lambda r: O(r, r / "os_seed1"), "seed: recorded 1, now 1024"),
-    ("os-unrecorded-mp4s", OI, lambda r: O(r, r / "loose_mp4s"), "no run.json"),
-    ("os-config-typo", OI, lambda r: [str(r / "prompts.txt")] + O(r, r / "new_os"), "not valid Python syntax"),
+    ("os-out-under-file", OI, lambda r: OS(r, r / "blocker" / "os"), "lies under"),
+    ("os-out-in-proc", OI, lambda r: OS(r, Path(PROC)), "cannot be written"),
+    ("os-report-in-proc", OI, lambda r: OS(r, r / "new_os") + ["--report", PROC + "/r.json"], "cannot be written"),
+    ("os-other-run", OI, lambda r: OS(r, r / "os_seed1"), "seed: recorded 1, now 1024"),
+    ("os-unrecorded-mp4s", OI, lambda r: OS(r, r / "loose_mp4s"), "no run.json"),
+    ("os-config-typo", OI, lambda r: [str(r / "prompts.txt")] + OS(r, r / "new_os"), "not valid Python syntax"),
 ]
 
 

@@ -3,10 +3,23 @@
 import pytest
 import torch
 
-from duca_common.cache import (BlockLayout, CacheConfig, TransformerDims, build_plan, full_run_flops, get_preset,
-                               measured_flops, reference_flops)
-from duca_common.cache.accounting import (adaln_flops, cross_attention_flops, layernorm_flops, mlp_flops,
-                                          self_attention_flops)
+from duca_common.cache import (
+    BlockLayout,
+    CacheConfig,
+    TransformerDims,
+    build_plan,
+    full_run_flops,
+    get_preset,
+    measured_flops,
+    reference_flops,
+)
+from duca_common.cache.accounting import (
+    adaln_flops,
+    cross_attention_flops,
+    layernorm_flops,
+    mlp_flops,
+    self_attention_flops,
+)
 from duca_common.cache.trace import Trace
 from tiny_transformer import TinyTransformer, sample
 

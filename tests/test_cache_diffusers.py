@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DiTPipeline
+
 from diffusers_tiny import (
     diffusers_dit,
     diffusers_pixart,
@@ -34,8 +35,17 @@ from pixart_tiny import T5_DIM, TINY, TINY_MS
 from pixart_tiny import tiny_model as tiny_pixart
 
 # Two float32 implementations of the same network (same weights, different GEMM groupings), run through a whole
-# cached sampling loop: the latents agree to this bound and the traces exactly.
-LOOP_ATOL = 1e-5
+# cached sampling loop: the traces agree exactly and the latents to this bound relative to their largest magnitude.
+# Relative because CFG amplifies the tiny random models' latents (the PixArt loop ends at |x| ~ 170), and the float32
+# rounding of the two GEMM groupings depends on the CPU's BLAS kernels: an absolute 1e-5 held on one CI machine and
+# failed on an AVX-512 AMD EPYC one at 1.2e-4 (7e-7 of the latents' scale). float32 resolves ~1.2e-7 relative.
+LOOP_RTOL = 1e-5
+
+
+def assert_same_latents(ours: torch.Tensor, theirs: torch.Tensor) -> None:
+    scale = theirs.abs().max().item()
+    err = (ours - theirs).abs().max().item()
+    assert err <= LOOP_RTOL * scale, f"max |ours - theirs| = {err:.3g} at latents' scale {scale:.3g}"
 DIT_STEPS = 12          # enough for full, conservative and aggressive steps under the DiT rule (N=3)
 PIXART_STEPS = 9
 
@@ -197,7 +207,7 @@ def test_dit_same_latents_and_trace_as_our_dit(name):
     assert np.array_equal(ours_trace.actions, their_trace.actions)
     assert np.array_equal(ours_trace.tokens, their_trace.tokens)
     assert ours_trace.trunk_reused == their_trace.trunk_reused
-    assert (ours - theirs).abs().max().item() <= LOOP_ATOL
+    assert_same_latents(ours, theirs)
     if config.method in ("toca", "duca"):
         assert (ours_trace.actions == int(Action.PARTIAL)).any()
 
@@ -260,7 +270,7 @@ def test_pixart_same_latents_and_trace_as_our_pixart(name):
     ours_trace, their_trace = model.feature_cache.last_trace, handle.feature_cache.last_trace
     assert np.array_equal(ours_trace.actions, their_trace.actions)
     assert np.array_equal(ours_trace.tokens, their_trace.tokens)
-    assert (ours - theirs).abs().max().item() <= LOOP_ATOL
+    assert_same_latents(ours, theirs)
     if config.method in ("toca", "duca"):
         assert (ours_trace.actions == int(Action.PARTIAL)).any()
 

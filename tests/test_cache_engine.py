@@ -38,7 +38,7 @@ def _plain(model, x, steps=STEPS):
 def test_cache_off_equals_plain_forward_exactly(model, x):
     plain = _plain(model, x)
     cached = sample(model, x, STEPS, grid=GRID, cfg_halves=True)
-    assert all(torch.equal(a, b) for a, b in zip(plain, cached))
+    assert all(torch.equal(a, b) for a, b in zip(plain, cached, strict=True))
 
 
 @pytest.mark.parametrize("cfg", [
@@ -51,7 +51,7 @@ def test_ratio_one_and_cycle_one_equal_no_cache(model, x, cfg):
     plain = _plain(model, x)
     model.feature_cache.config = cfg
     cached = sample(model, x, STEPS, grid=GRID, cfg_halves=True)
-    assert all(torch.equal(a, b) for a, b in zip(plain, cached))
+    assert all(torch.equal(a, b) for a, b in zip(plain, cached, strict=True))
 
 
 def test_reuse_returns_cached_output_under_current_gate(model, x):
@@ -213,7 +213,7 @@ def test_taylorseer_order_zero_equals_fora(model, x):
     fora = sample(model, x, STEPS)
     model.feature_cache.config = CacheConfig(method="taylorseer", interval=3, taylor_order=0)
     taylor = sample(model, x, STEPS)
-    assert all(torch.equal(a, b) for a, b in zip(fora, taylor))
+    assert all(torch.equal(a, b) for a, b in zip(fora, taylor, strict=True))
 
 
 def test_taylorseer_order_one_is_exact_on_linear_features():
@@ -226,7 +226,10 @@ def test_taylorseer_order_one_is_exact_on_linear_features():
         assert torch.allclose(terms.forecast(step), a + b * step, atol=1e-6)
     # order 2 on a quadratic, from the last 3 computed features (Taylor with backward differences)
     terms = TaylorTerms()
-    f = lambda s: a + b * s + 0.5 * s * s
+
+    def f(s):
+        return a + b * s + 0.5 * s * s
+
     for step in (0, 2, 4):
         terms.update(f(step), step, order=2)
     # d1 = backward difference slope, d2 = 1.0: forecast = f(4) + d1*dt + d2*dt^2/2
@@ -242,7 +245,7 @@ def test_no_state_leaks_across_runs(model, x):
     x2 = torch.randn(2, 9, 32)
     sample(model, x2, 5, grid=(3, 3), cfg_halves=True)
     again = sample(model, x, STEPS, grid=GRID, cfg_halves=True)
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
 
 
 def test_state_released_after_exception(model, x):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 import pytest
+
 from duca_common.cache import CacheConfig, get_preset
 from duca_common.cache.flags import (
     add_cache_flags,

@@ -40,7 +40,10 @@ def test_hermite_polynomials_and_their_taylor_limit():
 
 def test_hermite_forecast_damps_the_curvature_term_only():
     a, b = torch.randn(3, 5), torch.randn(3, 5)
-    f = lambda s: a + b * s + 0.5 * s * s                  # d2 = 1 with backward differences
+
+    def f(s):                                               # d2 = 1 with backward differences
+        return a + b * s + 0.5 * s * s
+
     taylor, hermite = TaylorTerms(), HermiteTerms()
     for step in (0, 2, 4):
         taylor.update(f(step), step, order=2)

@@ -4,8 +4,16 @@ tiny transformer without any change to the engine."""
 import pytest
 import torch
 
-from duca_common.cache import (Action, CacheConfig, CacheMethod, available_methods, build_plan, get_method,
-                               register_method, unregister_method)
+from duca_common.cache import (
+    Action,
+    CacheConfig,
+    CacheMethod,
+    available_methods,
+    build_plan,
+    get_method,
+    register_method,
+    unregister_method,
+)
 from tiny_transformer import TinyTransformer, sample
 
 STEPS = 7
@@ -60,7 +68,7 @@ def test_outside_method_runs_on_the_tiny_transformer(toy, model, x):
     fora = sample(model, x, STEPS, grid=GRID)
     model.feature_cache.config = cfg.replace(params=(("scale", 1.0),))
     same = sample(model, x, STEPS, grid=GRID)
-    assert all(torch.equal(a, b) for a, b in zip(fora, same))          # scale 1 is FORA, bit for bit
+    assert all(torch.equal(a, b) for a, b in zip(fora, same, strict=True))          # scale 1 is FORA, bit for bit
     model.feature_cache.config = cfg                                    # the declared default, 0.5
     half = sample(model, x, STEPS, grid=GRID)
     trace = model.feature_cache.last_trace

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from duca_common import errors, outputs, run_record, seeding, validate
 from duca_common.runtime import pick_device
 from duca_common.text import read_prompt_lines
@@ -51,7 +52,8 @@ def test_output_file_refusals(tmp_path):
 
 @pytest.mark.parametrize("value,bound,ok", [
     (1.5, validate.GUIDANCE, True), (float("nan"), validate.GUIDANCE, False), (float("inf"), validate.GUIDANCE, False),
-    (0.5, validate.GUIDANCE, False), (0, validate.SEED, True), (-1, validate.SEED, False), (2**63, validate.SEED, False),
+    (0.5, validate.GUIDANCE, False), (0, validate.SEED, True), (-1, validate.SEED, False),
+    (2**63, validate.SEED, False),
     (1.0, validate.FRACTION, True), (1.01, validate.FRACTION, False), (1000, validate.INTERVAL, True),
     (1001, validate.INTERVAL, False), (2.5, validate.STEPS, False), (True, validate.STEPS, False),
 ])
@@ -152,7 +154,8 @@ def test_pick_device(monkeypatch):
     assert pick_device(None) == pick_device("auto") == torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert pick_device(None) == pick_device("auto") == torch.device("cpu")
-    with pytest.raises(errors.UsageError, match="--device cuda asked for CUDA but no GPU is visible; pass --device cpu"):
+    with pytest.raises(errors.UsageError,
+                       match="--device cuda asked for CUDA but no GPU is visible; pass --device cpu"):
         pick_device("cuda")
 
 

@@ -54,8 +54,8 @@ def test_dit_runs_in_bf16_with_fp32_latents():
 
 
 def test_dtype_flag_values():
-    from duca_common.errors import UsageError
     from dit_duca.precision import dtype_name, resolve_dtype
+    from duca_common.errors import UsageError
 
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32      # the reference DiT's precision
     assert resolve_dtype("auto", torch.device("cuda")) == torch.float32

@@ -13,6 +13,7 @@ import pytest
 import torch
 from diffusers import DiTTransformer2DModel
 from diffusers.models.embeddings import get_timestep_embedding
+
 from diffusers_tiny import diffusers_dit, diffusers_pixart, dit_ddim_scheduler, tiny_dit
 from dit_duca import diffusers_format as df
 from dit_duca import sample as sample_cli
@@ -108,7 +109,8 @@ def test_diffusers_dit_folder_loads_through_the_dit_loader(tmp_path):
         assert ours.depth == 3 and ours.hidden_size == 64 and ours.num_classes == 10
         with torch.no_grad():
             assert torch.equal(ours(x, t, y), model(x, t, y))
-            assert (ours(x, t, y) - loaded_by_diffusers(x, timestep=t, class_labels=y).sample).abs().max() <= PARITY_ATOL
+            reference = loaded_by_diffusers(x, timestep=t, class_labels=y).sample
+            assert (ours(x, t, y) - reference).abs().max() <= PARITY_ATOL
 
 
 def test_a_pipeline_saved_by_diffusers_loads(tmp_path):

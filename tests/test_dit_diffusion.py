@@ -9,7 +9,6 @@ import torch
 from dit_duca.diffusion import create_diffusion, linear_betas, respaced_timesteps, space_timesteps
 from dit_duca.models import DiT
 
-
 # models.md A.5
 KEPT_50 = [0, 20, 41, 61, 82, 102, 122, 143, 163, 183, 204, 224, 245, 265, 285, 306, 326, 347, 367, 387, 408, 428,
            449, 469, 489, 510, 530, 550, 571, 591, 612, 632, 652, 673, 693, 714, 734, 754, 775, 795, 816, 836, 856,

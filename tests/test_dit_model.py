@@ -4,10 +4,10 @@
 import pytest
 import torch
 
-from duca_common.cache import CacheConfig, get_preset
 from dit_duca.diffusion import create_diffusion
-from duca_common.layers import pos_embed_2d
 from dit_duca.models import DiT, DiT_models, build_model
+from duca_common.cache import CacheConfig, get_preset
+from duca_common.layers import pos_embed_2d
 
 
 def tiny_dit(**kw) -> DiT:

@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from duca_common.cache import TransformerDims, get_preset, reference_flops
 from dit_duca import sample as sample_cli
 from dit_duca import sample_ddp
 from dit_duca.diffusion import create_diffusion
-from duca_common.vae import remap_deprecated_attention_keys
-from dit_duca.loading import (CheckpointNotFoundError, load_vae, resolve_checkpoint,
-                              save_checkpoint)
+from dit_duca.loading import CheckpointNotFoundError, load_vae, resolve_checkpoint, save_checkpoint
 from dit_duca.models import DiT
+from duca_common.cache import TransformerDims, get_preset, reference_flops
+from duca_common.vae import remap_deprecated_attention_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 DIT_XL = TransformerDims(batch=2, tokens=256, hidden=1152, heads=16)
@@ -193,8 +192,8 @@ def test_vae_deprecated_attention_keys_load_strictly(tmp_path):
     vae = load_vae(str(folder))
     for k, v in ref.state_dict().items():
         assert torch.equal(vae.state_dict()[k], v), k
-    assert remap_deprecated_attention_keys({"decoder.mid_block.attentions.0.proj_attn.weight": torch.zeros(2, 2, 1, 1)}) \
-        .keys() == {"decoder.mid_block.attentions.0.to_out.0.weight"}
+    deprecated = {"decoder.mid_block.attentions.0.proj_attn.weight": torch.zeros(2, 2, 1, 1)}
+    assert remap_deprecated_attention_keys(deprecated).keys() == {"decoder.mid_block.attentions.0.to_out.0.weight"}
 
 
 def test_sample_with_tiny_vae(tmp_path):

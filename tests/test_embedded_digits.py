@@ -4,13 +4,34 @@ import numpy as np
 import pytest
 import torch
 
-from dit_duca.digits import (DIGITS_IMAGE_SIZE, HELDOUT_FRACTION, load_digits_split, split_indices, to_model_range,
-                             to_unit_range)
-from dit_duca.digits_classifier import (DEFAULT_CLASSIFIER_PATH, REQUIRED_HELDOUT_ACCURACY, ClassifierConfig,
-                                        DigitsClassifier, accuracy, load_classifier, save_classifier)
-from dit_duca.digits_metrics import (class_accuracy, classify, digits_frechet_distance, digits_scores,
-                                     features_frechet_distance, fidelity_scores, load_default_classifier,
-                                     real_heldout_digits, to_classifier_size)
+from dit_duca.digits import (
+    DIGITS_IMAGE_SIZE,
+    HELDOUT_FRACTION,
+    load_digits_split,
+    split_indices,
+    to_model_range,
+    to_unit_range,
+)
+from dit_duca.digits_classifier import (
+    DEFAULT_CLASSIFIER_PATH,
+    REQUIRED_HELDOUT_ACCURACY,
+    ClassifierConfig,
+    DigitsClassifier,
+    accuracy,
+    load_classifier,
+    save_classifier,
+)
+from dit_duca.digits_metrics import (
+    class_accuracy,
+    classify,
+    digits_frechet_distance,
+    digits_scores,
+    features_frechet_distance,
+    fidelity_scores,
+    load_default_classifier,
+    real_heldout_digits,
+    to_classifier_size,
+)
 from duca_eval.errors import InputError
 
 
@@ -124,7 +145,8 @@ def test_metrics_reject_bad_inputs(classifier, heldout):
 def test_fidelity_scores_rank_perturbations(classifier, heldout):
     images = heldout[0][:40]
     same = fidelity_scores(classifier, images, images)
-    assert same.psnr == float("inf") and same.feature_distance == 0.0 and same.frechet_to_uncached == pytest.approx(0.0, abs=1e-6)
+    assert same.psnr == float("inf") and same.feature_distance == 0.0
+    assert same.frechet_to_uncached == pytest.approx(0.0, abs=1e-6)
     gen = torch.Generator().manual_seed(0)
     noise = torch.randn(images.shape, generator=gen)
     small = fidelity_scores(classifier, (images + 0.05 * noise).clamp(-1, 1), images)

@@ -5,10 +5,19 @@ import math
 import pytest
 import torch
 
-from dit_duca.embedded import DEFAULT_EMBEDDED_PATH, load_embedded_dit, read_spec
-from dit_duca.embedded_sampling import (DEFAULT_CFG_SCALE, DEFAULT_NUM_STEPS, METHOD_ORDER, balanced_labels,
-                                        method_config, psnr, run_flops_per_image, sample, uncached_flops_per_image)
 from dit_duca.digits_metrics import class_accuracy, load_default_classifier
+from dit_duca.embedded import DEFAULT_EMBEDDED_PATH, load_embedded_dit, read_spec
+from dit_duca.embedded_sampling import (
+    DEFAULT_CFG_SCALE,
+    DEFAULT_NUM_STEPS,
+    METHOD_ORDER,
+    balanced_labels,
+    method_config,
+    psnr,
+    run_flops_per_image,
+    sample,
+    uncached_flops_per_image,
+)
 
 # Quality bar of issue 4 (item 5), checked here on a small batch (the demo reports it on a larger one):
 # uncached guided samples >= 90% class accuracy; DuCa at >= 2x FLOPs speed-up within 5 points of it.
@@ -224,5 +233,6 @@ def test_shipped_256_token_model_loads_and_reaches_the_quality_bar():
 
     target = build_target("digits256")                   # the name the benchmark / table / frontier take
     assert target.model.x_embedder.num_patches == 256
-    assert all(torch.equal(a, b) for a, b in zip(target.model.state_dict().values(), model.state_dict().values()))
+    assert all(torch.equal(a, b)
+               for a, b in zip(target.model.state_dict().values(), model.state_dict().values(), strict=True))
     assert_quality_bar(model)

@@ -58,7 +58,8 @@ def test_trains_on_an_image_folder_and_on_latents(tmp_path):
     for cls in ("cats", "dogs"):
         (tmp_path / "imgs" / cls).mkdir(parents=True)
         for i in range(8):
-            Image.fromarray(rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
+            pixels = rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "imgs" / cls / f"{i}.png")
     data = load_training_data(str(tmp_path / "imgs"), image_size=8, channels=3)
     assert data.num_classes == 2 and data.channels == 3 and data.size == 8
     assert len(data.train) + len(data.heldout) == 16 and data.train.x.abs().max() <= 1.0

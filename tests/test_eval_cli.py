@@ -89,8 +89,8 @@ def _brute_pr(ref, smp, k=3):
 @pytest.fixture
 def activation_spy(monkeypatch):
     """Record the Inception activations the CLIs compute, for independent re-computation of the metrics."""
-    import duca_eval.imagenet
     import duca_eval.coco
+    import duca_eval.imagenet
     import duca_eval.inception
 
     recorded = []
@@ -191,7 +191,8 @@ def test_coco_cli_end_to_end(assets, activation_spy):
     from duca_eval import coco
 
     coco.main(["--sample", str(sample), "--ref", str(assets["ref"]), "--clip-model", str(clip_dir),
-               "--inception-weights", str(assets["inception"]), "--cache-dir", str(cache), "--out", str(out), "--quiet"])
+               "--inception-weights", str(assets["inception"]), "--cache-dir", str(cache), "--out", str(out),
+               "--quiet"])
     payload = json.loads(out.read_text())
     _check_schema(payload, "coco", {"fid", "clip_score"})
     assert payload["num_samples"] == 4 and payload["inputs"]["num_pairs"] == 4
@@ -329,7 +330,8 @@ def test_missing_weights_fail_before_work(assets, tmp_path, capsys):
     err = _cli_error(coco.main, ["--sample", str(sample), "--no-fid", "--clip-model", "openai/clip-vit-large-patch14"],
                      capsys)
     assert "openai/clip-vit-large-patch14" in err and "huggingface-cli download" in err
-    err = _cli_error(coco.main, ["--sample", str(sample), "--no-fid", "--clip-model", str(tmp_path / "no_clip")], capsys)
+    err = _cli_error(coco.main, ["--sample", str(sample), "--no-fid", "--clip-model", str(tmp_path / "no_clip")],
+                     capsys)
     assert "no_clip" in err and "does not exist" in err
 
 
@@ -337,7 +339,8 @@ def test_bad_inputs_give_clear_errors(assets, tmp_path, capsys):
     from duca_eval import fidelity, imagenet
 
     weights = ["--inception-weights", str(assets["inception"])]
-    err = _cli_error(imagenet.main, ["--sample", str(tmp_path / "missing"), "--ref", str(assets["ref"]), *weights], capsys)
+    err = _cli_error(imagenet.main, ["--sample", str(tmp_path / "missing"), "--ref", str(assets["ref"]), *weights],
+                     capsys)
     assert "does not exist" in err
     empty = tmp_path / "empty"
     empty.mkdir()

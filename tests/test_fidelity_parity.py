@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-torch_fidelity = pytest.importorskip("torch_fidelity", reason="torch-fidelity is in the eval extra")
-torchmetrics = pytest.importorskip("torchmetrics", reason="torchmetrics is in the eval extra")
-
 from duca_eval import testing
 from duca_eval.fid import GaussianStats
 from duca_eval.images import FolderImages
 from duca_eval.inception import InceptionFeatures, compute_activations
 from duca_eval.inception_score import inception_score
 from duca_eval.precision_recall import precision_recall
+
+torch_fidelity = pytest.importorskip("torch_fidelity", reason="torch-fidelity is in the eval extra")
+torchmetrics = pytest.importorskip("torchmetrics", reason="torchmetrics is in the eval extra")
 
 N_IMAGES = 8             # per folder (each costs a 299 px Inception pass on the CPU); 2 IS splits of 4
 IS_SPLITS = 2
@@ -108,8 +108,9 @@ def test_sfid_frechet_matches_torch_fidelity_statistics(ours):
 def test_lpips_matches_torchmetrics_with_its_shipped_heads(tmp_path, monkeypatch):
     """Same AlexNet backbone (a random one, placed where torchvision looks for the ImageNet file) and the
     LPIPS v0.1 heads that torchmetrics ships, which ours now finds offline on its own."""
-    from duca_eval.lpips import LPIPS, resolve_lpips_weights, torchmetrics_heads
     from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+    from duca_eval.lpips import LPIPS, resolve_lpips_weights, torchmetrics_heads
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     backbone, _ = testing.make_random_lpips_weights(tmp_path / "w", "alex")
@@ -170,10 +171,11 @@ def tiny_clip(tmp_path_factory):
 
 
 def test_clip_score_is_torchmetrics_clipscore(tiny_clip):
-    from duca_eval.clip_score import ClipScorer, mean_clip_score
     from torchmetrics.functional.multimodal.clip_score import _clip_score_update
     from torchmetrics.multimodal.clip_score import CLIPScore
     from transformers import CLIPModel, CLIPProcessor
+
+    from duca_eval.clip_score import ClipScorer, mean_clip_score
 
     model = _Tm5Clip(CLIPModel.from_pretrained(tiny_clip).eval())
     processor = CLIPProcessor.from_pretrained(tiny_clip)

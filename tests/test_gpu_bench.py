@@ -12,7 +12,6 @@ import pytest
 from duca_scripts import gpu_bench
 from duca_scripts.report import parse_markdown_table
 
-
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

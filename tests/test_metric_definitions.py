@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from duca_eval.errors import InputError
 from duca_eval.precision_recall import manifold_radii, precision_recall
 
@@ -85,7 +86,8 @@ def test_precision_recall_is_adm_manifold_estimator(distance, row, col):
     got = precision_recall(ref, smp, k=3, row_batch=row, col_batch=col, distance=distance)
     assert (got.precision, got.recall) == expected
     radii = manifold_radii(ref, k=3, row_batch=row, col_batch=col, distance=distance).numpy()
-    np.testing.assert_array_equal(radii, AdmManifoldEstimator(row, col, 3, distance == "float16").manifold_radii(ref)[:, 0])
+    reference = AdmManifoldEstimator(row, col, 3, distance == "float16").manifold_radii(ref)[:, 0]
+    np.testing.assert_array_equal(radii, reference)
 
 
 def test_float16_is_the_default_and_differs_from_float32_where_adm_does():

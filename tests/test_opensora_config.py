@@ -49,7 +49,8 @@ def test_every_resolution_and_aspect_ratio_pair_equals_the_reference():
 def test_shipped_config_holds_the_reference_settings():
     cfg = parse_config(PACKAGE / CONFIG)
     v = cfg.values
-    assert (v["resolution"], v["aspect_ratio"], v["num_frames"], v["fps"], v["save_fps"]) == ("240p", "9:16", 51, 24, 24)
+    assert (v["resolution"], v["aspect_ratio"], v["num_frames"], v["fps"], v["save_fps"]) == \
+        ("240p", "9:16", 51, 24, 24)
     assert (v["scheduler.num_sampling_steps"], v["scheduler.cfg_scale"], v["aes"], v["flow"]) == (30, 7.0, 6.5, None)
     assert v["model.from_pretrained"] == "hpcai-tech/OpenSora-STDiT-v3" and v["dtype"] == "bf16"
     assert v["cache.preset"] == "opensora-duca"
@@ -83,10 +84,11 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 @pytest.mark.parametrize("text,line,message", [
-    ('fps = 24\nresoluton = "480p"\n', 2, "unknown key 'resoluton' (did you mean 'resolution'?); allowed keys: ['aes', 'align'"),
+    ('fps = 24\nresoluton = "480p"\n', 2,
+     "unknown key 'resoluton' (did you mean 'resolution'?); allowed keys: ['aes', 'align'"),
     ('model = dict(\n    type="STDiT3-XL/2",\n    from_pretraind="x",\n)\n', 3,
-     "unknown key 'model.from_pretraind' (did you mean 'from_pretrained'?); allowed keys of model: ['enable_flash_attn', 'enable_layernorm_kernel', "
-     "'from_pretrained', 'qk_norm', 'type']"),
+     "unknown key 'model.from_pretraind' (did you mean 'from_pretrained'?); allowed keys of model: "
+     "['enable_flash_attn', 'enable_layernorm_kernel', 'from_pretrained', 'qk_norm', 'type']"),
     ('import os\n', 1, "is not allowed"),
     ('fps = int("24")\n', 1, "is not a literal"),
     ('seed = 1\nfps = "24"\n', 2, "fps = '24' has the wrong type: expected int"),

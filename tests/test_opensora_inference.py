@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from duca_common.cache import Action, BlockLayout, build_plan
-
 from opensora_duca import inference
 from opensora_duca.checkpoint import save_safetensors
 from opensora_duca.stdit3 import config_dict

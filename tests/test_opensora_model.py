@@ -12,8 +12,7 @@ import torch
 from duca_common.cache import CacheConfig, get_preset
 from opensora_duca.checkpoint import CheckpointError, save_safetensors
 from opensora_duca.rflow import RFlowConfig, rflow_sample, sampling_timesteps
-from opensora_duca.stdit3 import (STDiT3, RotaryEmbedding, config_dict, load_stdit3, sincos_table_2d,
-                                  stdit3_xl_2)
+from opensora_duca.stdit3 import RotaryEmbedding, STDiT3, config_dict, load_stdit3, sincos_table_2d, stdit3_xl_2
 from opensora_tiny import LATENT, TINY, tiny_caption, tiny_inputs, tiny_stdit3
 
 XL_TENSORS = 973                  # models.md C.3
@@ -136,8 +135,8 @@ def test_x_mask_semantics():
 def test_final_layer_modulates_masked_frames_twice_by_default_as_the_reference():
     """Issue 12.5: the reference's T2IFinalLayer applies LayerNorm + t0 modulation on top of the t-modulated
     tokens on conditioning frames; "single" applies it once. Generated frames are the same in both."""
-    from opensora_duca.stdit3 import BlockInputs, FinalLayer
     from duca_common.layers import t2i_modulate
+    from opensora_duca.stdit3 import BlockInputs, FinalLayer
 
     torch.manual_seed(0)
     b, f, s, c = 2, 3, 4, 16
@@ -164,7 +163,7 @@ def test_final_layer_modulates_masked_frames_twice_by_default_as_the_reference()
     assert torch.equal(reference[keep.expand_as(reference)], single[keep.expand_as(single)])
     assert not torch.allclose(reference, single)
     # the whole model: the default is the reference's; the two options differ only on conditioning frames
-    inputs, t = tiny_inputs(2), LATENT[0]
+    inputs = tiny_inputs(2)
     x_mask = torch.tensor([[True, False, True]] * 2)
     ref_model, single_model = tiny_stdit3(), tiny_stdit3(final_masked_modulation="single")
     assert ref_model.final_layer.masked_modulation == "reference"
@@ -213,7 +212,7 @@ def test_other_methods_run_on_stdit3(cache, step5):
     outs = []
     for config in (CacheConfig(), cache):
         model = tiny_stdit3(cache_config=config)
-        outs.append(rflow_sample(lambda zi, ti: model(zi, ti, **kwargs), z, timesteps, 7.0,
+        outs.append(rflow_sample(lambda zi, ti, model=model: model(zi, ti, **kwargs), z, timesteps, 7.0,
                                  feature_cache=model.feature_cache))
     trace = model.feature_cache.last_trace
     assert trace.step_letters(5) == step5 and not any(trace.trunk_reused)

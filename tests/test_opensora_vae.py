@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from opensora_duca.checkpoint import CheckpointError, save_safetensors
-from opensora_duca.vae import (CausalConv3d, VideoAutoencoderPipeline, VideoVAEConfig, load_vae, vae_config_dict)
+from opensora_duca.vae import CausalConv3d, VideoAutoencoderPipeline, VideoVAEConfig, load_vae, vae_config_dict
 from opensora_tiny import tiny_vae, tiny_vae_config
 
 # models.md C.8 / D.1

@@ -5,11 +5,15 @@ VBench's model files."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from opensora_duca import vbench_table
+from opensora_duca import inference, vbench_launch, vbench_table
+from test_opensora_inference import PROMPTS, read_frames, weights  # noqa: F401  (fixture)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "opensora"
 RESULTS = json.loads((FIXTURES / "vbench_results.json").read_text())
@@ -102,13 +106,6 @@ def test_malformed_score_files_and_reports_are_named_not_tracebacks(tmp_path, ca
 # ---------------------------------------------------------------------------------------------------
 # Launcher: shards, no-GPU refusal, a tiny end-to-end run on the CPU, resume; scorer: its up-front checks
 # ---------------------------------------------------------------------------------------------------
-import os
-import subprocess
-import sys
-
-from opensora_duca import inference, vbench_launch
-from test_opensora_inference import PROMPTS, read_frames, weights  # noqa: E402,F401  (fixture)
-
 PACKAGE = Path(__file__).resolve().parents[1] / "Open-Sora-DuCa"
 VBENCH_DIR = PACKAGE / "eval" / "vbench"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -160,7 +157,7 @@ def test_launch_sh_starts_one_process_per_gpu(tmp_path):
     assert res.returncode == 0, res.stderr
     lines = res.stdout.strip().splitlines()
     assert len(lines) == 3
-    for i, (gpu, line) in enumerate(zip("356", lines)):
+    for i, (gpu, line) in enumerate(zip("356", lines, strict=True)):
         assert line.startswith(f"CUDA_VISIBLE_DEVICES={gpu} ")
         assert line.endswith(f"--shard {i}/3 --report {tmp_path}/samples_duca_OpenSora-STDiT-v3_vbench_logs/"
                              f"shard{i}-of-3.json")

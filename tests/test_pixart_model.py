@@ -8,8 +8,7 @@ import math
 import pytest
 import torch
 
-from duca_common.cache import (CacheConfig, RatioSchedule, TransformerDims, full_run_flops, get_preset,
-                               reference_flops)
+from duca_common.cache import CacheConfig, RatioSchedule, TransformerDims, full_run_flops, get_preset, reference_flops
 from duca_common.cache.accounting import cross_attention_flops
 from duca_common.layers import cross_attention_entropy, pack_caption, pos_embed_2d
 from duca_common.text import TextEmbedding
@@ -35,7 +34,8 @@ def xl_expected_shapes(image_size: int) -> dict[str, tuple[int, ...]]:
               "final_layer.linear.bias": (32,)}
     for i in range(28):
         b = f"blocks.{i}."
-        shapes.update({b + "scale_shift_table": (6, C), b + "attn.qkv.weight": (3 * C, C), b + "attn.qkv.bias": (3 * C,),
+        shapes.update({b + "scale_shift_table": (6, C),
+                       b + "attn.qkv.weight": (3 * C, C), b + "attn.qkv.bias": (3 * C,),
                        b + "attn.proj.weight": (C, C), b + "attn.proj.bias": (C,),
                        b + "cross_attn.q_linear.weight": (C, C), b + "cross_attn.q_linear.bias": (C,),
                        b + "cross_attn.kv_linear.weight": (2 * C, C), b + "cross_attn.kv_linear.bias": (2 * C,),

@@ -72,7 +72,8 @@ def test_presets_and_cache_off(assets, tmp_path):
         assert inference.main(base_args(assets, tmp_path / name, "--bs", "5", "--vae_path", "none", *flags)) == 0
         runs[name] = pixels(tmp_path / name, len(PROMPTS))
     for name in ("r25", "kv"):
-        diff = np.mean([np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(runs[name], runs["none"])])
+        diff = np.mean([np.abs(a.astype(int) - b.astype(int)).mean()
+                        for a, b in zip(runs[name], runs["none"], strict=True)])
         assert 0 < diff < 40, name
 
 
@@ -143,7 +144,7 @@ def test_ddp_two_processes_equal_one_and_resume(assets, tmp_path):
                           timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = pixels(one, len(PROMPTS)), pixels(two, len(PROMPTS))
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert (two / "prompts.txt").read_text().splitlines() == PROMPTS
     # resume: only the missing image's batch is redone; finished files are left untouched
     stamp = {i: (one / f"{i:06d}.png").stat().st_mtime_ns for i in range(len(PROMPTS))}

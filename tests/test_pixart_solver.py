@@ -59,7 +59,8 @@ def test_solver_converges_to_exact_ode_solution_second_order():
     errors = {}
     for steps in (20, 40, 80, 160):
         calls = []
-        out = dpm_solver_pp_2m(lambda x, t, k: (calls.append(k), x0_exact(x, t, k))[1], x_T.clone(), steps, s)
+        out = dpm_solver_pp_2m(lambda x, t, k, calls=calls: (calls.append(k), x0_exact(x, t, k))[1],
+                               x_T.clone(), steps, s)
         assert calls == list(range(steps))                         # one evaluation per step, in order
         errors[steps] = (out - target).abs().max().item()
     # 20 time-uniform steps are coarse near t = 0 (lambda is steep there) but already close ...

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from duca_common.layers import pack_caption
-from pixart_duca.pipeline import cfg_caption
 from duca_common.text import T5TextEncoder, clean_caption
+from pixart_duca.pipeline import cfg_caption
 from pixart_tiny import T5_DIM, build_t5, tiny_model
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from dit_duca.diffusion import create_diffusion
 from dit_duca.models import DiT
 from duca_common.cache import get_preset

@@ -9,10 +9,15 @@ import pytest
 import torch
 
 from duca_common.cache import PRESETS
-from duca_scripts import benchmark_speed
-from duca_scripts.methods import (PAPER_GRID_INTERVALS, MethodSpecError, paper_grid, parse_method, parse_methods,
-                                  peer_grid)
-from duca_scripts import report
+from duca_scripts import benchmark_speed, report
+from duca_scripts.methods import (
+    PAPER_GRID_INTERVALS,
+    MethodSpecError,
+    paper_grid,
+    parse_method,
+    parse_methods,
+    peer_grid,
+)
 from duca_scripts.report import parse_markdown_table
 
 STEPS = 6
@@ -194,7 +199,8 @@ def test_flops_only_counts_on_meta_without_timing(tmp_path):
 def test_benchmark_runs_a_cache_dit_peer_in_the_same_table(tmp_path):
     pytest.importorskip("cache_dit", reason="cache-dit peers need: pip install -e '.[peers]'")
     data = benchmark_speed.main(["--model", "tiny", "--steps", str(STEPS), "--repeats", "1", "--warmup", "0",
-                                 "--skip-measured-flops", "--methods", "cachedit-dbcache:rdt=0.9", "--out", str(tmp_path)])
+                                 "--skip-measured-flops", "--methods", "cachedit-dbcache:rdt=0.9",
+                                 "--out", str(tmp_path)])
     base, peer = data["rows"]
     assert peer["family"] == "cachedit-dbcache" and peer["measured_flops"] is None
     assert 1.0 < peer["flops_speedup"] == pytest.approx(base["reference_flops"] / peer["reference_flops"])
@@ -208,3 +214,18 @@ def test_environment_gives_the_load_at_the_start_and_at_the_end(monkeypatch):
     monkeypatch.setattr(report.os, "getloadavg", lambda: (3.5, 2.0, 1.0))
     env = report.environment(torch.device("cpu"))
     assert env["load_average_1m_at_start"] == 0.25 and env["load_average_1m_at_end"] == 3.5
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+
+
+def test_cpu_model_reads_the_model_name_and_falls_back(tmp_path, monkeypatch):
+    """The CPU model comes from /proc/cpuinfo's first "model name"; without that file, from platform."""
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\n\n"
+                    "processor\t: 1\nmodel name\t: AMD EPYC 9R14\n")
+    assert report.cpu_model(info) == "AMD EPYC 9R14"
+    monkeypatch.setattr(report.platform, "processor", lambda: "x86_64")
+    assert report.cpu_model(tmp_path / "missing") == "x86_64"
+    info.write_text("processor\t: 0\nmodel name\t:\n")          # an empty name is no name
+    assert report.cpu_model(info) == "x86_64"
+    monkeypatch.setattr(report.platform, "processor", lambda: "")
+    assert report.cpu_model(tmp_path / "missing") is None

@@ -14,6 +14,7 @@ from diffusers.hooks import (
     PyramidAttentionBroadcastConfig,
     TaylorSeerCacheConfig,
 )
+
 from duca_common.cache.accounting import full_run_flops
 from duca_scripts import benchmark_speed, diffusers_peers, methods, pareto, reproduce_table
 from duca_scripts.methods import DiffusersPeerSettings, MethodSpecError, parse_method

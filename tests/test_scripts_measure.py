@@ -6,8 +6,7 @@ import math
 
 import pytest
 
-from duca_scripts.measure import (WALL_CPU_DISAGREEMENT, Case, Series, Summary, compare, interleaved,
-                                  wall_warning)
+from duca_scripts.measure import WALL_CPU_DISAGREEMENT, Case, Series, Summary, compare, interleaved, wall_warning
 
 
 def test_rounds_are_interleaved_after_untimed_warmup():

@@ -3,6 +3,7 @@
 import csv
 
 import pytest
+
 from duca_scripts import pareto
 from duca_scripts.report import parse_markdown_table
 

@@ -4,6 +4,7 @@ import json
 
 import pytest
 from PIL import Image
+
 from duca_scripts import profile_steps
 
 

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+
 from duca_scripts import reproduce_table
 from duca_scripts.methods import parse_method
 from duca_scripts.report import parse_markdown_table

@@ -51,7 +51,8 @@ class TinyBlock(nn.Module):
         if cache is not None and cache.skip:
             return x
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = residual(cache, "attn", x, lambda t, stat: self.attn(modulate(self.norm1(t), shift_msa, scale_msa), stat=stat),
+        x = residual(cache, "attn", x,
+                     lambda t, stat: self.attn(modulate(self.norm1(t), shift_msa, scale_msa), stat=stat),
                      gate_msa.unsqueeze(1))
         x = residual(cache, "mlp", x, lambda t, stat: self.mlp(modulate(self.norm2(t), shift_mlp, scale_mlp)),
                      gate_mlp.unsqueeze(1))

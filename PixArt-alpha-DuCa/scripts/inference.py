@@ -19,7 +19,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from duca_common.errors import print_error
@@ -78,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     for indices in tqdm(todo, desc="batches", unit="batch"):
         noise = cli.image_noise(indices, args.seed, latent_shape(parts.model.config, len(indices), *hw), device)
         result = cli.generate(parts, [prompts[i] for i in indices], noise, args, hw)
-        for i, image in zip(indices, result.images):
+        for i, image in zip(indices, result.images, strict=True):
             if not cli.image_path(out, i).is_file():        # a finished image is never rewritten
                 cli.save_image(image, cli.image_path(out, i))
         seconds += result.seconds

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     for batch in tqdm(todo, desc=f"rank {rank}", unit="batch", disable=rank != 0):
         noise = cli.image_noise(batch, args.seed, latent_shape(parts.model.config, len(batch), *hw), device)
         result = cli.generate(parts, [prompts[i] for i in batch], noise, args, hw)
-        for i, image in zip(batch, result.images):
+        for i, image in zip(batch, result.images, strict=True):
             if not cli.image_path(out, i).is_file():          # a finished image is never rewritten
                 cli.save_image(image, cli.image_path(out, i))
         seconds += result.seconds

@@ -9,7 +9,8 @@ dimension ``evaluate(name=dim, dimension_list=[dim], mode="vbench_standard", loc
 imaging_quality_preprocessing_mode="longer")``, one result file per dimension. Before any video is read:
 
 1. detectron2 must be importable when a GRiT dimension (object_class, multiple_objects, color,
-   spatial_relationship) is chosen; every model file VBench 0.1.5 will load for the chosen dimensions is looked up where VBench expects it; with
+   spatial_relationship) is chosen; every model file VBench 0.1.5 will load for the chosen dimensions is
+   looked up where VBench expects it; with
    ``--offline`` (or HF_HUB_OFFLINE=1 / VBENCH_OFFLINE=1) a missing one stops the run with its name, the
    dimensions that need it, the path and the download address; online, VBench downloads it itself;
 2. every expected video ``{prompt}-{k}.mp4`` (k = 0..4) of the chosen dimensions must exist (VBench would only
@@ -193,7 +194,7 @@ def run(argv: list[str] | None = None) -> int:
     if args.check_only or not todo:
         return 0
 
-    import torch                                             # the VBench environment's
+    import torch  # the VBench environment's
     from vbench import VBench
 
     bench = VBench(torch.device(args.device), str(Path(args.full_info).resolve()), str(score_dir))

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
 from duca_common.cache import (
     BlockLayout,
     CacheConfig,
