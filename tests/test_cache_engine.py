@@ -412,3 +412,17 @@ def test_peak_cache_bytes_include_the_last_steps_writes(model, x, cfg):
     assert model.feature_cache.last_peak_bytes == max(held) > 0
     if cfg.method in ("taylorseer", "foca"):
         assert held[-1] == max(held) > held[-2]          # the last step's writes are the peak
+
+
+def test_tiny_transformer_runs_as_the_readme_example(capsys):
+    """`python tests/tiny_transformer.py` (the README's runnable example) prints a DuCa trace and a speed-up."""
+    import re
+
+    import tiny_transformer
+
+    tiny_transformer.main()
+    out = capsys.readouterr().out
+    assert out.startswith("modules: attn/mlp")
+    assert "F/F" in out and "R/T" in out and "A " in out  # full, token-wise and aggressive steps all ran
+    speedup = float(re.search(r"FLOPs speed-up ([0-9.]+)x", out).group(1))
+    assert 2.0 < speedup < 3.0
