@@ -29,6 +29,9 @@ EMBEDDED_256_PATH = WEIGHTS_DIR / "digits256_dit.safetensors"
 # The shipped models by the name the benchmark, table and frontier scripts take (--model).
 EMBEDDED_MODELS = {"digits": DEFAULT_EMBEDDED_PATH, "digits256": EMBEDDED_256_PATH}
 METADATA_KIND = "duca-dit"
+# How dit_duca.train describes (metadata "data") a training set of images rather than latents: a model
+# trained on one of these samples pixels, so it is decoded with --vae none.
+PIXEL_DATA_PREFIXES = ("sklearn digits", "image folder")
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,24 @@ def read_spec(path: str | os.PathLike) -> DiTSpec:
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: the DiT spec in its metadata is unreadable ({read_failure(exc)}); export the "
                               f"model again with dit_duca.train --export") from exc
+
+
+def pixel_training_data(path: str | os.PathLike) -> str | None:
+    """The training data of a ``dit_duca.train`` export that was trained on images (the digits or an image
+    folder), as its metadata describes it; such a model samples pixels and needs ``--vae none``. None for
+    any other file: an official or latent-space checkpoint, a folder, or a file that does not say (never
+    raises: reading the checkpoint itself reports a bad file)."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    try:
+        meta = read_metadata(path)
+    except CheckpointError:
+        return None
+    data = meta.get("data", "")
+    if meta.get("kind") == METADATA_KIND and data.startswith(PIXEL_DATA_PREFIXES):
+        return data
+    return None
 
 
 def load_dit_checkpoint(path: str | os.PathLike, cache_config: CacheConfig | None = None,

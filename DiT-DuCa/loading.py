@@ -26,6 +26,7 @@ from duca_common.validate import looks_like_hub_id
 from .models import DiT, DiT_models
 
 OFFICIAL_URL = "https://dl.fbaipublicfiles.com/DiT/models/{name}"
+OFFICIAL_CHECKPOINTS = {("DiT-XL/2", 256), ("DiT-XL/2", 512)}      # (model, image size) with released weights
 VAE_HUB_IDS = {"mse": "stabilityai/sd-vae-ft-mse", "ema": "stabilityai/sd-vae-ft-ema"}
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -77,10 +78,15 @@ def resolve_checkpoint(ckpt: str | None, model: str, image_size: int) -> Path:
         if (d / name).is_file():
             return d / name
     searched = ", ".join(str(d) for d in checkpoint_search_dirs())
-    raise CheckpointNotFoundError(
-        f"no --ckpt given and {name} was not found (searched {searched}). Download it with\n"
-        f"  mkdir -p pretrained_models && curl -L -o pretrained_models/{name} {OFFICIAL_URL.format(name=name)}\n"
-        f"or pass --ckpt PATH (or set DIT_CHECKPOINT_DIR). Only DiT-XL/2 at 256 and 512 has official weights.")
+    raise CheckpointNotFoundError(f"no --ckpt given and {name} was not found (searched {searched}); "
+                                  f"{official_download_hint(name)}. Only DiT-XL/2 at 256 and 512 has official "
+                                  f"weights.")
+
+
+def official_download_hint(name: str) -> str:
+    """How to get the official file ``name`` (one line: the errors print as ``error: ...`` on one line)."""
+    return (f"download it with `mkdir -p pretrained_models && curl -L -o pretrained_models/{name} "
+            f"{OFFICIAL_URL.format(name=name)}`, or pass --ckpt PATH (or set DIT_CHECKPOINT_DIR)")
 
 
 @dataclass

@@ -10,6 +10,8 @@ explicit flags override the preset's fields.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from duca_common.cache import CacheConfig
 from duca_common.cache.flags import add_cache_flags, family, resolve_cache_flags
@@ -17,6 +19,13 @@ from duca_common.errors import UsageError
 from duca_common.validate import COUNT, GUIDANCE, SIZE, STEPS, check_numbers
 
 from .diffusion import NUM_DIFFUSION_TIMESTEPS
+from .loading import (
+    OFFICIAL_CHECKPOINTS,
+    CheckpointNotFoundError,
+    official_checkpoint_name,
+    official_download_hint,
+    resolve_checkpoint,
+)
 from .models import DiT_models
 
 # --cache-type of the reference -> engine selector (kept for scripts that map a config back to its flags)
@@ -27,9 +36,11 @@ def add_model_args(parser: argparse.ArgumentParser, *, cfg_scale: float, steps: 
     parser.add_argument("--model", type=str, default=None,
                         help=f"one of {', '.join(DiT_models)} "
                              "(default DiT-XL/2, or the architecture a checkpoint stores)")
-    parser.add_argument("--vae", type=str, default=vae,
+    parser.add_argument("--vae", type=str, default=None,
                         help="'ema' / 'mse' (stabilityai/sd-vae-ft-*), a local diffusers folder, a hub id, "
-                             "or 'none' (no decoding: the model works on images directly)")
+                             f"or 'none' (no decoding: the model works on images directly); default {vae}, or "
+                             "none for a checkpoint trained on pixels (the embedded digits DiT, a dit_duca.train "
+                             "export of images)")
     parser.add_argument("--image-size", type=int, default=None,
                         help="image side in pixels (default 256; 256 or 512 for the official weights); the latent "
                              "side is image-size/8, or image-size itself with --vae none. A checkpoint that stores "
@@ -137,3 +148,63 @@ def apply_stored_architecture(args: argparse.Namespace, stored: dict | None, sou
                              f"drop --model (the stored architecture is used)")
     else:
         args.model = "stored"
+
+
+def choose_vae(args: argparse.Namespace, ckpt_path: Path | None, default: str) -> None:
+    """Settle ``--vae``: left out, it is ``none`` for a checkpoint trained on pixels (the embedded digits
+    DiT, any ``dit_duca.train`` export of images: :func:`~dit_duca.embedded.pixel_training_data`) and the
+    script's ``default`` (the SD VAE, as upstream) otherwise. A VAE named for a pixel checkpoint is refused
+    (it would decode images as latents)."""
+    from .embedded import pixel_training_data
+
+    pixels = pixel_training_data(ckpt_path) if ckpt_path is not None else None
+    if args.vae is None:
+        args.vae = "none" if pixels else default
+    elif pixels and args.vae != "none":
+        raise UsageError(f"--vae {args.vae} contradicts checkpoint {ckpt_path}, which samples pixels (trained on "
+                         f"{pixels}); drop --vae or pass --vae none")
+
+
+# Flags that describe the model to sample (with no --ckpt: the official one, whose file is looked for).
+GEOMETRY_FLAGS = ("model", "image_size", "num_classes", "in_channels")
+
+
+def use_embedded_model_if_no_checkpoint(args: argparse.Namespace) -> bool:
+    """No ``--ckpt`` and no official checkpoint on disk: sample the embedded digits DiT shipped with the
+    package instead (``sample.py`` only; docs/embedded.md). Its stored geometry replaces the flags that
+    describe the official model (``--model``, ``--image-size``, ``--num-classes``, ``--in-channels``: the
+    reference commands pass ``--image-size 256``), and ``--vae`` becomes ``none`` (it samples pixels); one
+    note on stderr names what was replaced and how to get the official weights. With ``--ckpt`` nothing is
+    replaced: a flag that contradicts the file is refused by :func:`apply_stored_architecture`."""
+    if args.ckpt is not None:
+        return False
+    model, size = args.model or DEFAULT_MODEL, args.image_size or DEFAULT_IMAGE_SIZE
+    from .embedded import DEFAULT_EMBEDDED_PATH, read_spec
+
+    try:
+        resolve_checkpoint(None, model, size)
+        return False
+    except CheckpointNotFoundError:
+        if not DEFAULT_EMBEDDED_PATH.is_file():      # no fallback either: the message names the download
+            raise
+    spec = read_spec(DEFAULT_EMBEDDED_PATH)
+    stored = {"model": None, "image_size": spec.input_size, "num_classes": spec.num_classes,
+              "in_channels": spec.in_channels}
+    replaced = []
+    for attr in GEOMETRY_FLAGS:
+        given = getattr(args, attr)
+        if given is not None and given != stored[attr]:
+            replaced.append(f"--{attr.replace('_', '-')} {given}")
+        setattr(args, attr, None)                    # filled from the stored architecture
+    if args.vae is not None and args.vae != "none":
+        replaced.append(f"--vae {args.vae}")
+    args.ckpt, args.vae = str(DEFAULT_EMBEDDED_PATH), "none"
+    name = official_checkpoint_name(model, size)
+    what = (f"flags of the official model replaced: {' '.join(replaced)}" if replaced
+            else "its stored geometry is used")
+    real = (f"For {model} itself: {official_download_hint(name)}." if (model, size) in OFFICIAL_CHECKPOINTS
+            else f"{model} at {size} px has no official weights (only DiT-XL/2 at 256 and 512): pass --ckpt PATH.")
+    print(f"note: no --ckpt given and no {name} found, so this samples the embedded digits DiT "
+          f"({DEFAULT_EMBEDDED_PATH.name}: {spec.input_size}x{spec.input_size} pixels, {spec.num_classes} classes, "
+          f"--vae none); {what}. {real}", file=sys.stderr)
+    return True

@@ -5,6 +5,10 @@ The reference's command works unchanged (it samples with DuCa, as the reference 
     python sample.py --image-size 256 --num-sampling-steps 50 --cache-type attention --fresh-threshold 3 \
         --fresh-ratio 0.05 --ratio-scheduler ToCa --force-fresh global --soft-fresh-weight 0.25 --ddim-sample
 
+With no ``--ckpt`` and no official checkpoint on disk it samples the embedded digits DiT instead; the flags
+that describe the official model (``--image-size 256`` above) are replaced by its stored geometry, with one
+note on stderr (``options.use_embedded_model_if_no_checkpoint``).
+
 Extras: ``--cache {none,fora,toca,duca,taylorseer}``, ``--preset NAME``, ``--class-labels 207,360``,
 ``--out PATH``, ``--save-latents PATH.pt``, ``--report PATH.json`` and ``--flops-only`` (no weights:
 the whole run is traced on the meta device and its FLOPs counted). Noise is drawn as the reference does:
@@ -14,7 +18,6 @@ the whole run is traced on the meta device and its FLOPs counted). Noise is draw
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -23,7 +26,6 @@ import torch
 
 from dit_duca.diffusion import create_diffusion
 from dit_duca.loading import (
-    CheckpointNotFoundError,
     build_dit,
     decode_latents,
     load_checkpoint,
@@ -40,8 +42,10 @@ from dit_duca.options import (
     add_model_args,
     apply_stored_architecture,
     cache_config_from_args,
+    choose_vae,
     fill_default_architecture,
     latent_geometry,
+    use_embedded_model_if_no_checkpoint,
     validate_common,
 )
 from dit_duca.precision import DTYPE_CHOICES, DTYPE_HELP, dtype_name, resolve_dtype
@@ -151,28 +155,6 @@ def count_flops(args: argparse.Namespace, cache_cfg, config: dict | None, n: int
             "trunk_reused": list(map(bool, trace.trunk_reused)), "step_labels": list(trace.step_labels)}
 
 
-def use_embedded_model_if_no_checkpoint(args: argparse.Namespace) -> bool:
-    """No ``--ckpt`` and no official checkpoint on disk: sample the embedded digits DiT shipped with the
-    package instead (docs/embedded.md). It works in pixel space, so ``--vae`` becomes ``none``; its stored
-    geometry fills ``--image-size``, ``--num-classes`` and ``--in-channels`` (flags that contradict it are
-    refused by :func:`~dit_duca.options.apply_stored_architecture`)."""
-    if args.ckpt is not None:
-        return False
-    try:
-        resolve_checkpoint(None, args.model or DEFAULT_MODEL, args.image_size or DEFAULT_IMAGE_SIZE)
-        return False
-    except CheckpointNotFoundError:
-        pass
-    from dit_duca.embedded import DEFAULT_EMBEDDED_PATH, read_spec
-
-    spec = read_spec(DEFAULT_EMBEDDED_PATH)
-    args.ckpt, args.vae = str(DEFAULT_EMBEDDED_PATH), "none"
-    print(f"note: no --ckpt and no official {args.model or DEFAULT_MODEL} checkpoint found; sampling the embedded "
-          f"digits DiT ({DEFAULT_EMBEDDED_PATH.name}, {spec.input_size}x{spec.input_size} pixels, "
-          f"{spec.num_classes} classes)", file=sys.stderr)
-    return True
-
-
 def _jsonable(obj):
     if isinstance(obj, dict):
         return {k: _jsonable(v) for k, v in obj.items()}
@@ -207,6 +189,7 @@ def run(args: argparse.Namespace) -> dict:
     n = len(labels)
 
     if args.flops_only:
+        choose_vae(args, None, DEFAULT_VAE)              # no weights are read: the flags decide
         fill_default_architecture(args)
         latent_geometry(args)
         report: dict = {"args": vars(args), "cache": cache_desc, "cache_config": asdict(cache_cfg), "num_images": n}
@@ -225,8 +208,9 @@ def run(args: argparse.Namespace) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = True          # as the reference
     dtype = resolve_dtype(args.dtype, device)
     # Everything that can fail does so before sampling.
-    use_embedded_model_if_no_checkpoint(args)
+    use_embedded_model_if_no_checkpoint(args)          # no checkpoint at all: the embedded digits DiT
     ckpt_path = resolve_checkpoint(args.ckpt, args.model or DEFAULT_MODEL, args.image_size or DEFAULT_IMAGE_SIZE)
+    choose_vae(args, ckpt_path, DEFAULT_VAE)           # --vae none for a model trained on pixels
     if args.vae != "none":
         resolve_vae_folder(args.vae)                   # a bad --vae fails before the checkpoint is read
     ckpt = load_checkpoint(ckpt_path)

@@ -20,6 +20,11 @@ Determinism and resumption:
   SHA-256, architecture, sizes, seed, steps, guidance, cache config, batch size), written before the first
   sample; a folder whose record differs, or that holds PNGs without a record, is refused naming the
   differing setting. A batch that turns NaN is reported (step, method) and nothing of it is written.
+
+Checkpoint and VAE: ``--ckpt``, or the official file found as in ``sample.py``; unlike ``sample.py`` there is
+no fallback to the embedded digits DiT (the refusal names the download and ``--ckpt`` of the digits model).
+``--vae`` left out is ``ema`` (upstream), or ``none`` for a checkpoint trained on pixels, as in ``sample.py``.
+A bad input under torchrun is printed once, by rank 0, and every rank exits 2 (see :func:`main`).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import torch.distributed as dist
 
 from dit_duca.diffusion import create_diffusion
 from dit_duca.loading import (
+    CheckpointNotFoundError,
     build_dit,
     decode_latents,
     load_checkpoint,
@@ -52,11 +58,12 @@ from dit_duca.options import (
     add_model_args,
     apply_stored_architecture,
     cache_config_from_args,
+    choose_vae,
     latent_geometry,
     validate_common,
 )
 from dit_duca.precision import DTYPE_CHOICES, DTYPE_HELP, dtype_name, resolve_dtype
-from duca_common.errors import UsageError, print_error
+from duca_common.errors import EXIT_USAGE, UsageError, one_line, print_error
 from duca_common.outputs import check_output_dir
 from duca_common.run_record import RECORD_NAME, RunRecord, check_resume, file_identity, write_record
 from duca_common.runtime import atomic_path, atomic_write_bytes, init_distributed, pick_device
@@ -165,17 +172,32 @@ def run_settings(args: argparse.Namespace, ckpt_path: Path, stored: dict | None,
             "dtype": dtype_name(resolve_dtype(args.dtype, "cuda"))}
 
 
-def prepare(args: argparse.Namespace, rank: int, device: torch.device):
-    """Validate everything before any sampling: flags, output folder, checkpoint, run record, model, VAE."""
+def resolve_fid_checkpoint(args: argparse.Namespace) -> Path:
+    """The checkpoint to sample. Unlike ``sample.py`` there is no fallback to the embedded digits DiT: FID
+    sampling is for the model being evaluated, and 50,000 digits scored against ImageNet would be a number
+    that means nothing. The refusal says so and names both fixes."""
+    try:
+        return resolve_checkpoint(args.ckpt, args.model or DEFAULT_MODEL, args.image_size or DEFAULT_IMAGE_SIZE)
+    except CheckpointNotFoundError as exc:
+        from dit_duca.embedded import DEFAULT_EMBEDDED_PATH
+        raise CheckpointNotFoundError(f"{exc} sample_ddp.py does not fall back to the embedded digits DiT as "
+                                      f"sample.py does (FID needs the model you evaluate); to sample the digits "
+                                      f"model pass --ckpt {DEFAULT_EMBEDDED_PATH}") from None
+
+
+def prepare(args: argparse.Namespace, device: torch.device):
+    """Validate everything before any sampling: flags, output folder, checkpoint, run record, model, VAE.
+    Nothing is written: the caller writes the run record once every rank has accepted the inputs."""
     validate_common(args)
     check_numbers([("--global-seed", args.global_seed, SEED),
                    ("--per-proc-batch-size", args.per_proc_batch_size, COUNT),
                    ("--num-fid-samples", args.num_fid_samples, COUNT)])
     resolve_dtype(args.dtype, device)                    # fp16 on CPU fails here, before any work
     cache_cfg, cache_desc = cache_config_from_args(args)
-    latent_geometry(args)
     check_output_dir(args.out if args.out else args.sample_dir, "--out" if args.out else "--sample-dir")
-    ckpt_path = resolve_checkpoint(args.ckpt, args.model or DEFAULT_MODEL, args.image_size or DEFAULT_IMAGE_SIZE)
+    ckpt_path = resolve_fid_checkpoint(args)
+    choose_vae(args, ckpt_path, DEFAULT_VAE)             # --vae none for a model trained on pixels, as sample.py
+    latent_geometry(args)
     if args.vae != "none":
         resolve_vae_folder(args.vae)                     # a bad --vae fails before the checkpoint is read
     ckpt = load_checkpoint(ckpt_path)
@@ -192,32 +214,70 @@ def prepare(args: argparse.Namespace, rank: int, device: torch.device):
                       config=ckpt.config)
     load_into(model, ckpt, f"{args.model} at {args.image_size}px" if ckpt.config is None else "its stored config")
     vae = load_vae(args.vae, device)                     # a bad VAE fails before the folder is touched
-    if rank == 0:
-        write_record(folder, record)
-    return model, vae, cache_cfg, cache_desc, folder, ckpt_path
+    return model, vae, cache_cfg, cache_desc, folder, record
+
+
+class Refusal(Exception):
+    """A bad input found under torchrun, with the exact text to print (rank 0 prints it, once)."""
+
+
+def parse_args_quietly(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parse_args`` whose errors raise :class:`Refusal` (usage and error line) instead of printing on every
+    rank and exiting at once."""
+    def error(message: str):
+        raise Refusal(f"{parser.format_usage()}{parser.prog}: error: {message}\n")
+    parser.error = error
+    return parser.parse_args(argv)
+
+
+def first_refusal(refusal: str | None, world: int) -> str | None:
+    """Every rank learns the first refusal of any rank (in rank order), so all of them stop together."""
+    gathered: list[str | None] = [None] * world
+    dist.all_gather_object(gathered, refusal)
+    return next((r for r in gathered if r is not None), None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit status: 0 done, 2 a bad input (one ``error:`` line, nothing sampled), 3 samples still missing."""
-    args = build_parser().parse_args(argv)
+    """Exit status: 0 done, 2 a bad input (one ``error:`` line, nothing sampled), 3 samples still missing.
+
+    Under torchrun every rank checks the inputs before any sampling and the ranks agree (one collective):
+    rank 0 alone prints the refusal, once, and only then do the ranks leave, each with 2. torchrun then
+    prints its own failure summary (``ChildFailedError``, ``exitcode : 2``; a rank still exiting when the
+    first has gone is stopped with SIGTERM) and exits with 1, as it does for any failed worker."""
+    parser = build_parser()
+    rank, world, device = init_distributed(pick_device("auto"))
+    distributed = world > 1
+    args, prepared, refusal = None, None, None
     try:
-        return run(args)
+        args = parse_args_quietly(parser, argv) if distributed else parser.parse_args(argv)
+        prepared = prepare(args, device)
     except UsageError as exc:
+        refusal = f"error: {one_line(exc)}\n"
+    except Refusal as exc:
+        refusal = str(exc)
+    if distributed:
+        refusal = first_refusal(refusal, world)
+    if refusal is not None:
+        if rank == 0:
+            sys.stderr.write(refusal)
+            sys.stderr.flush()
+        if distributed:
+            dist.barrier()                               # the line is out before any rank exits (and is killed)
+            dist.destroy_process_group()
+        return EXIT_USAGE
+    try:
+        return run(args, prepared, rank, world, device)
+    except UsageError as exc:                            # a batch turned NaN: that rank reports it
         return print_error(exc)
 
 
 @torch.no_grad()          # sampling only; scoped so callers (and tests) keep their grad mode
-def run(args: argparse.Namespace) -> int:
-    rank, world, device = init_distributed(pick_device("auto"))
+def run(args: argparse.Namespace, prepared: tuple, rank: int, world: int, device: torch.device) -> int:
     distributed = world > 1
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
-
-    try:
-        model, vae, cache_cfg, cache_desc, folder, ckpt_path = prepare(args, rank, device)
-    except UsageError:
-        if distributed:
-            dist.destroy_process_group()
-        raise
+    model, vae, cache_cfg, cache_desc, folder, record = prepared
+    if rank == 0:
+        write_record(folder, record)                     # every rank accepted the inputs
     if distributed:
         dist.barrier()                                   # rank 0 has created the folder and manifest
     model = model.to(device, resolve_dtype(args.dtype, device)).eval()

@@ -19,12 +19,17 @@ for sample k of a prompt (C.9). Upstream's flag names (--save-dir, --prompt-path
 * Identical videos for any number of processes: every (prompt, k) is one job with its own seed; the prompts
   are split into contiguous blocks (``--shard I/N``, or the torchrun ranks); videos are written atomically
   (temp file, then rename); a rerun skips finished files.
+* Weights given by hub id (the shipped config's three) are checked before anything is built: the hub must be
+  reachable, or the files in the local Hugging Face cache with HF_HUB_OFFLINE=1; otherwise one ``error:`` line
+  gives the ``hf download`` commands and the flags to pass the folders (huggingface_hub alone retries an
+  unreachable hub for ~25 s per file before failing).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,7 +59,7 @@ from duca_common.validate import (
     looks_like_hub_id,
 )
 from opensora_duca import aspect
-from opensora_duca.checkpoint import CONFIG_FILE, CheckpointError, config_fields
+from opensora_duca.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, config_fields
 from opensora_duca.config import InferenceConfig, parse_config
 from opensora_duca.pipeline import DEFAULT_AES, DEFAULT_FPS, VideoSpec, flops_report
 from opensora_duca.rflow import RFlowConfig, sampling_timesteps
@@ -326,6 +331,74 @@ def check_t5_path(value: str) -> None:
                          f"{DEFAULT_T5}")
 
 
+# Weights flags that may name a hub id, and the file whose presence in the local Hugging Face cache stands for
+# the repo (T5: transformers reads config.json first).
+HUB_FLAGS = (("--ckpt-path", "ckpt_path", WEIGHTS_FILE), ("--vae-path", "vae_path", WEIGHTS_FILE),
+             ("--t5-path", "t5_path", CONFIG_FILE))
+# A proxy the TCP probe cannot see through: the hub is then assumed reachable (the download reports failures).
+PROXY_ENV_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_offline() -> bool:
+    """huggingface_hub's own offline mode (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE): only its local cache is read."""
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode()
+
+
+def hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT          # HF_ENDPOINT, default https://huggingface.co
+
+
+def hub_reachable() -> bool:
+    """A TCP connection to the hub endpoint opens (``duca_eval.weights.network_reachable``, the eval CLIs' probe:
+    a few seconds at most; False when DUCA_EVAL_OFFLINE / HF_HUB_OFFLINE declare the machine offline)."""
+    from duca_eval.weights import network_reachable
+
+    if any(os.environ.get(name) for name in PROXY_ENV_VARS):
+        return True
+    return network_reachable(hub_endpoint())
+
+
+def in_hub_cache(repo_id: str, filename: str) -> bool:
+    """``filename`` of ``repo_id`` is in the local Hugging Face cache (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, filename), str)
+
+
+def check_hub_access(args: argparse.Namespace) -> None:
+    """Weights flags that name hub ids can be served: the hub is reachable, or the local cache holds them and
+    huggingface_hub is in offline mode. Otherwise one line with the fix, in seconds; huggingface_hub itself
+    retries an unreachable hub for ~25 s per file (five retries, 1-8 s apart) before the same failure."""
+    hub = [(flag, value, file) for flag, dest, file in HUB_FLAGS
+           if (value := getattr(args, dest)) and not Path(value).expanduser().exists() and looks_like_hub_id(value)]
+    if not hub:
+        return
+    missing = [(flag, value) for flag, value, file in hub if not in_hub_cache(value, file)]
+    fetch = (f"download {'them' if len(missing) > 1 else 'it'} where there is internet ("
+             + ", ".join(f"`hf download {v} --local-dir {v.split('/')[1]}`" for _, v in missing)
+             + ") and pass the folder" + ("s" if len(missing) > 1 else "") + " ("
+             + " ".join(f"{f} {v.split('/')[1]}" for f, v in missing) + ")")
+    ids = ", ".join(f"{f} {v}" for f, v in missing)
+    if hub_offline():
+        if missing:
+            raise UsageError(f"{ids} {'are hub ids' if len(missing) > 1 else 'is a hub id'} not in the local "
+                             f"Hugging Face cache, and HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) allows no download: "
+                             f"{fetch}, or unset HF_HUB_OFFLINE on a machine that reaches the hub")
+        return
+    if hub_reachable():
+        return
+    where = f"the Hugging Face hub ({hub_endpoint()}) cannot be reached"
+    if not missing:
+        raise UsageError(f"{where}; {', '.join(f'{f} {v}' for f, v, _ in hub)} are in the local Hugging Face "
+                         f"cache: set HF_HUB_OFFLINE=1 to use them without the hub, or connect to the internet")
+    raise UsageError(f"{where} and {ids} {'are hub ids' if len(missing) > 1 else 'is a hub id'} not in the local "
+                     f"cache: {fetch}; or connect to the internet (HF_HUB_OFFLINE=1 uses what the cache holds)")
+
+
 @dataclass(frozen=True)
 class Job:
     prompt_index: int   # into Settings.prompts
@@ -586,8 +659,12 @@ def run_sampling(args: argparse.Namespace, s: Settings) -> int:
     check_weight_path(args.ckpt_path, "--ckpt-path", STDIT3_HUB_ID)
     check_weight_path(args.vae_path, "--vae-path", VAE_HUB_ID)
     check_t5_path(args.t5_path)
-    rank, world, device = init_distributed(args.device)
+    # hub ids: reachable or cached, checked once before any process group or model (rank-independent: the
+    # videos still missing from the run's --shard, or from all of it); a finished folder needs no weights
     out = Path(args.out)
+    if any(not (out / j.name).is_file() for j in (shard_jobs(s.jobs, *s.shard) if s.shard else s.jobs)):
+        check_hub_access(args)
+    rank, world, device = init_distributed(args.device)
     mine = my_jobs(s, rank, world)
     dtype = resolved_dtype(args, device)
     # A folder made with other settings (or holding videos and no record) is refused here, before any model;

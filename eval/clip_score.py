@@ -77,7 +77,7 @@ def resolve_clip_model(spec: str | Path = DEFAULT_CLIP_MODEL) -> str:
     except Exception:
         pass
     how = (
-        f"on a machine with internet access run `huggingface-cli download {spec} --local-dir clip-vit-l14` "
+        f"on a machine with internet access run `hf download {spec} --local-dir clip-vit-l14` "
         f"(or `python -c \"from transformers import CLIPModel, CLIPProcessor; "
         f"CLIPModel.from_pretrained('{spec}').save_pretrained('clip-vit-l14'); "
         f"CLIPProcessor.from_pretrained('{spec}').save_pretrained('clip-vit-l14')\"`), copy the folder here and "

@@ -275,6 +275,9 @@ OPENSORA_ROWS: list[tuple[str, str, Callable[[Path], list[str]], str]] = [
     ("os-other-run", OI, lambda r: OS(r, r / "os_seed1"), "seed: recorded 1, now 1024"),
     ("os-unrecorded-mp4s", OI, lambda r: OS(r, r / "loose_mp4s"), "no run.json"),
     ("os-config-typo", OI, lambda r: [str(r / "prompts.txt")] + OS(r, r / "new_os"), "not valid Python syntax"),
+    # a hub id neither cached nor reachable (HF_HUB_OFFLINE / DUCA_EVAL_OFFLINE are set here): one line, no retries
+    ("os-hub-id-offline", OI, lambda r: OS(r, r / "new_os") + ["--ckpt-path", "duca-tests/no-such-repo"],
+     "`hf download duca-tests/no-such-repo --local-dir no-such-repo`"),
 ]
 
 

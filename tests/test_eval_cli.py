@@ -329,7 +329,7 @@ def test_missing_weights_fail_before_work(assets, tmp_path, capsys):
     (sample / "prompts.txt").write_text("a\n")
     err = _cli_error(coco.main, ["--sample", str(sample), "--no-fid", "--clip-model", "openai/clip-vit-large-patch14"],
                      capsys)
-    assert "openai/clip-vit-large-patch14" in err and "huggingface-cli download" in err
+    assert "openai/clip-vit-large-patch14" in err and "hf download" in err
     err = _cli_error(coco.main, ["--sample", str(sample), "--no-fid", "--clip-model", str(tmp_path / "no_clip")],
                      capsys)
     assert "no_clip" in err and "does not exist" in err

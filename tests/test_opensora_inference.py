@@ -18,6 +18,7 @@ from opensora_tiny import TINY, tiny_stdit3, tiny_vae, tiny_vae_config
 from pixart_tiny import build_t5
 from test_opensora_model import REFERENCE_SCHEDULE
 
+PACKAGE = Path(__file__).resolve().parents[1] / "Open-Sora-DuCa"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"   # reference copies (shared/data/README.md)
 PROMPTS = ["a man on a horse", "a red dog in the park"]
 
@@ -176,8 +177,114 @@ def test_missing_relative_weight_folders_are_not_taken_for_hub_ids(weights, tmp_
         assert err.startswith(f"error: {flag} {value!r} does not exist") and "hub id" in err
     args = base_args(weights, out, "--prompt", "x", "--check-only")
     args[args.index("--ckpt-path") + 1] = "hpcai-tech/OpenSora-STDiT-v3"      # a hub id is still one
+    monkeypatch.setattr(inference, "hub_offline", lambda: False)                 # (and the hub reachable)
+    monkeypatch.setattr(inference, "hub_reachable", lambda: True)
     assert inference.main(args) == 0
     capsys.readouterr()
+
+
+# The README's upstream command: the shipped config names three hub ids (STDiT3, VAE, T5).
+UPSTREAM = ["configs/opensora-v1-2/inference/sample.py", "--num-frames", "2s", "--resolution", "480p",
+            "--aspect-ratio", "9:16", "--prompt", "a beautiful waterfall", "--device", "cpu"]
+HUB_IDS = {"--ckpt-path": "hpcai-tech/OpenSora-STDiT-v3", "--vae-path": "hpcai-tech/OpenSora-VAE-v1.2",
+           "--t5-path": "DeepFloyd/t5-v1_1-xxl"}
+
+
+def fake_hub_cache(root: Path, repos: dict[str, str]) -> Path:
+    """A Hugging Face cache layout (refs/main -> snapshots/<commit>/<file>) holding ``repos`` (id -> file)."""
+    for repo, file in repos.items():
+        folder = root / f"models--{repo.replace('/', '--')}"
+        (folder / "refs").mkdir(parents=True)
+        (folder / "refs" / "main").write_text("0" * 40)
+        (folder / "snapshots" / ("0" * 40)).mkdir(parents=True)
+        (folder / "snapshots" / ("0" * 40) / file).write_bytes(b"")
+    return root
+
+
+@pytest.fixture
+def no_hub(monkeypatch, tmp_path):
+    """No network and nothing cached, deterministically: an empty cache folder; the probe answers False and
+    counts its calls; building anything after the check fails the test."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    probes = []
+    monkeypatch.setattr(inference, "hub_reachable", lambda: probes.append(1) or False)
+
+    def reached(*_):
+        raise AssertionError("the hub check must stop the run before any process group or model")
+
+    monkeypatch.setattr(inference, "init_distributed", reached)
+    monkeypatch.setattr(inference, "load_components", reached)
+    return probes
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_unreachable_hub_ids_fail_in_one_line_before_any_work(no_hub, tmp_path, capsys, monkeypatch, offline):
+    """Offline, upstream's command spent 28 s in huggingface_hub's retries (4 s with HF_HUB_OFFLINE=1) before
+    failing at load; now one line with the fix comes before anything is built, in both modes."""
+    monkeypatch.setattr(inference, "hub_offline", lambda: offline)
+    monkeypatch.chdir(PACKAGE)
+    out = tmp_path / "out"
+    assert inference.main([*UPSTREAM, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    for flag, repo in HUB_IDS.items():
+        name = repo.split("/")[1]
+        assert f"{flag} {repo}" in err and f"`hf download {repo} --local-dir {name}`" in err
+        assert f"{flag} {name}" in err                                     # the flag to pass instead
+    if offline:                    # huggingface_hub reads only its cache: no probe needed
+        assert no_hub == [] and "unset HF_HUB_OFFLINE" in err
+    else:
+        assert no_hub == [1] and "https://huggingface.co) cannot be reached" in err and "HF_HUB_OFFLINE=1" in err
+    assert not out.exists()
+    # --check-only (what the VBench launcher runs once before its N processes) refuses the same way
+    assert inference.main([*UPSTREAM, "--out", str(out), "--check-only"]) == 2
+    assert "hf download" in capsys.readouterr().err
+
+
+def test_cached_hub_ids_run_offline_and_name_the_switch_otherwise(no_hub, tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.chdir(PACKAGE)
+    out = tmp_path / "out"
+    cache = fake_hub_cache(Path(constants.HF_HUB_CACHE), {HUB_IDS["--ckpt-path"]: "model.safetensors"})
+    monkeypatch.setattr(inference, "hub_offline", lambda: True)
+    assert inference.main([*UPSTREAM, "--out", str(out), "--check-only"]) == 2
+    err = capsys.readouterr().err                 # only what the cache lacks is named
+    assert "--ckpt-path" not in err and "--vae-path hpcai-tech/OpenSora-VAE-v1.2" in err and "--t5-path" in err
+    fake_hub_cache(cache, {HUB_IDS["--vae-path"]: "model.safetensors", HUB_IDS["--t5-path"]: "config.json"})
+    monkeypatch.setattr(inference, "init_distributed", lambda device: (0, 1, torch.device("cpu")))
+    assert inference.main([*UPSTREAM, "--out", str(out), "--check-only", "--verbose", "0"]) == 0
+    assert no_hub == []
+    # cached, but huggingface_hub not in offline mode and the hub unreachable: it would retry; say the switch
+    monkeypatch.setattr(inference, "hub_offline", lambda: False)
+    assert inference.main([*UPSTREAM, "--out", str(out), "--check-only"]) == 2
+    err = capsys.readouterr().err
+    assert no_hub == [1] and "set HF_HUB_OFFLINE=1" in err and "hf download" not in err
+
+
+def test_hub_checks_only_hub_ids_and_only_when_there_is_work(weights, no_hub, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(inference, "hub_offline", lambda: False)
+    monkeypatch.setattr(inference, "init_distributed", lambda device: (0, 1, torch.device("cpu")))
+    out = tmp_path / "out"
+    assert inference.main(base_args(weights, out, "--prompt", "x", "--check-only", "--verbose", "0")) == 0
+    assert no_hub == []                           # local folders: no probe
+    monkeypatch.setattr(inference, "hub_reachable", lambda: True)
+    args = base_args(weights, out, "--prompt", "x", "--check-only", "--verbose", "0")
+    args[args.index("--t5-path") + 1] = HUB_IDS["--t5-path"]
+    assert inference.main(args) == 0              # reachable: the download is left to the loader
+
+
+def test_hub_probe_is_controlled_by_the_environment(monkeypatch):
+    """The real probe, without a network call: declared offline it answers False; behind a proxy (which a TCP
+    probe cannot see through) it answers True."""
+    for name in inference.PROXY_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DUCA_EVAL_OFFLINE", "1")
+    assert inference.hub_reachable() is False
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert inference.hub_reachable() is True
 
 
 def test_missing_weights_and_empty_prompt_lines(weights, tmp_path, capsys):

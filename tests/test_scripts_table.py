@@ -5,12 +5,17 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from duca_scripts import reproduce_table
-from duca_scripts.methods import parse_method
+from duca_scripts.methods import parse_method, parse_methods
 from duca_scripts.report import parse_markdown_table
 from duca_scripts.targets import build_target
 
@@ -101,20 +106,118 @@ def test_peer_wrapping_is_undone_and_reproducible():
     assert torch.equal(target.sample(z, y, STEPS), reference)  # hooks removed
 
 
-def test_fid50k_protocol_writes_a_launcher(tmp_path):
-    ckpt = tmp_path / "weights.pt"
-    ckpt.write_bytes(b"")
-    data = reproduce_table.main(["--model", "tiny", "--protocol", "fid50k", "--ckpt", str(ckpt), "--ref", "ref.npz",
-                                 "--methods", "dit-duca-n3-r95", "toca:n=4", "--steps", "4", "--out", str(tmp_path)])
-    script = (tmp_path / "fid50k.sh").read_text()
-    assert script.count("torchrun") == 3 and script.count("duca_eval.imagenet") == 3
-    assert "--preset dit-duca-n3-r95" in script
-    assert "--cache toca --fresh-threshold 4 --fresh-ratio 0.07 --cache-type attention" in script
-    assert [r["method"] for r in data["rows"]] == ["none", "dit-duca-n3-r95", "toca:n=4"]
+FID_METHODS = ["dit-duca-n3-r95", "toca:n=4"]
+# records each call's argv exactly as bash expanded it: NUL-separated words, one call per line
+STUB = '#!/bin/sh\n{ printf "%s\\0" "$(basename "$0")" "$@"; printf "\\n"; } >> "$CALLS"\n'
+
+
+def _run_launcher(script, cwd, tmp_path):
+    """Run ``fid50k.sh`` with ``torchrun`` and ``python`` replaced by stubs; returns the bash-expanded argv
+    of every call and the completed process."""
+    stubs = tmp_path / "stub-bin"
+    stubs.mkdir(exist_ok=True)
+    for name in ("torchrun", "python"):
+        (stubs / name).write_text(STUB)
+        (stubs / name).chmod(0o755)
+    calls = tmp_path / "calls.log"
+    calls.write_bytes(b"")
+    env = {k: v for k, v in os.environ.items() if k != "NGPU"}
+    env.update(PATH=f"{stubs}{os.pathsep}{env['PATH']}", CALLS=str(calls))
+    res = subprocess.run(["bash", str(script)], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    records = calls.read_bytes().decode().split("\0\n")
+    return [r.split("\0") for r in records if r], res
+
+
+def _after_module(argv, module):
+    i = argv.index("-m")
+    assert argv[i + 1] == module, argv
+    return argv[i + 2:]
+
+
+def _drop_flag(argv, flag):
+    i = argv.index(flag)
+    return argv[:i] + argv[i + 2:]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="the launcher is a bash script")
+def test_fid50k_launcher_evaluates_exactly_what_it_samples(tmp_path, monkeypatch):
+    """fid50k.sh, run by bash with recording stubs for torchrun and python: every sampler line parses with
+    dit_duca.sample_ddp's own parser (unknown flags fail), every evaluator line with duca_eval.imagenet's,
+    and the .npz each sampler writes is the --sample its evaluator reads (it read ``<sample-dir>.npz``
+    while sample_ddp wrote ``<sample-dir>/<auto-name>.npz``). Then each sampler line really runs (tiny
+    checkpoint, 2 samples) and the evaluator's file exists."""
+    from dit_duca import sample_ddp
+    from dit_duca.loading import save_checkpoint
+    from dit_duca.models import DiT, DiT_models
+    from dit_duca.options import cache_config_from_args
+    from duca_eval import imagenet
+
+    monkeypatch.chdir(tmp_path)                # relative paths, as a user types them
+    Path("weights.pt").write_bytes(b"")
+    Path("ref.npz").write_bytes(b"")
+    out = Path("table")
+    meta_flops = reproduce_table._meta_flops
+
+    def flops_after_the_launcher(*args):
+        assert (out / "fid50k.sh").is_file()  # the launcher needs no FLOPs: written before they are counted
+        return meta_flops(*args)
+
+    monkeypatch.setattr(reproduce_table, "_meta_flops", flops_after_the_launcher)
+    data = reproduce_table.main(["--model", "DiT-S/8", "--protocol", "fid50k", "--ckpt", "weights.pt", "--ref",
+                                 "ref.npz", "--methods", *FID_METHODS, "--steps", "4", "--out", str(out)])
+    labels = ["none", *FID_METHODS]
+    assert [r["method"] for r in data["rows"]] == labels
+    script = out / "fid50k.sh"
+    text = script.read_text()
+    assert "--preset dit-duca-n3-r95" in text
+    assert "--cache toca --fresh-threshold 4 --fresh-ratio 0.07 --cache-type attention" in text
+
+    calls, res = _run_launcher(script, tmp_path, tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert [c[0] for c in calls] == ["torchrun", "python"] * len(labels)
+    specs = {s.label: s for s in parse_methods(labels)}
+    for label, row, sampler, evaluator in zip(labels, data["rows"], calls[::2], calls[1::2], strict=True):
+        assert f"--nproc_per_node={reproduce_table.DEFAULT_GPUS}" in sampler
+        argv = _after_module(sampler, "dit_duca.sample_ddp")
+        args = sample_ddp.build_parser().parse_args(argv)
+        assert args.model in DiT_models and args.num_fid_samples == reproduce_table.FID_NUM_SAMPLES
+        assert cache_config_from_args(args)[0] == specs[label].config
+        # where sample_ddp writes its .npz: <folder>.npz, folder = --out or a generated name under --sample-dir
+        cfg = cache_config_from_args(args)[0]
+        folder = (Path(args.out) if args.out else
+                  sample_ddp.default_folder(args, Path(args.ckpt).stem, sample_ddp.cache_tag(cfg)))
+        written = folder.with_name(folder.name + ".npz")
+        eargs = imagenet.build_parser().parse_args(_after_module(evaluator, "duca_eval.imagenet"))
+        assert Path(eargs.sample) == written == Path(row["samples"]), label
+        assert Path(eargs.ref) == Path("ref.npz") and Path(eargs.out) == Path(row["eval"])
+    assert len({c[-1] for c in calls[1::2]}) == len(labels)       # one evaluation JSON per method
+
+    # the sampler lines as written (minus --model: the tiny checkpoint stores its own architecture), at 8 px
+    torch.manual_seed(0)
+    save_checkpoint(DiT(input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=2, num_heads=4,
+                        num_classes=10).eval(), "tiny.safetensors")
+    small = ["--ckpt", "tiny.safetensors", "--vae", "none", "--image-size", "8", "--num-fid-samples", "2",
+             "--per-proc-batch-size", "2"]
+    for sampler, evaluator in zip(calls[::2], calls[1::2], strict=True):
+        assert sample_ddp.main(_drop_flag(_after_module(sampler, "dit_duca.sample_ddp"), "--model") + small) == 0
+        sample = imagenet.build_parser().parse_args(_after_module(evaluator, "duca_eval.imagenet")).sample
+        assert np.load(sample)["arr_0"].shape == (2, 8, 8, 3)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="the launcher is a bash script")
+def test_fid50k_launcher_checks_its_inputs_before_sampling(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("weights.pt").write_bytes(b"")
+    reproduce_table.main(["--model", "DiT-S/8", "--protocol", "fid50k", "--ckpt", "weights.pt", "--ref", "ref.npz",
+                          "--methods", "fora:n=2", "--steps", "2", "--out", "table"])
+    calls, res = _run_launcher(tmp_path / "table" / "fid50k.sh", tmp_path, tmp_path)
+    assert res.returncode == 2 and calls == []         # nothing sampled for a --ref that is not there
+    assert "ref.npz does not exist" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("argv, words", [
     (["--protocol", "fid50k"], "needs --ckpt"),
+    (["--protocol", "fid50k", "--ckpt", "w.pt", "--ref", "r.npz"], "which take a DiT config"),
     (["--images", "0"], "--images 0"),
     (["--methods", "taylorseer:o=x"], "not an integer"),
     (["--model", "digits", "--ckpt", "/nonexistent/digits.safetensors"], "does not exist"),
