@@ -35,8 +35,9 @@ import torch
 from dit_duca.digits_metrics import digits_scores, load_default_classifier, real_heldout_digits
 from duca_common.allocator import check_policy
 from duca_common.errors import CheckpointError, UsageError, run_or_exit
-from duca_common.measure import Case, Speedup, compare, interleaved, wall_warning
+from duca_common.measure import Case, Speedup, compare, environment, interleaved, wall_warning
 from duca_common.outputs import check_output_dir
+from duca_common.runtime import HelpFormatter
 from duca_common.validate import SEED, check_number
 
 from .digits import to_unit_range
@@ -173,7 +174,7 @@ def fresh_folder(out: Path) -> Iterator[Path]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Sample the embedded digits DiT with every cache method.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="output folder (replaced as a whole when the run completes)")
     parser.add_argument("--ckpt", type=Path, default=None,
@@ -294,7 +295,7 @@ def run_demo(args: argparse.Namespace) -> list[MethodRow]:
         save_side_by_side(runs, tmp / "side_by_side.png", SIDE_BY_SIDE_SAMPLES)
         (tmp / "table.md").write_text(f"{settings}\n\n{table}\n\n{note}\n")
         (tmp / "results.json").write_text(json.dumps(
-            {"settings": settings, "wall_warning": warning,
+            {"settings": settings, "wall_warning": warning, "environment": environment(torch.device("cpu")),
              "rows": [asdict(r) | {"psnr_vs_none": None if math.isinf(r.psnr_vs_none) else r.psnr_vs_none}
                       for r in rows]}, indent=2))
     print(f"\n{settings}\n\n{table}\n\n{note}\n\nwrote {args.out}/grid_<method>.png, {args.out}/side_by_side.png, "

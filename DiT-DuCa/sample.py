@@ -1,4 +1,4 @@
-"""Sample a few images from DiT with DuCa / ToCa / FORA / TaylorSeer (the DuCa reference ``sample.py``).
+r"""Sample a few images from DiT with DuCa / ToCa / FORA / TaylorSeer (the DuCa reference ``sample.py``).
 
 The reference's command works unchanged (it samples with DuCa, as the reference does)::
 
@@ -52,7 +52,7 @@ from dit_duca.precision import DTYPE_CHOICES, DTYPE_HELP, dtype_name, resolve_dt
 from duca_common.cache import TransformerDims, full_run_flops, measured_flops, reference_flops
 from duca_common.errors import NonFiniteError, UsageError, run_or_exit
 from duca_common.outputs import check_output_file, image_suffixes
-from duca_common.runtime import atomic_path, pick_device, write_json
+from duca_common.runtime import HelpFormatter, atomic_path, pick_device, write_json
 from duca_common.validate import SEED, FiniteWatch, check_number
 
 REFERENCE_CLASS_LABELS = [207, 360, 387, 974, 88, 979, 417, 279]   # upstream DiT sample.py's ImageNet labels
@@ -66,7 +66,7 @@ TERA = 1e12                      # FLOPs -> TFLOPs
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     add_model_args(parser, cfg_scale=DEFAULT_CFG_SCALE, steps=DEFAULT_STEPS, vae=DEFAULT_VAE)
     add_cache_args(parser, cache_type="attention")
     parser.add_argument("--seed", type=int, default=0)

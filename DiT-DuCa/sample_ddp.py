@@ -1,4 +1,4 @@
-"""Sample many images in parallel for FID (torchrun; NCCL on GPUs, gloo on CPU), then write the ADM ``.npz``.
+r"""Sample many images in parallel for FID (torchrun; NCCL on GPUs, gloo on CPU), then write the ADM ``.npz``.
 
 The reference command works unchanged::
 
@@ -66,7 +66,7 @@ from dit_duca.precision import DTYPE_CHOICES, DTYPE_HELP, dtype_name, resolve_dt
 from duca_common.errors import EXIT_USAGE, UsageError, one_line, print_error
 from duca_common.outputs import check_output_dir
 from duca_common.run_record import RECORD_NAME, RunRecord, check_resume, file_identity, write_record
-from duca_common.runtime import atomic_path, atomic_write_bytes, init_distributed, pick_device
+from duca_common.runtime import HelpFormatter, atomic_path, atomic_write_bytes, init_distributed, pick_device
 from duca_common.seeding import sample_seed
 from duca_common.validate import COUNT, SEED, FiniteWatch, check_numbers
 
@@ -81,7 +81,7 @@ DEFAULT_NUM_FID_SAMPLES = 50_000      # FID-50K, as upstream (the ADM evaluation
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     add_model_args(parser, cfg_scale=DEFAULT_CFG_SCALE, steps=DEFAULT_STEPS, vae=DEFAULT_VAE)
     add_cache_args(parser, cache_type="random")
     parser.add_argument("--sample-dir", type=str, default="samples")

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from duca_common.errors import CheckpointError, UsageError, print_error
 from duca_common.outputs import check_output_dir, check_output_file
-from duca_common.runtime import atomic_path
+from duca_common.runtime import HelpFormatter, atomic_path
 from duca_common.validate import SEED, Bound, check_number, check_numbers
 
 from .diffusion import create_diffusion
@@ -264,7 +264,7 @@ def train(cfg: TrainConfig, results_dir: Path, export: Path | None = None, resum
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--data", default=defaults.data,
                         help="'digits', a folder of images (class sub-folders or flat), or a .pt/.npz of latents")
     parser.add_argument("--results-dir", type=Path, required=True, help="folder for checkpoint.pt")

@@ -1,4 +1,4 @@
-"""OpenSora 1.2 text-to-video with DuCa / ToCa / FORA / TaylorSeer caching, and VBench sampling.
+r"""OpenSora 1.2 text-to-video with DuCa / ToCa / FORA / TaylorSeer caching, and VBench sampling.
 
     python scripts/inference.py configs/opensora-v1-2/inference/sample.py --num-frames 2s --resolution 480p \
         --aspect-ratio 9:16 --prompt "a beautiful waterfall"              # from Open-Sora-DuCa/, as upstream
@@ -44,7 +44,7 @@ from duca_common.cache.flags import add_cache_flags, config_from_flags
 from duca_common.errors import UsageError, print_error
 from duca_common.outputs import check_output_dir, check_output_file
 from duca_common.run_record import RunRecord, check_resume, file_identity, text_identity, write_record
-from duca_common.runtime import atomic_path, pick_device, write_json
+from duca_common.runtime import HelpFormatter, atomic_path, pick_device, write_json
 from duca_common.seeding import sample_seed
 from duca_common.text import read_prompt_lines, read_text_utf8
 from duca_common.validate import (
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Upstream OpenSora's flag names (``--save-dir``, ``--prompt-path``, ``--num-sampling-steps``,
     ``--num-sample``) are accepted beside this project's. Flags default to None: unset ones come from the
     config file, then from OPTIONS."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("config", nargs="?", help="inference config file (configs/opensora-v1-2/inference/sample.py); "
                                              "flags override its values")
     g = p.add_argument_group("prompts and video")

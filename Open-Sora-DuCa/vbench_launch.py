@@ -35,6 +35,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from duca_common.errors import UsageError, print_error
+from duca_common.runtime import HelpFormatter
 from opensora_duca import inference
 
 ALLOW_CPU_ENV = "DUCA_VBENCH_ALLOW_CPU"
@@ -63,7 +64,7 @@ def visible_gpus() -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("ckpt", help="STDiT3 folder / model.safetensors / hub id")
     p.add_argument("num_frames", help="frames, e.g. 51 or 2s")
     p.add_argument("name", help="a name for the run (part of the output folder)")

@@ -1,4 +1,4 @@
-"""VBench totals, a markdown table and a bar plot from VBench's result files, in the project's environment.
+r"""VBench totals, a markdown table and a bar plot from VBench's result files, in the project's environment.
 
     python -m opensora_duca.vbench_table --run none=vbench/none_scores:vbench/none_logs/flops.json \
         --run duca=vbench/duca_scores:vbench/duca_logs/flops.json --out vbench/table.md --plot vbench/bars.png
@@ -30,7 +30,7 @@ from pathlib import Path
 
 from duca_common.errors import UsageError, print_error
 from duca_common.outputs import check_output_file
-from duca_common.runtime import atomic_path, atomic_write_bytes
+from duca_common.runtime import HelpFormatter, atomic_path, atomic_write_bytes
 
 # The 16 dimensions and the constants below are the reference's (tabulate_vbench_scores.py: QUALITY_LIST,
 # SEMANTIC_LIST, NORMALIZE_DIC, DIM_WEIGHT, QUALITY_WEIGHT, SEMANTIC_WEIGHT), named with underscores as
@@ -192,7 +192,7 @@ def bar_plot(runs: list[RunScores], path: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--run", action="append", required=True, metavar="NAME=SCORE_DIR[:REPORT]",
                    help="a scored run (repeatable; the first is the baseline)")
     p.add_argument("--out", help="write the markdown table here (default: print it)")

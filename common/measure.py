@@ -36,18 +36,20 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import platform
 import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-from .allocator import bytes_in_use, retain_freed_memory
+from .allocator import bytes_in_use, retain_freed_memory, retention_state
 
 __all__ = ["MEMORY_SAMPLE_SECONDS", "WALL_CPU_DISAGREEMENT", "Case", "MemoryPeak", "Series", "Speedup", "Summary",
-           "Timed", "compare", "interleaved", "timed_run", "wall_warning"]
+           "Timed", "compare", "cpu_model", "environment", "interleaved", "timed_run", "wall_warning"]
 
 # Sampling period of the CPU peak-memory estimate: short enough to see one DiT-XL/2 forward
 # (~4 s on CPU, environment.md) many times over, long enough to cost nothing.
@@ -313,3 +315,51 @@ def wall_warning(speedups: dict[str, Speedup]) -> str | None:
     worst = ", ".join(f"{label} {s.wall:.2f}x wall vs {s.cpu:.2f}x CPU" for label, s in bad.items())
     return (f"wall time is unreliable in this run (other jobs shared the CPU): wall and CPU-time speed-ups differ "
             f"by more than {WALL_CPU_DISAGREEMENT:.0%} for {worst}; read the CPU-time speed-ups")
+
+
+# ---------------------------------------------------------------------------------------------------
+# What a measurement ran on: every report's environment block (the scripts' and the demo's)
+# ---------------------------------------------------------------------------------------------------
+
+def _load_average() -> float | None:
+    """The 1-minute load average of the machine (None where the OS has none)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+# Read when a script first imports this module, i.e. when it starts and before any model is built or timed: the
+# report is assembled after the run, so reading the load only then would label the end as the start.
+LOAD_AVERAGE_AT_IMPORT = _load_average()
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The CPU's model name (Linux's ``/proc/cpuinfo``; else what ``platform`` knows, or None). Timings and
+    float32 rounding follow the CPU: the BLAS picks its kernels by vendor and instruction set, and the project's
+    2-core machines have been more than one kind (docs/benchmarks.md)."""
+    try:
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def environment(device: torch.device) -> dict:
+    """What the numbers were measured on (device, CPU model and instruction set, threads, load) so tables can be
+    compared honestly.
+
+    The load average is given twice: when the script started (``LOAD_AVERAGE_AT_IMPORT``) and now, when
+    the report is assembled after the run."""
+    env = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
+           "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "platform": platform.platform()}
+    if LOAD_AVERAGE_AT_IMPORT is not None:
+        env["load_average_1m_at_start"] = LOAD_AVERAGE_AT_IMPORT
+        env["load_average_1m_at_end"] = _load_average()
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        env["cpu_model"] = cpu_model()
+        env["cpu_capability"] = torch.backends.cpu.get_cpu_capability()  # the ISA ATen's CPU kernels dispatch to
+        env["cpu_allocator"] = retention_state()
+    return env

@@ -1,7 +1,8 @@
-"""Process-level helpers shared by the sampling scripts: devices, torchrun set-up, atomic file writes."""
+"""Process-level helpers shared by the sampling scripts: devices, torchrun set-up, atomic file writes, help text."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -14,7 +15,20 @@ import torch.distributed as dist
 
 from .errors import UsageError
 
-__all__ = ["UsageError", "atomic_path", "atomic_write_bytes", "init_distributed", "pick_device", "write_json"]
+__all__ = ["HelpFormatter", "UsageError", "atomic_path", "atomic_write_bytes", "init_distributed", "pick_device",
+           "write_json"]
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The command lines' ``--help``: the description and epilog as written (usage examples keep their lines), and
+    ``(default: X)`` after an option's help only where it says something: not when the help text already names
+    its default, and not for a default of None or False (an unset option, a switch that is off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False:
+            return text
+        return super()._get_help_string(action)
 
 
 def pick_device(name: str | None = "auto", flag: str = "--device") -> torch.device:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from duca_common.runtime import HelpFormatter
+
 from .clip_score import (
     CLIP_DEFINITIONS,
     DEFAULT_CLIP_DEFINITION,
@@ -172,7 +174,7 @@ def evaluate_coco(options: CocoOptions) -> EvalResult:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m duca_eval.coco", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m duca_eval.coco", description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("--sample", required=True, help="folder of generated {index:06d}.png images")
     parser.add_argument("--ref", default=None, help="COCO reference: statistics .npz or image folder")

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from duca_common.runtime import HelpFormatter
+
 from .errors import InputError
 from .images import list_images, load_rgb
 from .lpips import BACKBONES, DEFAULT_NET, LPIPS, resolve_lpips_weights
@@ -306,7 +308,7 @@ def evaluate_fidelity(options: FidelityOptions) -> EvalResult:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m duca_eval.fidelity", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m duca_eval.fidelity", description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("--ref", required=True, help="folder of the reference (uncached) run")
     parser.add_argument("--sample", required=True, help="folder of the run to compare (same file names)")

@@ -17,6 +17,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from duca_common.runtime import HelpFormatter
+
 from .errors import InputError
 from .fid import GaussianStats
 from .images import open_image_set
@@ -126,7 +128,7 @@ def evaluate_imagenet(options: ImageNetOptions) -> EvalResult:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m duca_eval.imagenet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m duca_eval.imagenet", description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("--sample", required=True, help="ADM .npz (arr_0, uint8 NHWC) or image folder")
     parser.add_argument("--ref", required=True, help="ADM reference batch .npz, statistics .npz, or image folder")

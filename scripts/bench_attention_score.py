@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from duca_common.cache.attention_score import sdpa_and_received
 from duca_common.errors import UsageError, run_or_exit
 from duca_common.measure import Case, compare, interleaved
+from duca_common.runtime import HelpFormatter
 
 from .report import environment, markdown_table, write_report
 
@@ -107,7 +108,7 @@ def render(data: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--tokens", type=int, nargs="+", default=list(DEFAULT_TOKENS))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)

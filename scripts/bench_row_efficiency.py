@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 from dit_duca.models import DiT_models
 from duca_common.errors import UsageError, run_or_exit
 from duca_common.measure import Case, interleaved
+from duca_common.runtime import HelpFormatter
 
 from .report import environment, markdown_table, pyplot, save_figure, write_report
 
@@ -265,7 +266,7 @@ def row_efficiency_plot(data: dict, path: Path) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--model", default="DiT-XL/2", help="a DiT config (shapes only; random weights)")
     p.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="images per step (rows x2 for CFG)")
     p.add_argument("--rows", type=int, nargs="+", default=list(DEFAULT_ROWS), help="MLP row counts to time")

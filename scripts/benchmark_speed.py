@@ -38,7 +38,7 @@ from duca_common.cache import measured_flops, reference_flops, speedup
 from duca_common.errors import UsageError, print_error
 from duca_common.measure import MEMORY_SAMPLE_SECONDS
 from duca_common.outputs import check_output_dir
-from duca_common.runtime import pick_device
+from duca_common.runtime import HelpFormatter, pick_device
 from duca_common.validate import SEED, check_number
 
 from .measure import WALL_CPU_DISAGREEMENT, Case, Series, Summary, Timed, compare, interleaved, timed_run, wall_warning
@@ -367,7 +367,7 @@ def _ratio_range(value, lo, hi) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     d = BenchOptions()
     p.add_argument("--model", default=d.model, help=TARGET_HELP)
     p.add_argument("--methods", nargs="+", default=d.methods,

@@ -46,6 +46,7 @@ from duca_common.cache import CacheConfig, measured_flops, speedup
 from duca_common.cache.plan import build_plan
 from duca_common.errors import UsageError, run_or_exit
 from duca_common.measure import Case, Timed, compare, interleaved
+from duca_common.runtime import HelpFormatter
 
 from .report import environment, markdown_table, pyplot, save_figure, sig, write_report
 
@@ -429,7 +430,7 @@ def gpu_bench_plot(data: dict, path: Path) -> Path | None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--device", default="cuda")
     p.add_argument("--tiny", action="store_true", help="tiny shapes of the four models (CPU tests)")
     p.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)

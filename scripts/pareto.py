@@ -44,6 +44,7 @@ from duca_common.cache.selectors import fresh_token_count
 from duca_common.errors import UsageError, print_error
 from duca_common.measure import Case, interleaved
 from duca_common.outputs import check_output_dir
+from duca_common.runtime import HelpFormatter
 
 from .methods import MethodSpec, MethodSpecError, is_peer_family, parse_methods
 from .peers import PeerError
@@ -418,7 +419,7 @@ def pareto_plot(data: dict, path: Path) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     d = ParetoOptions()
     p.add_argument("--model", default=d.model,
                    help="digits or digits256 (the embedded models, 64 / 256 tokens; --ckpt for another export)")

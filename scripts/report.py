@@ -4,61 +4,12 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import platform
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from duca_common import runtime
-from duca_common.allocator import retention_state
-
-
-def _load_average() -> float | None:
-    """The 1-minute load average of the machine (None where the OS has none)."""
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-
-
-# Read when a script imports this module, i.e. when it starts and before any model is built or timed: the
-# report is assembled after the run, so reading the load only then would label the end as the start.
-LOAD_AVERAGE_AT_IMPORT = _load_average()
-
-
-def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
-    """The CPU's model name (Linux's ``/proc/cpuinfo``; else what ``platform`` knows, or None). Timings and
-    float32 rounding follow the CPU: the BLAS picks its kernels by vendor and instruction set, and the project's
-    2-core machines have been more than one kind (docs/benchmarks.md)."""
-    try:
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and value.strip():
-                return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
-def environment(device: torch.device) -> dict:
-    """What the numbers were measured on (device, CPU model and instruction set, threads, load) so tables can be
-    compared honestly.
-
-    The load average is given twice: when the script started (``LOAD_AVERAGE_AT_IMPORT``) and now, when
-    the report is assembled after the run."""
-    env = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
-           "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "platform": platform.platform()}
-    if LOAD_AVERAGE_AT_IMPORT is not None:
-        env["load_average_1m_at_start"] = LOAD_AVERAGE_AT_IMPORT
-        env["load_average_1m_at_end"] = _load_average()
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-    else:
-        env["cpu_model"] = cpu_model()
-        env["cpu_capability"] = torch.backends.cpu.get_cpu_capability()  # the ISA ATen's CPU kernels dispatch to
-        env["cpu_allocator"] = retention_state()
-    return env
-
+from duca_common.measure import environment  # noqa: F401  (re-exported: every script's report uses it)
 
 # Resolution of the saved plots (pixels per inch): readable at the figure sizes the scripts use
 FIGURE_DPI = 110

@@ -56,7 +56,7 @@ from duca_common.allocator import check_policy
 from duca_common.cache import get_method, measured_flops, reference_flops, speedup
 from duca_common.errors import UsageError, print_error
 from duca_common.outputs import check_output_dir
-from duca_common.runtime import pick_device
+from duca_common.runtime import HelpFormatter, pick_device
 
 from .measure import WALL_CPU_DISAGREEMENT, Case, Series, compare, interleaved, wall_warning
 from .methods import MethodSpec, MethodSpecError, paper_grid, parse_methods, peer_grid
@@ -481,7 +481,7 @@ def write_fid50k_plan(opts: TableOptions, specs: list[MethodSpec], target: Targe
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     d = TableOptions()
     p.add_argument("--model", default=d.model, help=TARGET_HELP)
     p.add_argument("--methods", nargs="+", default=None,

@@ -173,3 +173,24 @@ def test_one_checkpoint_error_class():
     from pixart_duca.checkpoint import CheckpointError as pixart_error
     assert dit_error is pixart_error is opensora_error is errors.CheckpointError
     assert issubclass(errors.CheckpointError, errors.UsageError)
+
+
+def test_help_formatter_shows_only_defaults_that_say_something():
+    """--help: "(default: X)" for a value, not for None / False or a help text that names its default; the
+    description keeps its lines (usage examples with continuation lines)."""
+    import argparse
+
+    from duca_common.runtime import HelpFormatter
+
+    parser = argparse.ArgumentParser(prog="x", description="Example:\n  python x --a 1 \\\n      --b 2",
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--steps", type=int, default=20, help="sampling steps")
+    parser.add_argument("--zero", type=int, default=0, help="zero is a value")
+    parser.add_argument("--ckpt", default=None, help="a checkpoint")
+    parser.add_argument("--full", action="store_true", help="the full run")
+    parser.add_argument("--samples", type=int, default=None, help="samples (default 20, --full 100)")
+    text = parser.format_help()
+    assert "sampling steps (default: 20)" in text and "zero is a value (default: 0)" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert "samples (default 20, --full 100)\n" in text
+    assert "  python x --a 1 \\\n      --b 2" in text

@@ -1,5 +1,6 @@
 """The shipped digits DiT: strict loading, sampling under every method, the quality bar, sample.py and the demo."""
 
+import json
 import math
 
 import pytest
@@ -142,6 +143,8 @@ def test_demo_writes_grids_and_a_table(tmp_path, capsys):
     assert rows[0].cpu_speedup == 1.0 and all(r.cpu_speedup > 0 and r.cpu_seconds > 0 for r in rows)
     assert all(r.flops_speedup > 1.0 for r in rows[1:])
     assert all(r.cpu_speedup_min <= r.cpu_speedup <= r.cpu_speedup_max for r in rows[1:])   # 2 rounds: mediant
+    env = json.loads((out / "results.json").read_text())["environment"]  # what the timings ran on
+    assert env["device"] == "cpu" and env["threads"] == 1 and "cpu_model" in env and env["cpu_capability"]
 
 
 def test_demo_failure_keeps_the_previous_folder(tmp_path):

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from duca_common import measure
 from duca_common.cache import PRESETS
 from duca_scripts import benchmark_speed, report
 from duca_scripts.methods import (
@@ -210,9 +211,9 @@ def test_benchmark_runs_a_cache_dit_peer_in_the_same_table(tmp_path):
 
 def test_environment_gives_the_load_at_the_start_and_at_the_end(monkeypatch):
     """The report is assembled after the run: the start load is the one read when the script began."""
-    monkeypatch.setattr(report, "LOAD_AVERAGE_AT_IMPORT", 0.25)
-    monkeypatch.setattr(report.os, "getloadavg", lambda: (3.5, 2.0, 1.0))
-    env = report.environment(torch.device("cpu"))
+    monkeypatch.setattr(measure, "LOAD_AVERAGE_AT_IMPORT", 0.25)
+    monkeypatch.setattr(measure.os, "getloadavg", lambda: (3.5, 2.0, 1.0))
+    env = report.environment(torch.device("cpu"))                 # the scripts' import of measure's function
     assert env["load_average_1m_at_start"] == 0.25 and env["load_average_1m_at_end"] == 3.5
     assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
@@ -222,10 +223,10 @@ def test_cpu_model_reads_the_model_name_and_falls_back(tmp_path, monkeypatch):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\n\n"
                     "processor\t: 1\nmodel name\t: AMD EPYC 9R14\n")
-    assert report.cpu_model(info) == "AMD EPYC 9R14"
-    monkeypatch.setattr(report.platform, "processor", lambda: "x86_64")
-    assert report.cpu_model(tmp_path / "missing") == "x86_64"
+    assert measure.cpu_model(info) == "AMD EPYC 9R14"
+    monkeypatch.setattr(measure.platform, "processor", lambda: "x86_64")
+    assert measure.cpu_model(tmp_path / "missing") == "x86_64"
     info.write_text("processor\t: 0\nmodel name\t:\n")          # an empty name is no name
-    assert report.cpu_model(info) == "x86_64"
-    monkeypatch.setattr(report.platform, "processor", lambda: "")
-    assert report.cpu_model(tmp_path / "missing") is None
+    assert measure.cpu_model(info) == "x86_64"
+    monkeypatch.setattr(measure.platform, "processor", lambda: "")
+    assert measure.cpu_model(tmp_path / "missing") is None

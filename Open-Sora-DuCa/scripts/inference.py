@@ -1,4 +1,4 @@
-"""Upstream OpenSora's entry point, run by path from ``Open-Sora-DuCa/`` (or the repository root):
+r"""Upstream OpenSora's entry point, run by path from ``Open-Sora-DuCa/`` (or the repository root):
 
     python scripts/inference.py configs/opensora-v1-2/inference/sample.py --num-frames 2s --resolution 480p \
         --aspect-ratio 9:16 --prompt "a beautiful waterfall"

@@ -1,4 +1,4 @@
-"""Sample PixArt-alpha images with DuCa / ToCa / FORA caching (the reference ``scripts/inference.py`` flags).
+r"""Sample PixArt-alpha images with DuCa / ToCa / FORA caching (the reference ``scripts/inference.py`` flags).
 
     python scripts/inference.py --model_path PixArt-XL-2-256x256.pth --image_size 256 --bs 100 \
         --txt_file test.txt --fresh_threshold 3 --fresh_ratio 0.30 --cache_type attention \
@@ -23,12 +23,13 @@ from tqdm import tqdm
 
 from duca_common.errors import print_error
 from duca_common.run_record import check_resume, write_record
+from duca_common.runtime import HelpFormatter
 from pixart_duca import cli
 from pixart_duca.pipeline import latent_shape
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     cli.add_arguments(parser)
     args = parser.parse_args(argv)
     try:

@@ -1,4 +1,4 @@
-"""Data-parallel PixArt sampling over a prompt file (torchrun), e.g. the COCO-30k protocol.
+r"""Data-parallel PixArt sampling over a prompt file (torchrun), e.g. the COCO-30k protocol.
 
     torchrun --nproc_per_node=6 scripts/inference_ddp.py --model_path PixArt-XL-2-256x256.pth --image_size 256 \
         --bs 100 --txt_file COCO_caption_prompts_30k.txt --fresh_threshold 3 --fresh_ratio 0.75 \
@@ -29,12 +29,13 @@ from tqdm import tqdm
 from duca_common import runtime
 from duca_common.errors import print_error
 from duca_common.run_record import check_resume, write_record
+from duca_common.runtime import HelpFormatter
 from pixart_duca import cli
 from pixart_duca.pipeline import latent_shape
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     cli.add_arguments(parser)
     args = parser.parse_args(argv)
     try:

@@ -1,4 +1,4 @@
-"""OpenSora 1.2 text-to-video inference settings, as the DuCa fork's config of the same path.
+r"""OpenSora 1.2 text-to-video inference settings, as the DuCa fork's config of the same path.
 
 Read as data by opensora_duca.config (never executed). Command-line flags override every value:
     python scripts/inference.py configs/opensora-v1-2/inference/sample.py --num-frames 2s \
