@@ -22,11 +22,13 @@ __all__ = ["HelpFormatter", "UsageError", "atomic_path", "atomic_write_bytes", "
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """The command lines' ``--help``: the description and epilog as written (usage examples keep their lines), and
     ``(default: X)`` after an option's help only where it says something: not when the help text already names
-    its default, and not for a default of None or False (an unset option, a switch that is off)."""
+    its default, and not for a default of None or False (an unset option, a switch that is off), nor for a
+    ``store_false`` switch (its True default is the option left out)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if "default" in text or action.default is None or action.default is False:
+        switch_off = isinstance(action, argparse._StoreFalseAction)  # argparse has no public name for it
+        if "default" in text or action.default is None or action.default is False or switch_off:
             return text
         return super()._get_help_string(action)
 

@@ -24,6 +24,7 @@ OFFLINE_ENV_VARS = ("DUCA_EVAL_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE
 NETWORK_PROBE_TIMEOUT_S = 3.0
 
 HTTPS_PORT = 443
+HTTP_PORT = 80
 
 
 @dataclass(frozen=True)
@@ -61,11 +62,15 @@ def network_reachable(url: str, timeout_s: float = NETWORK_PROBE_TIMEOUT_S) -> b
     """Probe the host of ``url`` with a TCP connection; False when offline by environment."""
     if offline_by_env():
         return False
-    host = urlparse(url).hostname
-    if not host:
+    parsed = urlparse(url)
+    if not parsed.hostname:
+        return False
+    try:  # the URL's own port, else the scheme's (a mirror such as HF_ENDPOINT=http://host:8080 is probed there)
+        port = parsed.port or (HTTP_PORT if parsed.scheme == "http" else HTTPS_PORT)
+    except ValueError:  # a port that is not a number
         return False
     try:
-        with socket.create_connection((host, HTTPS_PORT), timeout=timeout_s):
+        with socket.create_connection((parsed.hostname, port), timeout=timeout_s):
             return True
     except OSError:
         return False

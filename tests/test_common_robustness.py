@@ -188,9 +188,27 @@ def test_help_formatter_shows_only_defaults_that_say_something():
     parser.add_argument("--zero", type=int, default=0, help="zero is a value")
     parser.add_argument("--ckpt", default=None, help="a checkpoint")
     parser.add_argument("--full", action="store_true", help="the full run")
+    parser.add_argument("--no-compile", action="store_false", dest="compile", help="eager runs only")
     parser.add_argument("--samples", type=int, default=None, help="samples (default 20, --full 100)")
     text = parser.format_help()
     assert "sampling steps (default: 20)" in text and "zero is a value (default: 0)" in text
-    assert "(default: None)" not in text and "(default: False)" not in text
+    assert "(default: None)" not in text and "(default: False)" not in text and "(default: True)" not in text
     assert "samples (default 20, --full 100)\n" in text
     assert "  python x --a 1 \\\n      --b 2" in text
+
+
+def test_network_probe_uses_the_urls_own_port(monkeypatch):
+    """A mirror on another port (HF_ENDPOINT=http://host:PORT) is probed on that port, not on 443."""
+    import socket
+
+    from duca_eval import weights
+
+    for name in weights.OFFLINE_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        assert weights.network_reachable(f"http://127.0.0.1:{port}", timeout_s=2.0)
+    assert not weights.network_reachable(f"http://127.0.0.1:{port}", timeout_s=2.0)  # closed: refused
+    assert not weights.network_reachable("http://127.0.0.1:notaport")

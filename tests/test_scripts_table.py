@@ -188,8 +188,8 @@ def test_fid50k_launcher_evaluates_exactly_what_it_samples(tmp_path, monkeypatch
                   sample_ddp.default_folder(args, Path(args.ckpt).stem, sample_ddp.cache_tag(cfg)))
         written = folder.with_name(folder.name + ".npz")
         eargs = imagenet.build_parser().parse_args(_after_module(evaluator, "duca_eval.imagenet"))
-        assert Path(eargs.sample) == written == Path(row["samples"]), label
-        assert Path(eargs.ref) == Path("ref.npz") and Path(eargs.out) == Path(row["eval"])
+        assert Path(eargs.sample).resolve() == written.resolve() == Path(row["samples"]).resolve(), label
+        assert Path(eargs.ref) == Path("ref.npz").resolve() and Path(eargs.out) == Path(row["eval"]).resolve()
     assert len({c[-1] for c in calls[1::2]}) == len(labels)       # one evaluation JSON per method
 
     # the sampler lines as written (minus --model: the tiny checkpoint stores its own architecture), at 8 px
