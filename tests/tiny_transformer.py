@@ -80,8 +80,12 @@ class TinyTransformer(nn.Module):
         return x
 
 
+# Step size of the toy sampler's update x <- x - STEP_SIZE * model(x, t) (any small value: a toy, not a solver)
+STEP_SIZE = 0.1
+
+
 def sample(model: TinyTransformer, x: torch.Tensor, num_steps: int, grid=None, cfg_halves=False):
-    """A toy sampler: x <- x - 0.1 * model(x, t); returns the per-step model outputs."""
+    """A toy sampler: x <- x - STEP_SIZE * model(x, t); returns the per-step model outputs."""
     outs = []
     with model.feature_cache.session(num_steps, grid=grid, cfg_halves=cfg_halves) as run:
         for p in range(num_steps):
@@ -89,7 +93,7 @@ def sample(model: TinyTransformer, x: torch.Tensor, num_steps: int, grid=None, c
             t = torch.full((x.shape[0],), float(num_steps - p))
             out = model(x, t)
             outs.append(out)
-            x = x - 0.1 * out
+            x = x - STEP_SIZE * out
     return outs
 
 
@@ -111,7 +115,7 @@ def main() -> None:
         outs = sample(cached, x, steps, grid=grid)
     dims = TransformerDims(batch=x.shape[0], tokens=x.shape[1], hidden=x.shape[2], heads=heads)
     flops = [reference_flops(m.feature_cache.last_trace, dims) for m in (plain, cached)]
-    final = [x - 0.1 * torch.stack(o).sum(0) for o in (reference, outs)]  # the sampler's last x, each run
+    final = [x - STEP_SIZE * torch.stack(o).sum(0) for o in (reference, outs)]  # each run's last x
     drift = ((final[1] - final[0]).norm() / final[0].norm()).item()
     print(cached.feature_cache.last_trace.table())
     print(f"FLOPs speed-up {flops[0] / flops[1]:.2f}x (hand formula, {flops[1]:,} of {flops[0]:,}); "
