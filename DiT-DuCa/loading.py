@@ -31,6 +31,14 @@ VAE_HUB_IDS = {"mse": "stabilityai/sd-vae-ft-mse", "ema": "stabilityai/sd-vae-ft
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
+def official_checkpoints_text() -> str:
+    """:data:`OFFICIAL_CHECKPOINTS` in words, for messages: 'DiT-XL/2 at 256 and 512'."""
+    sizes: dict[str, list[str]] = {}
+    for model, size in sorted(OFFICIAL_CHECKPOINTS):
+        sizes.setdefault(model, []).append(str(size))
+    return "; ".join(f"{model} at {' and '.join(s)}" for model, s in sizes.items())
+
+
 class VAEError(UsageError):
     """The VAE could not be found or loaded."""
 
@@ -79,7 +87,7 @@ def resolve_checkpoint(ckpt: str | None, model: str, image_size: int) -> Path:
             return d / name
     searched = ", ".join(str(d) for d in checkpoint_search_dirs())
     raise CheckpointNotFoundError(f"no --ckpt given and {name} was not found (searched {searched}); "
-                                  f"{official_download_hint(name)}. Only DiT-XL/2 at 256 and 512 has official "
+                                  f"{official_download_hint(name)}. Only {official_checkpoints_text()} has official "
                                   f"weights.")
 
 

@@ -23,6 +23,7 @@ from .loading import (
     OFFICIAL_CHECKPOINTS,
     CheckpointNotFoundError,
     official_checkpoint_name,
+    official_checkpoints_text,
     official_download_hint,
     resolve_checkpoint,
 )
@@ -203,7 +204,8 @@ def use_embedded_model_if_no_checkpoint(args: argparse.Namespace) -> bool:
     what = (f"flags of the official model replaced: {' '.join(replaced)}" if replaced
             else "its stored geometry is used")
     real = (f"For {model} itself: {official_download_hint(name)}." if (model, size) in OFFICIAL_CHECKPOINTS
-            else f"{model} at {size} px has no official weights (only DiT-XL/2 at 256 and 512): pass --ckpt PATH.")
+            else f"{model} at {size} px has no official weights (only {official_checkpoints_text()}): "
+                 f"pass --ckpt PATH.")
     print(f"note: no --ckpt given and no {name} found, so this samples the embedded digits DiT "
           f"({DEFAULT_EMBEDDED_PATH.name}: {spec.input_size}x{spec.input_size} pixels, {spec.num_classes} classes, "
           f"--vae none); {what}. {real}", file=sys.stderr)

@@ -221,12 +221,20 @@ class Refusal(Exception):
     """A bad input found under torchrun, with the exact text to print (rank 0 prints it, once)."""
 
 
+class HelpRequested(Exception):
+    """``--help`` under torchrun, with the help text (rank 0 prints it, once)."""
+
+
 def parse_args_quietly(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """``parse_args`` whose errors raise :class:`Refusal` (usage and error line) instead of printing on every
-    rank and exiting at once."""
+    """``parse_args`` whose errors raise :class:`Refusal` (usage and error line) and whose ``--help`` raises
+    :class:`HelpRequested`, instead of printing on every rank and exiting at once."""
     def error(message: str):
         raise Refusal(f"{parser.format_usage()}{parser.prog}: error: {message}\n")
+
+    def print_help(file=None):
+        raise HelpRequested(parser.format_help())
     parser.error = error
+    parser.print_help = print_help
     return parser.parse_args(argv)
 
 
@@ -255,6 +263,11 @@ def main(argv: list[str] | None = None) -> int:
         refusal = f"error: {one_line(exc)}\n"
     except Refusal as exc:
         refusal = str(exc)
+    except HelpRequested as exc:                         # every rank was given --help: no collective needed
+        if rank == 0:
+            sys.stdout.write(str(exc))
+        dist.destroy_process_group()
+        return 0
     if distributed:
         refusal = first_refusal(refusal, world)
     if refusal is not None:

@@ -335,8 +335,6 @@ def check_t5_path(value: str) -> None:
 # the repo (T5: transformers reads config.json first).
 HUB_FLAGS = (("--ckpt-path", "ckpt_path", WEIGHTS_FILE), ("--vae-path", "vae_path", WEIGHTS_FILE),
              ("--t5-path", "t5_path", CONFIG_FILE))
-# A proxy the TCP probe cannot see through: the hub is then assumed reachable (the download reports failures).
-PROXY_ENV_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
 
 def hub_offline() -> bool:
@@ -353,13 +351,21 @@ def hub_endpoint() -> str:
 
 
 def hub_reachable() -> bool:
-    """A TCP connection to the hub endpoint opens (``duca_eval.weights.network_reachable``, the eval CLIs' probe:
-    a few seconds at most; False when DUCA_EVAL_OFFLINE / HF_HUB_OFFLINE declare the machine offline)."""
+    """The hub endpoint answers the eval CLIs' probe, ``duca_eval.weights.network_reachable``: a TCP connection
+    in a few seconds at most; False when DUCA_EVAL_OFFLINE / HF_HUB_OFFLINE declare the machine offline, True
+    behind a proxy."""
     from duca_eval.weights import network_reachable
 
-    if any(os.environ.get(name) for name in PROXY_ENV_VARS):
-        return True
     return network_reachable(hub_endpoint())
+
+
+def enter_hub_offline_mode() -> None:
+    """Put huggingface_hub (and transformers, which asks it) in offline mode for this process and its children:
+    what ``HF_HUB_OFFLINE=1`` does, set after import (its modules read ``constants.HF_HUB_OFFLINE`` per call)."""
+    from huggingface_hub import constants
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
 
 
 def in_hub_cache(repo_id: str, filename: str) -> bool:
@@ -370,9 +376,10 @@ def in_hub_cache(repo_id: str, filename: str) -> bool:
 
 
 def check_hub_access(args: argparse.Namespace) -> None:
-    """Weights flags that name hub ids can be served: the hub is reachable, or the local cache holds them and
-    huggingface_hub is in offline mode. Otherwise one line with the fix, in seconds; huggingface_hub itself
-    retries an unreachable hub for ~25 s per file (five retries, 1-8 s apart) before the same failure."""
+    """Weights flags that name hub ids can be served: the hub is reachable, or the local cache holds them (with
+    the hub unreachable, huggingface_hub is then put in offline mode, with a note: online it would retry the
+    hub for ~25 s per file, five retries 1-8 s apart, before reading its cache). Otherwise one line with the
+    fix, in seconds."""
     hub = [(flag, value, file) for flag, dest, file in HUB_FLAGS
            if (value := getattr(args, dest)) and not Path(value).expanduser().exists() and looks_like_hub_id(value)]
     if not hub:
@@ -393,10 +400,14 @@ def check_hub_access(args: argparse.Namespace) -> None:
         return
     where = f"the Hugging Face hub ({hub_endpoint()}) cannot be reached"
     if not missing:
-        raise UsageError(f"{where}; {', '.join(f'{f} {v}' for f, v, _ in hub)} are in the local Hugging Face "
-                         f"cache: set HF_HUB_OFFLINE=1 to use them without the hub, or connect to the internet")
+        enter_hub_offline_mode()
+        if os.environ.get("RANK", "0") == "0":          # once under torchrun: every rank gets here
+            print(f"note: {where}; {', '.join(f'{f} {v}' for f, v, _ in hub)} "
+                  f"{'are' if len(hub) > 1 else 'is'} in the local Hugging Face cache: using the cache "
+                  f"(HF_HUB_OFFLINE=1 for this run)", file=sys.stderr)
+        return
     raise UsageError(f"{where} and {ids} {'are hub ids' if len(missing) > 1 else 'is a hub id'} not in the local "
-                     f"cache: {fetch}; or connect to the internet (HF_HUB_OFFLINE=1 uses what the cache holds)")
+                     f"cache: {fetch}; or connect to the internet")
 
 
 @dataclass(frozen=True)

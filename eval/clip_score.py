@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .errors import InputError, MissingWeightsError
-from .weights import network_reachable, offline_by_env
+from .weights import network_reachable
 
 # ViT-L/14, the CLIP the paper's COCO protocol uses (also torchmetrics' default).
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
@@ -83,7 +83,7 @@ def resolve_clip_model(spec: str | Path = DEFAULT_CLIP_MODEL) -> str:
         f"CLIPProcessor.from_pretrained('{spec}').save_pretrained('clip-vit-l14')\"`), copy the folder here and "
         f"pass --clip-model clip-vit-l14"
     )
-    if offline_by_env() or not network_reachable(HF_HUB_URL):
+    if not network_reachable(HF_HUB_URL):         # False too when the machine is declared offline
         raise MissingWeightsError(f"CLIP model '{spec}' is not in the Hugging Face cache "
                                   f"and the hub is unreachable; {how}.")
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -58,13 +59,25 @@ def offline_by_env() -> bool:
     return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on") for name in OFFLINE_ENV_VARS)
 
 
+def behind_proxy(url: str) -> bool:
+    """A proxy serves ``url`` (``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY``, not bypassed by ``NO_PROXY``),
+    read the way urllib and requests read it."""
+    host = urlparse(url).hostname
+    proxies = urllib.request.getproxies()
+    scheme = urlparse(url).scheme
+    return bool(host) and (scheme in proxies or "all" in proxies) and not urllib.request.proxy_bypass(host)
+
+
 def network_reachable(url: str, timeout_s: float = NETWORK_PROBE_TIMEOUT_S) -> bool:
-    """Probe the host of ``url`` with a TCP connection; False when offline by environment."""
+    """Probe the host of ``url`` with a TCP connection. False when the environment declares the machine offline
+    (that wins); True behind a proxy, which a TCP probe cannot see through (the download reports failures)."""
     if offline_by_env():
         return False
     parsed = urlparse(url)
     if not parsed.hostname:
         return False
+    if behind_proxy(url):
+        return True
     try:  # the URL's own port, else the scheme's (a mirror such as HF_ENDPOINT=http://host:8080 is probed there)
         port = parsed.port or (HTTP_PORT if parsed.scheme == "http" else HTTPS_PORT)
     except ValueError:  # a port that is not a number

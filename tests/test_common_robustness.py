@@ -203,7 +203,7 @@ def test_network_probe_uses_the_urls_own_port(monkeypatch):
 
     from duca_eval import weights
 
-    for name in weights.OFFLINE_ENV_VARS:
+    for name in (*weights.OFFLINE_ENV_VARS, "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
@@ -212,3 +212,25 @@ def test_network_probe_uses_the_urls_own_port(monkeypatch):
         assert weights.network_reachable(f"http://127.0.0.1:{port}", timeout_s=2.0)
     assert not weights.network_reachable(f"http://127.0.0.1:{port}", timeout_s=2.0)  # closed: refused
     assert not weights.network_reachable("http://127.0.0.1:notaport")
+
+
+def test_network_probe_trusts_a_proxy_unless_declared_offline(monkeypatch):
+    """Behind a proxy the TCP probe cannot see the host, so the proxy is trusted (the download reports failures);
+    NO_PROXY hosts are probed directly; a machine declared offline stays offline, proxy or not."""
+    from duca_eval import weights
+
+    for name in (*weights.OFFLINE_ENV_VARS, "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
+                 "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    unroutable = "https://hub.invalid"                   # .invalid never resolves (RFC 2606)
+    assert not weights.network_reachable(unroutable, timeout_s=1.0)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert weights.network_reachable(unroutable)
+    assert not weights.network_reachable("http://hub.invalid", timeout_s=1.0)   # an https proxy only
+    monkeypatch.setenv("ALL_PROXY", "http://proxy.invalid:3128")
+    assert weights.network_reachable("http://hub.invalid")
+    monkeypatch.setenv("NO_PROXY", "hub.invalid")
+    assert not weights.network_reachable(unroutable, timeout_s=1.0)
+    monkeypatch.delenv("NO_PROXY")
+    monkeypatch.setenv("DUCA_EVAL_OFFLINE", "1")
+    assert not weights.network_reachable(unroutable)

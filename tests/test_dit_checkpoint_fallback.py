@@ -192,6 +192,15 @@ def test_torchrun_bad_input_is_printed_once_and_every_rank_exits_2(tmp_path, tin
     assert not out.exists()
 
 
+def test_torchrun_help_is_printed_once(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+                          str(ROOT / "DiT-DuCa" / "sample_ddp.py"), "--help"],
+                         cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("usage: sample_ddp.py") == 1 and "--num-fid-samples" in res.stdout
+
+
 # ------------------------------------------------------------------------------------------------ 2c. message
 
 def test_missing_checkpoint_message_is_one_readable_line(tmp_path, monkeypatch):
@@ -202,3 +211,4 @@ def test_missing_checkpoint_message_is_one_readable_line(tmp_path, monkeypatch):
     assert line == str(exc.value)                   # nothing to join: no "Download it with; mkdir" any more
     assert (f"download it with `mkdir -p pretrained_models && curl -L -o pretrained_models/DiT-XL-2-256x256.pt "
             f"{OFFICIAL_URL}`, or pass --ckpt PATH") in line
+    assert line.endswith("Only DiT-XL/2 at 256 and 512 has official weights.")   # from OFFICIAL_CHECKPOINTS

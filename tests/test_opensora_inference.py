@@ -4,6 +4,7 @@ report, mp4 output, VBench naming, resume, rank sharding = one process, FLOPs on
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -236,7 +237,8 @@ def test_unreachable_hub_ids_fail_in_one_line_before_any_work(no_hub, tmp_path, 
     if offline:                    # huggingface_hub reads only its cache: no probe needed
         assert no_hub == [] and "unset HF_HUB_OFFLINE" in err
     else:
-        assert no_hub == [1] and "https://huggingface.co) cannot be reached" in err and "HF_HUB_OFFLINE=1" in err
+        assert no_hub == [1] and "https://huggingface.co) cannot be reached" in err
+        assert "HF_HUB_OFFLINE" not in err         # offline mode cannot serve what the cache lacks
     assert not out.exists()
     # --check-only (what the VBench launcher runs once before its N processes) refuses the same way
     assert inference.main([*UPSTREAM, "--out", str(out), "--check-only"]) == 2
@@ -257,11 +259,24 @@ def test_cached_hub_ids_run_offline_and_name_the_switch_otherwise(no_hub, tmp_pa
     monkeypatch.setattr(inference, "init_distributed", lambda device: (0, 1, torch.device("cpu")))
     assert inference.main([*UPSTREAM, "--out", str(out), "--check-only", "--verbose", "0"]) == 0
     assert no_hub == []
-    # cached, but huggingface_hub not in offline mode and the hub unreachable: it would retry; say the switch
+    # cached, but huggingface_hub not in offline mode and the hub unreachable (it would retry ~25 s per file):
+    # the run switches huggingface_hub to offline mode itself, says so once, and goes on
     monkeypatch.setattr(inference, "hub_offline", lambda: False)
-    assert inference.main([*UPSTREAM, "--out", str(out), "--check-only"]) == 2
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    capsys.readouterr()
+    assert inference.main([*UPSTREAM, "--out", str(out), "--check-only", "--verbose", "0"]) == 0
     err = capsys.readouterr().err
-    assert no_hub == [1] and "set HF_HUB_OFFLINE=1" in err and "hf download" not in err
+    assert no_hub == [1] and err.count("\n") == 1 and err.startswith("note: the Hugging Face hub")
+    assert "using the cache (HF_HUB_OFFLINE=1 for this run)" in err and "hf download" not in err
+    assert constants.is_offline_mode() and os.environ["HF_HUB_OFFLINE"] == "1"
+    from transformers.utils import hub as transformers_hub  # T5 is loaded through transformers: it sees it too
+    assert transformers_hub.is_offline_mode()
+    # a second rank under torchrun switches too, but says nothing
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("RANK", "1")
+    assert inference.main([*UPSTREAM, "--out", str(out), "--check-only", "--verbose", "0"]) == 0
+    assert capsys.readouterr().err == "" and constants.is_offline_mode()
 
 
 def test_hub_checks_only_hub_ids_and_only_when_there_is_work(weights, no_hub, tmp_path, capsys, monkeypatch):
@@ -277,14 +292,15 @@ def test_hub_checks_only_hub_ids_and_only_when_there_is_work(weights, no_hub, tm
 
 
 def test_hub_probe_is_controlled_by_the_environment(monkeypatch):
-    """The real probe, without a network call: declared offline it answers False; behind a proxy (which a TCP
-    probe cannot see through) it answers True."""
-    for name in inference.PROXY_ENV_VARS:
+    """The real probe, without a network call: behind a proxy (which a TCP probe cannot see through) it answers
+    True; a machine declared offline answers False, proxy or not."""
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy",
+                 "DUCA_EVAL_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("DUCA_EVAL_OFFLINE", "1")
-    assert inference.hub_reachable() is False
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
     assert inference.hub_reachable() is True
+    monkeypatch.setenv("DUCA_EVAL_OFFLINE", "1")
+    assert inference.hub_reachable() is False
 
 
 def test_missing_weights_and_empty_prompt_lines(weights, tmp_path, capsys):
