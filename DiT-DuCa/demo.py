@@ -189,8 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"interleaved timing rounds (default {DEFAULT_REPEATS}, --full {FULL_REPEATS})")
     parser.add_argument("--num-sampling-steps", type=int, default=None,
                         help=f"DDIM/DDPM steps (default {QUICK_NUM_STEPS}, --full {FULL_NUM_STEPS})")
-    parser.add_argument("--cfg-scale", type=float, default=DEFAULT_CFG_SCALE)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cfg-scale", type=float, default=DEFAULT_CFG_SCALE,
+                        help="classifier-free guidance scale (1 = no guidance)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (the same for every method)")
     parser.add_argument("--ddpm", action="store_true", help="DDPM (learned variance) instead of DDIM")
     parser.add_argument("--methods", default=",".join(METHOD_ORDER),
                         help="comma-separated subset of " + ",".join(METHOD_ORDER) + " ('none' is always run)")

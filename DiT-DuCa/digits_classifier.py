@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from duca_common.runtime import atomic_path
+from duca_common.runtime import HelpFormatter, atomic_path
 
 from .digits import DIGITS_CHANNELS, DIGITS_IMAGE_SIZE, DIGITS_NUM_CLASSES, load_digits_split
 
@@ -166,11 +166,19 @@ def train_classifier(cfg: ClassifierTrainConfig = ClassifierTrainConfig(),
     return model.eval(), accuracy(model, heldout.images, heldout.labels)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train the digits classifier used by the digits metrics.")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train the digits classifier used by the digits metrics.",
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_CLASSIFIER_PATH, help="safetensors file to write")
-    parser.add_argument("--epochs", type=int, default=ClassifierTrainConfig.epochs)
-    parser.add_argument("--seed", type=int, default=ClassifierTrainConfig.seed)
+    parser.add_argument("--epochs", type=int, default=ClassifierTrainConfig.epochs,
+                        help="passes over the train split (one-cycle learning rate over all of them)")
+    parser.add_argument("--seed", type=int, default=ClassifierTrainConfig.seed,
+                        help="seed of the initial weights, the batch order and the augmentation")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f"--epochs must be >= 1, got {args.epochs}")

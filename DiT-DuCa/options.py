@@ -47,8 +47,11 @@ def add_model_args(parser: argparse.ArgumentParser, *, cfg_scale: float, steps: 
                              "side is image-size/8, or image-size itself with --vae none. A checkpoint that stores "
                              "its architecture must agree")
     parser.add_argument("--num-classes", type=int, default=None, help="default 1000, or the checkpoint's")
-    parser.add_argument("--cfg-scale", type=float, default=cfg_scale)
-    parser.add_argument("--num-sampling-steps", type=int, default=steps)
+    parser.add_argument("--cfg-scale", type=float, default=cfg_scale,
+                        help="classifier-free guidance scale (1 = no guidance)")
+    parser.add_argument("--num-sampling-steps", type=int, default=steps,
+                        help=f"sampling steps, respaced from the {NUM_DIFFUSION_TIMESTEPS}-step schedule (DDPM, or "
+                             "DDIM with --ddim-sample)")
     parser.add_argument("--ckpt", type=str, default=None,
                         help="checkpoint (.pt or .safetensors); default: the official DiT-XL-2 file in "
                              "pretrained_models/ (see loading.checkpoint_search_dirs)")

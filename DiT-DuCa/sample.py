@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=HelpFormatter)
     add_model_args(parser, cfg_scale=DEFAULT_CFG_SCALE, steps=DEFAULT_STEPS, vae=DEFAULT_VAE)
     add_cache_args(parser, cache_type="attention")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of torch's generator, set before the noise is drawn (as the reference)")
     parser.add_argument("--class-labels", type=str, default=None,
                         help="comma-separated labels; default: the reference's 207,360,387,974,88,979,417,279")
     parser.add_argument("--out", type=str, default="sample.png", help="image grid (PNG)")
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="count the FLOPs of the whole run on the meta device (no weights, no images)")
     parser.add_argument("--device", type=str, default="auto", help="auto (cuda if available, else cpu), cpu, cuda:N")
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=DTYPE_HELP)
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar over the sampling steps")
     return parser
 
 

@@ -84,12 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=HelpFormatter)
     add_model_args(parser, cfg_scale=DEFAULT_CFG_SCALE, steps=DEFAULT_STEPS, vae=DEFAULT_VAE)
     add_cache_args(parser, cache_type="random")
-    parser.add_argument("--sample-dir", type=str, default="samples")
+    parser.add_argument("--sample-dir", type=str, default="samples",
+                        help="where the upstream-style sample folder is made when --out is not given")
     parser.add_argument("--out", type=str, default=None,
                         help="sample folder (default: an upstream-style name under --sample-dir)")
-    parser.add_argument("--per-proc-batch-size", type=int, default=DEFAULT_PER_PROC_BATCH)
-    parser.add_argument("--num-fid-samples", type=int, default=DEFAULT_NUM_FID_SAMPLES)
-    parser.add_argument("--global-seed", type=int, default=0)
+    parser.add_argument("--per-proc-batch-size", type=int, default=DEFAULT_PER_PROC_BATCH,
+                        help="samples per batch (batches go round-robin to the ranks); part of the run record, as "
+                             "the cache ranks tokens within a batch")
+    parser.add_argument("--num-fid-samples", type=int, default=DEFAULT_NUM_FID_SAMPLES,
+                        help="samples to write as PNGs (then stacked into <folder>.npz)")
+    parser.add_argument("--global-seed", type=int, default=0,
+                        help="sample i draws its label, noise and DDPM step noise from a generator seeded by "
+                             "(global seed, i)")
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=DTYPE_HELP)
     parser.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
                         help="TF32 matmuls on Ampere+ GPUs (upstream default)")

@@ -25,7 +25,7 @@ import math
 import sys
 import time
 from copy import deepcopy
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -52,26 +52,38 @@ HELDOUT_SEED = 1234
 FINAL_LR_FRACTION = 0.1
 
 
+def _flag(default, text: str):
+    """A field of :class:`TrainConfig` with its ``--help`` text (every field is a command-line flag)."""
+    return field(default=default, metadata={"help": text})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    data: str = DIGITS_SOURCE
-    image_size: int = 16            # digits (upsampled from 8x8) and image folders; latents keep their size
-    channels: int = 1               # folders of images only: 1 grey, 3 RGB
-    depth: int = 6                  # the embedded model: 6 blocks of width 128, 4 heads, patch 2 (1.9 M params;
-    hidden_size: int = 128          # environment.md measured this size trains to legible digits in minutes)
-    num_heads: int = 4
-    patch_size: int = 2
-    class_dropout: float = 0.1      # DiT's label dropout for classifier-free guidance
-    steps: int = 4500               # the shipped model (docs/embedded.md)
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0       # DiT trains with AdamW and no weight decay
-    warmup_steps: int = 200
-    ema_decay: float = 0.999        # the EMA's longest horizon; see ema_decay_at for the warm-up
-    grad_clip: float = 1.0
-    seed: int = 0
-    ckpt_every: int = 500
-    max_minutes: float = 0.0        # > 0: stop (and checkpoint, export) after this much training time
+    data: str = _flag(DIGITS_SOURCE,
+                      "'digits', a folder of images (class sub-folders or flat), or a .pt/.npz of latents")
+    image_size: int = _flag(16, "image side in pixels: digits are upsampled from 8x8, folder images centre-cropped "
+                                "and resized; latents keep their size")
+    channels: int = _flag(1, "folders of images only: 1 grey, 3 RGB")
+    # the embedded model: 6 blocks of width 128, 4 heads, patch 2 (1.9 M params; environment.md measured this
+    # size trains to legible digits in minutes)
+    depth: int = _flag(6, "transformer blocks")
+    hidden_size: int = _flag(128, "hidden width (channels per token)")
+    num_heads: int = _flag(4, "attention heads")
+    patch_size: int = _flag(2, "patch side (the input side must be a multiple of it)")
+    class_dropout: float = _flag(0.1, "probability of replacing a label by the null class (DiT's label dropout, "
+                                      "for classifier-free guidance)")
+    steps: int = _flag(4500, "total optimizer steps; a resumed run trains up to this count")  # the shipped model
+    batch_size: int = _flag(64, "training samples per step, drawn with replacement")
+    lr: float = _flag(1e-3, f"AdamW learning rate after the warm-up; cosine decay to {FINAL_LR_FRACTION:g} x it "
+                            f"at the last step")
+    weight_decay: float = _flag(0.0, "AdamW weight decay (DiT trains with none)")
+    warmup_steps: int = _flag(200, "steps of linear learning-rate warm-up")
+    ema_decay: float = _flag(0.999, "the EMA's largest decay: step s uses min(it, (1 + s) / (10 + s))")
+    grad_clip: float = _flag(1.0, "gradient norm clip (0: none)")
+    seed: int = _flag(0, "seed of torch's generator: the initial weights, batches, timesteps and noise")
+    ckpt_every: int = _flag(500, "steps between checkpoints (held-out loss, checkpoint.pt, --export)")
+    max_minutes: float = _flag(0.0, "stop (checkpoint, export) after this many minutes of training, summed over "
+                                    "resumes (0: no limit)")
 
     def validate(self) -> None:
         positive = ("image_size", "depth", "hidden_size", "num_heads", "patch_size", "steps", "batch_size",
@@ -261,22 +273,27 @@ def train(cfg: TrainConfig, results_dir: Path, export: Path | None = None, resum
     return summary
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
-    defaults = TrainConfig()
+def build_parser() -> argparse.ArgumentParser:
+    config = {f.name: f for f in fields(TrainConfig)}
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=HelpFormatter)
-    parser.add_argument("--data", default=defaults.data,
-                        help="'digits', a folder of images (class sub-folders or flat), or a .pt/.npz of latents")
+    parser.add_argument("--data", default=config["data"].default, help=config["data"].metadata["help"])
     parser.add_argument("--results-dir", type=Path, required=True, help="folder for checkpoint.pt")
     parser.add_argument("--export", type=Path, default=None,
                         help="write the EMA weights here (.safetensors) at every checkpoint and at the end")
     parser.add_argument("--resume", action="store_true", help="continue <results-dir>/checkpoint.pt")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    for f in fields(TrainConfig):
+    for f in config.values():
         if f.name == "data":
             continue
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
+                            help=f.metadata.get("help"))
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
+    parser = build_parser()
     args = parser.parse_args(argv)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     try:

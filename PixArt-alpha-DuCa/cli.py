@@ -55,8 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--vae_path", "--tokenizer_path", dest="vae_path", default=DEFAULT_VAE_PATH,
                    help="sd-vae-ft-ema folder or hub id; 'none' saves a latent preview instead (tests)")
     g.add_argument("--no_clean_caption", action="store_true", help="skip the DeepFloyd-IF caption cleaning")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--cfg_scale", type=float, default=DEFAULT_CFG)
+    g.add_argument("--seed", type=int, default=0,
+                   help="noise of image i from a generator seeded by (seed, i), independent of --bs")
+    g.add_argument("--cfg_scale", type=float, default=DEFAULT_CFG,
+                   help="classifier-free guidance scale (1 = no guidance)")
     g.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="DPM-Solver++ (2M) model evaluations")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     add_cache_flags(parser, "pixart")

@@ -109,12 +109,15 @@ def render(data: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=HelpFormatter)
-    p.add_argument("--tokens", type=int, nargs="+", default=list(DEFAULT_TOKENS))
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--tokens", type=int, nargs="+", default=list(DEFAULT_TOKENS),
+                   help="sequence lengths to time (tokens per image)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed interleaved rounds per token count (every path once per round)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds before the timed ones")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--out", type=Path, default=Path("results/attention_score"))
+    p.add_argument("--out", type=Path, default=Path("results/attention_score"),
+                   help="output folder for attention_score.json and .md")
     return p
 
 

@@ -271,14 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="images per step (rows x2 for CFG)")
     p.add_argument("--rows", type=int, nargs="+", default=list(DEFAULT_ROWS), help="MLP row counts to time")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="sampling steps for the adaLN comparison")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3, help="timed interleaved rounds (every product once per round)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds before the timed ones")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--column-major", action="store_true",
                    help="also time the MLP with its weights stored column-major (and check it is bit-identical)")
     p.add_argument("--prepacked", action="store_true",
                    help="also time the MLP on weights packed once (MKL per row count, oneDNN) and give the difference")
-    p.add_argument("--out", type=Path, default=Path("results/row_efficiency"))
+    p.add_argument("--out", type=Path, default=Path("results/row_efficiency"),
+                   help="output folder for row_efficiency.json, .md and .png")
     return p
 
 

@@ -44,7 +44,7 @@ from duca_common.validate import SEED, check_number
 from .measure import WALL_CPU_DISAGREEMENT, Case, Series, Summary, Timed, compare, interleaved, timed_run, wall_warning
 from .methods import MethodSpec, MethodSpecError, parse_methods
 from .report import environment, fmt, markdown_table, sig, write_json
-from .reproduce_table import DEFAULT_STEPS  # the paper's DDIM-50
+from .reproduce_table import CFG_SCALE_HELP, DEFAULT_STEPS  # DEFAULT_STEPS: the paper's DDIM-50
 from .targets import TARGET_HELP, Target, TargetError, build_target
 
 DEFAULT_METHODS = ["dit-fora-n3", "dit-toca-n3-r93", "dit-duca-n3-r95", "dit-duca-n5-r95", "dit-taylorseer-n3-o3"]
@@ -377,15 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=d.repeats, help="timed runs per method")
     p.add_argument("--warmup", type=int, default=d.warmup, help="untimed runs per method before timing")
     p.add_argument("--warmup-steps", type=int, default=None, help="steps of each warm-up run (default --steps)")
-    p.add_argument("--device", default=d.device)
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--compile", action="store_true", help="torch.compile each block's attention and MLP")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the initial noise (the same for every method)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--profile", default=d.profile, choices=PROFILE_MODES,
                    help="engine timers: in the timed runs (same), in one extra run (separate), off; "
                         "auto = same on CPU, separate on CUDA")
     p.add_argument("--ckpt", default=None, help="DiT weights (default: random weights, the official initialisation)")
-    p.add_argument("--cfg-scale", type=float, default=None)
+    p.add_argument("--cfg-scale", type=float, default=None, help=CFG_SCALE_HELP)
     p.add_argument("--step-progress", action="store_true", help="a progress bar per sampling loop (long runs)")
     p.add_argument("--skip-measured-flops", action="store_true", help="only the hand-formula FLOPs (faster meta pass)")
     p.add_argument("--flops-only", action="store_true",

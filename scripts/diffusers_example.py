@@ -31,6 +31,7 @@ from dit_duca.options import VAE_FACTOR
 from dit_duca.sample import REFERENCE_CLASS_LABELS
 from duca_common.cache import presets_for
 from duca_common.cache.adapters.diffusers import apply_cache, cache_of, remove_cache
+from duca_common.runtime import HelpFormatter
 
 # Tiny geometry: 8x8 latents (64x64 images through the 8x VAE), 16 tokens of width 32, 4 blocks.
 LATENT_SIDE = 8
@@ -120,11 +121,16 @@ def compare(name: str, pipe, run, steps: int, family: str, shown: str) -> dict:
     return rows
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"sampling steps (default {DEFAULT_STEPS})")
     parser.add_argument("--dit-preset", default="dit-duca-n3-r95", help="preset whose schedule is printed for DiT")
     parser.add_argument("--pixart-preset", default="pixart-duca-r25", help="the same for PixArt-alpha")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")

@@ -431,21 +431,27 @@ def gpu_bench_plot(data: dict, path: Path) -> Path | None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=HelpFormatter)
-    p.add_argument("--device", default="cuda")
+    p.add_argument("--device", default="cuda", help="torch device: cuda, cuda:N, or cpu for the --tiny smoke run")
     p.add_argument("--tiny", action="store_true", help="tiny shapes of the four models (CPU tests)")
-    p.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
-    p.add_argument("--repeats", type=int, default=DEFAULT_REPEATS)
+    p.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS,
+                   help="dit256 / dit512: DiT-XL/2 at 256 / 512 px; pixart1024: PixArt-XL/2 1024-MS; "
+                        "opensora480p: STDiT3-XL/2 at 480p; run in the order given")
+    p.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
+                   help="interleaved timed rounds per workload and mode, after one warm-up round")
     p.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
                    help="skip the remaining parts once this many seconds have passed")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="eager runs only")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (tests use 'eager')")
     p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bfloat16", "float16"),
                    help="auto: each model's reference precision on GPU, fp32 on CPU")
-    p.add_argument("--opensora-frames", type=int, default=OPENSORA_FRAMES)
+    p.add_argument("--opensora-frames", type=int, default=OPENSORA_FRAMES,
+                   help="video frames of opensora480p (17: 5 latent frames)")
     p.add_argument("--dit-ckpt", default=None, help="DiT-XL-2-256x256.pt for dit256 (default: random weights)")
     p.add_argument("--dit-ckpt-512", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--progress", action="store_true")
-    p.add_argument("--out", type=Path, default=Path("results/gpu_bench"))
+    p.add_argument("--progress", action="store_true",
+                   help="a line on stderr as each workload's eager or compiled part ends")
+    p.add_argument("--out", type=Path, default=Path("results/gpu_bench"),
+                   help="output folder for gpu_bench.json, gpu_bench.md and gpu_bench.png")
     return p
 
 

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from duca_common.cache.presets import REFERENCE_STALENESS
+from duca_common.runtime import HelpFormatter
 from duca_scripts import reference_fixtures as rf
 
 MODELS = ("dit", "pixart", "opensora")
@@ -475,11 +476,16 @@ def run_opensora(root: Path) -> None:
 RUNNERS = {"dit": run_dit, "pixart": run_pixart, "opensora": run_opensora}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--reference", type=Path, required=True, help="root of a local DuCa checkout")
-    parser.add_argument("--model", choices=(*MODELS, "all"), default="all")
-    args = parser.parse_args(argv)
+    parser.add_argument("--model", choices=(*MODELS, "all"), default="all",
+                        help="the reference fork whose fixture is regenerated (all: each in its own subprocess)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     root = args.reference.resolve()
     if not root.is_dir():
         raise SystemExit(f"--reference {root} is not a folder; clone https://github.com/Shenyi-Z/DuCa there")

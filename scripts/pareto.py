@@ -423,22 +423,31 @@ def build_parser() -> argparse.ArgumentParser:
     d = ParetoOptions()
     p.add_argument("--model", default=d.model,
                    help="digits or digits256 (the embedded models, 64 / 256 tokens; --ckpt for another export)")
-    p.add_argument("--ckpt", default=None, help="embedded DiT safetensors (default: the shipped 64-token model)")
-    p.add_argument("--images", type=int, default=d.images)
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--intervals", type=int, nargs="+", default=list(d.intervals))
-    p.add_argument("--thresholds", type=float, nargs="+", default=list(d.thresholds))
+    p.add_argument("--ckpt", default=None,
+                   help="a dit_duca.train export (.safetensors) to run as --model (default: the shipped weights of "
+                        "--model)")
+    p.add_argument("--images", type=int, default=d.images,
+                   help="images per row, >= 2 (the same noise and labels for every row)")
+    p.add_argument("--steps", type=int, default=d.steps, help="DDIM sampling steps")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the initial noise")
+    p.add_argument("--intervals", type=int, nargs="+", default=list(d.intervals),
+                   help="cycle lengths N of every engine method, and of diffusers' PAB, TaylorSeerCache and "
+                        "FasterCache")
+    p.add_argument("--thresholds", type=float, nargs="+", default=list(d.thresholds),
+                   help="residual-change thresholds of the cache-dit peers and of diffusers' FirstBlockCache")
     p.add_argument("--magcache-thresholds", type=float, nargs="+", default=list(d.magcache_thresholds),
                    help="diffusers MagCache thresholds (accumulated magnitude-ratio error)")
     p.add_argument("--no-peers", action="store_true", help="engine methods only (no cache-dit, no diffusers hooks)")
     p.add_argument("--no-cachedit", action="store_true",
                    help="drop the cache-dit peers (they need the 'peers' extra; the diffusers hooks need nothing)")
-    p.add_argument("--baseline-every", type=int, default=d.baseline_every)
+    p.add_argument("--baseline-every", type=int, default=d.baseline_every,
+                   help="rows between two uncached timings (each row's CPU speed-up is taken against the "
+                        "uncached timings just before and after it)")
     p.add_argument("--engine-warmup", type=int, default=d.engine_warmup,
                    help="first steps always full for every engine method (diffusers' TaylorSeerCache uses 3)")
-    p.add_argument("--threads", type=int, default=d.threads)
-    p.add_argument("--out", type=Path, default=d.out)
+    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
+    p.add_argument("--out", type=Path, default=d.out,
+                   help="output folder for rows.csv, frontier.md / .csv, pareto.png and pareto.json")
     return p
 
 

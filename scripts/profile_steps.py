@@ -32,6 +32,7 @@ from duca_common.cache import reference_flops
 from duca_common.cache.plan import Action
 from duca_common.cache.trace import NOT_RUN
 from duca_common.errors import run_or_exit
+from duca_common.runtime import HelpFormatter
 
 from .methods import parse_methods
 from .report import environment, markdown_table, pyplot, save_figure, write_json
@@ -230,18 +231,27 @@ def profile_plot(data: dict, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL, help=TARGET_HELP)
-    p.add_argument("--method", default=DEFAULT_METHOD)
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    p.add_argument("--method", default=DEFAULT_METHOD,
+                   help="the cached method: a preset (dit-duca-n3-r95) or an engine method string (duca:n=3,r=0.95)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="sampling steps of the cached run")
     p.add_argument("--images", type=int, default=1, help="images per step (the forward batch is twice this: CFG)")
     p.add_argument("--baseline-steps", type=int, default=0, help="uncached forwards timed first (0: none)")
-    p.add_argument("--threads", type=int, default=DEFAULT_THREADS)
-    p.add_argument("--profile-ops", action="store_true")
-    p.add_argument("--top", type=int, default=DEFAULT_TOP_OPS)
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="torch CPU threads (0: torch's choice)")
+    p.add_argument("--profile-ops", action="store_true",
+                   help="profile one typical step of each kind (full, conservative, aggressive) with "
+                        "torch.profiler and list its top operators")
+    p.add_argument("--top", type=int, default=DEFAULT_TOP_OPS,
+                   help="operators listed per profiled step, by self CPU time (with --profile-ops)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar per sampling run")
     p.add_argument("--out", type=Path, default=None, help="folder for profile.json / profile.md / profile.png")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = build_parser()
     opts = p.parse_args(argv)
     if opts.images < 1 or opts.steps < 1:
         p.error(f"--images and --steps must be >= 1, got {opts.images} and {opts.steps}")

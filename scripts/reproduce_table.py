@@ -61,7 +61,7 @@ from duca_common.runtime import HelpFormatter, pick_device
 from .measure import WALL_CPU_DISAGREEMENT, Case, Series, compare, interleaved, wall_warning
 from .methods import MethodSpec, MethodSpecError, paper_grid, parse_methods, peer_grid
 from .report import environment, fmt, markdown_table, pyplot, save_figure, sig, write_csv, write_json
-from .targets import TARGET_HELP, Target, TargetError, build_target
+from .targets import DIGITS_CFG_SCALE, DIT_CFG_SCALE, PIXART_CFG_SCALE, TARGET_HELP, Target, TargetError, build_target
 
 PROTOCOLS = ("memory", "fid50k")
 # Samples per method on CPU with the digits model: 10 per class; enough for the accuracy and a stable
@@ -77,6 +77,9 @@ DEFAULT_GPUS = 8
 DEFAULT_OUT = Path("results/table")       # relative to the working directory; --out overrides
 # Timed rounds per method: two is the fewest that shows a spread; each round samples every image again.
 DEFAULT_REPEATS = 2
+# --cfg-scale left out: each model's own guidance (duca_scripts.targets.build_target); PixArt ignores the flag.
+CFG_SCALE_HELP = (f"classifier-free guidance scale (default: {DIT_CFG_SCALE:g} for DiT configs and tiny, "
+                  f"{DIGITS_CFG_SCALE:g} for digits / digits256; PixArt-XL/2 always samples at {PIXART_CFG_SCALE:g})")
 # Steps of the untimed uncached warm-up call before the first round (first-call allocations).
 WARMUP_STEPS = 2
 # Image size of the FID-50k launcher: the paper's DiT-XL/2 256 px table (dit_duca.options.DEFAULT_IMAGE_SIZE).
@@ -486,16 +489,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=None,
                    help="default: the paper's DiT grid (FORA/ToCa/DuCa/TaylorSeer, N=2..7)")
     p.add_argument("--peers", action="store_true", help="add cache-dit DBCache and TaylorSeer-calibrator rows")
-    p.add_argument("--images", type=int, default=d.images)
+    p.add_argument("--images", type=int, default=d.images,
+                   help="memory: images per method (the same noise and labels for every method)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per sampling batch")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--steps", type=int, default=d.steps,
+                   help="sampling steps (DDIM; DPM-Solver++ for PixArt-XL/2)")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of the initial noise (fid50k: the launcher's --global-seed)")
     p.add_argument("--repeats", type=int, default=d.repeats,
                    help="interleaved timing rounds (every method samples every image once per round)")
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--ckpt", default=None)
-    p.add_argument("--cfg-scale", type=float, default=None)
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--ckpt", default=None,
+                   help="weights: a DiT checkpoint for a DiT config, a dit_duca.train export for digits / digits256 "
+                        "(default: random weights; digits / digits256: the shipped weights); fid50k: required, "
+                        "loaded by the launcher")
+    p.add_argument("--cfg-scale", type=float, default=None, help=CFG_SCALE_HELP)
     p.add_argument("--protocol", default=d.protocol, choices=PROTOCOLS,
                    help="memory: sample, time and score every method here; fid50k: write OUT/fid50k.sh (torchrun "
                         "sampling + ADM evaluation per method, for GPUs) at once, then count every method's FLOPs "
@@ -503,7 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "with 50 steps on a 2-core CPU (5-6 min for the default 25-method grid)")
     p.add_argument("--ref", default=None, help="fid50k: ADM reference batch (.npz)")
     p.add_argument("--gpus", type=int, default=d.gpus, help="fid50k: default NGPU in the generated script")
-    p.add_argument("--out", type=Path, default=d.out)
+    p.add_argument("--out", type=Path, default=d.out,
+                   help="output folder for table.md / .csv / .json, pareto.png and heatmaps/ (fid50k: fid50k.sh, "
+                        "table.md, table.json)")
     return p
 
 
