@@ -191,14 +191,18 @@ def bar_plot(runs: list[RunScores], path: str | Path) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--run", action="append", required=True, metavar="NAME=SCORE_DIR[:REPORT]",
                    help="a scored run (repeatable; the first is the baseline)")
     p.add_argument("--out", help="write the markdown table here (default: print it)")
     p.add_argument("--plot", help="write the bar plot (PNG) here")
     p.add_argument("--json", help="write every scaled score here")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         for flag, path, suffix in (("--out", args.out, ".md"), ("--plot", args.plot, ".png"),
                                    ("--json", args.json, ".json")):

@@ -1,4 +1,4 @@
-"""COCO protocol (PixArt-alpha): FID-30k against a reference folder or statistics file, and CLIP
+r"""COCO protocol (PixArt-alpha): FID-30k against a reference folder or statistics file, and CLIP
 score (ViT-L/14) of each generated image against the prompt that produced it.
 
 Usage::

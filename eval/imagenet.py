@@ -1,4 +1,4 @@
-"""ImageNet protocol (DiT): FID, sFID, Inception Score, precision and recall as the ADM evaluator.
+r"""ImageNet protocol (DiT): FID, sFID, Inception Score, precision and recall as the ADM evaluator.
 
 Usage::
 

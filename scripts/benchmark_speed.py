@@ -39,13 +39,13 @@ from duca_common.errors import UsageError, print_error
 from duca_common.measure import MEMORY_SAMPLE_SECONDS
 from duca_common.outputs import check_output_dir
 from duca_common.runtime import HelpFormatter, pick_device
-from duca_common.validate import SEED, check_number
+from duca_common.validate import GUIDANCE, SEED, check_number
 
 from .measure import WALL_CPU_DISAGREEMENT, Case, Series, Summary, Timed, compare, interleaved, timed_run, wall_warning
 from .methods import MethodSpec, MethodSpecError, parse_methods
 from .report import environment, fmt, markdown_table, sig, write_json
 from .reproduce_table import CFG_SCALE_HELP, DEFAULT_STEPS  # DEFAULT_STEPS: the paper's DDIM-50
-from .targets import TARGET_HELP, Target, TargetError, build_target
+from .targets import TARGET_HELP, Target, TargetError, build_target, model_family
 
 DEFAULT_METHODS = ["dit-fora-n3", "dit-toca-n3-r93", "dit-duca-n3-r95", "dit-duca-n5-r95", "dit-taylorseer-n3-o3"]
 PROFILE_MODES = ("auto", "same", "separate", "off")
@@ -90,6 +90,7 @@ class BenchOptions:
             if not ok:
                 raise BenchError(f"{flag}={getattr(self, flag[2:].replace('-', '_'))!r} is invalid: allowed {allowed}")
         check_number("--seed", self.seed, SEED)
+        check_number("--cfg-scale", self.cfg_scale, GUIDANCE)
         self.device = str(pick_device(self.device))     # the project's one device choice (UsageError if unusable)
         if self.compile and self.device == "cpu":
             print("note: --compile on CPU needs a C++ toolchain and compiles for minutes", file=sys.stderr)
@@ -165,7 +166,7 @@ def _count_flops(target: Target, spec: MethodSpec, opts: BenchOptions) -> tuple[
 
 def run_benchmark(opts: BenchOptions) -> dict:
     opts.validate()
-    specs = parse_methods(opts.methods, model_family="pixart" if opts.model.lower().startswith("pixart") else "dit")
+    specs = parse_methods(opts.methods, model_family=model_family(opts.model))
     peers = [s for s in specs if s.is_peer]
     if peers:
         from .peers import check_peer_support

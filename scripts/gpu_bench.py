@@ -46,7 +46,7 @@ from duca_common.cache import CacheConfig, measured_flops, speedup
 from duca_common.cache.plan import build_plan
 from duca_common.errors import UsageError, run_or_exit
 from duca_common.measure import Case, Timed, compare, interleaved
-from duca_common.runtime import HelpFormatter
+from duca_common.runtime import HelpFormatter, pick_device
 
 from .report import environment, markdown_table, pyplot, save_figure, sig, write_report
 
@@ -431,7 +431,7 @@ def gpu_bench_plot(data: dict, path: Path) -> Path | None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=HelpFormatter)
-    p.add_argument("--device", default="cuda", help="torch device: cuda, cuda:N, or cpu for the --tiny smoke run")
+    p.add_argument("--device", default="cuda", help="cuda, cuda:N, auto, or cpu for the --tiny smoke run")
     p.add_argument("--tiny", action="store_true", help="tiny shapes of the four models (CPU tests)")
     p.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS,
                    help="dit256 / dit512: DiT-XL/2 at 256 / 512 px; pixart1024: PixArt-XL/2 1024-MS; "
@@ -461,6 +461,7 @@ def _check(opts: argparse.Namespace) -> None:
     if opts.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {opts.device}: no CUDA device is visible; run it on a GPU machine, or pass "
                          f"--tiny --device cpu for the CPU smoke run")
+    opts.device = str(pick_device(opts.device))         # the project's one device check: auto, cpu, cuda[:N]
     if opts.repeats < 1 or opts.budget_s <= 0 or opts.opensora_frames < 1:
         raise UsageError("--repeats, --budget-s and --opensora-frames must be positive")
     if opts.dit_ckpt is not None and not Path(opts.dit_ckpt).is_file():

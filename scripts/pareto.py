@@ -3,9 +3,10 @@
     python -m duca_scripts.pareto --model digits --out docs/results/pareto_digits16
     python -m duca_scripts.pareto --model digits256 --out docs/results/pareto_digits256
 
-Every row samples the same ``--images`` (noise and labels seeded by ``--seed``) with DDIM ``--steps``;
-each engine method runs at cycle lengths ``--intervals`` and each cache-dit peer at residual thresholds
-``--thresholds``, so the rows span about 1.5x to 6x FLOPs speed-up. diffusers' own cache hooks run on the
+Every row samples the same ``--images`` (noise seeded by ``--seed``; labels: the classes in turn, or one
+fixed class for ImageNet models) with DDIM ``--steps``; each engine method runs at cycle lengths
+``--intervals`` and each cache-dit peer at residual thresholds ``--thresholds``, so the rows span about
+1.5x to 6x FLOPs speed-up. diffusers' own cache hooks run on the
 diffusers copy of the DiT (``duca_scripts.diffusers_peers``, same sampler and seeds): FirstBlockCache at
 ``--thresholds`` (the same relative residual change as cache-dit's), Pyramid Attention Broadcast and
 TaylorSeerCache at ``--intervals`` (attention every N-th evaluation; a full step every N steps), MagCache at

@@ -35,6 +35,7 @@ from duca_common.cache.accounting import adaln_flops, layernorm_flops, mlp_flops
 from duca_common.errors import UsageError
 
 from .methods import DiffusersPeerSettings, PeerSettings
+from .targets import model_family
 
 CACHE_DIT_VERSION = "1.5.3"          # the version the "peers" extra pins (pyproject.toml)
 INSTALL_HINT = f'pip install -e ".[peers]"  (installs cache-dit=={CACHE_DIT_VERSION})'
@@ -59,7 +60,7 @@ def check_peer_support(model_name: str, peers: list | None = None) -> None:
     peers = [PeerSettings("dbcache")] if peers is None else peers
     if any(isinstance(p, PeerSettings) for p in peers):
         _import_cache_dit()
-    if peers and model_name.lower().startswith("pixart"):
+    if peers and model_family(model_name) == "pixart":
         raise PeerError("peers are wired for our DiT only (PixArt blocks take a caption and mask; not adapted "
                         "here): drop the cachedit-/diffusers- methods")
 

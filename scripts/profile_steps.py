@@ -31,12 +31,13 @@ from duca_common.allocator import check_policy, retain_freed_memory
 from duca_common.cache import reference_flops
 from duca_common.cache.plan import Action
 from duca_common.cache.trace import NOT_RUN
-from duca_common.errors import run_or_exit
+from duca_common.errors import UsageError, run_or_exit
 from duca_common.runtime import HelpFormatter
+from duca_common.validate import COUNT, NON_NEGATIVE_INT, STEPS, check_numbers
 
-from .methods import parse_methods
+from .methods import MethodSpec, MethodSpecError, parse_methods
 from .report import environment, markdown_table, pyplot, save_figure, write_json
-from .targets import TARGET_HELP, build_target
+from .targets import TARGET_HELP, TargetError, build_target, model_family
 
 KINDS = ("full", "conservative", "aggressive")
 # Defaults: the DiT-XL/2 CPU profile of docs/benchmarks.md (issue 14.3): DuCa N=3 R=95% at DDIM-20, one
@@ -82,12 +83,29 @@ def timed_forwards(model: torch.nn.Module) -> list[float]:
     return times
 
 
+def cached_method(opts: argparse.Namespace) -> MethodSpec:
+    """--method parsed for --model's preset family; the uncached baseline is refused (nothing to profile)."""
+    specs = [s for s in parse_methods([opts.method], model_family=model_family(opts.model)) if not s.is_baseline]
+    if not specs:
+        raise UsageError(f"--method {opts.method!r} is the uncached baseline, which every profile times anyway "
+                         f"(--baseline-steps); pass a cached method such as {DEFAULT_METHOD}")
+    return specs[0]
+
+
+def check_options(opts: argparse.Namespace) -> None:
+    """Numbers and --method refused in one line before any model is built (--model: by build_target, first)."""
+    check_numbers([("--steps", opts.steps, STEPS), ("--images", opts.images, COUNT),
+                   ("--baseline-steps", opts.baseline_steps, NON_NEGATIVE_INT),
+                   ("--threads", opts.threads, NON_NEGATIVE_INT), ("--top", opts.top, COUNT)])
+    cached_method(opts)
+
+
 def run(opts: argparse.Namespace) -> dict:
     if opts.threads:
         torch.set_num_threads(opts.threads)
     retain_freed_memory()                      # as every interleaved timing does (duca_common.allocator)
+    spec = cached_method(opts)
     target = build_target(opts.model, device="cpu")
-    spec = [s for s in parse_methods([opts.method]) if not s.is_baseline][0]
     model = target.model
     noise, labels = target.noise(opts.images, NOISE_SEED), target.labels(opts.images)
     dims = target.dims(opts.images)
@@ -253,10 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     p = build_parser()
     opts = p.parse_args(argv)
-    if opts.images < 1 or opts.steps < 1:
-        p.error(f"--images and --steps must be >= 1, got {opts.images} and {opts.steps}")
+    run_or_exit(lambda: check_options(opts), (UsageError, MethodSpecError))
     run_or_exit(check_policy)
-    data = run(opts)
+    data = run_or_exit(lambda: run(opts), (UsageError, TargetError))
     md = render(data)
     print(md)
     if opts.out is not None:

@@ -10,8 +10,8 @@ N = 2..7, plus the uncached run; ``--peers`` adds cache-dit's DBCache and Taylor
 residual thresholds that span the same FLOPs range.
 
 In-memory protocol (``--protocol memory``, default): every method samples the same ``--images`` with
-the same noise and labels (seeded by ``--seed``), in batches of ``--batch-size``, with the real DDIM
-loop. Then:
+the same noise (seeded by ``--seed``) and labels (the classes in turn; ImageNet models: one
+fixed class), in batches of ``--batch-size``, with the real DDIM loop. Then:
 
 * FLOPs: reference formula and measured (meta device) per image, speed-ups against the uncached row;
   wall-clock and CPU-time speed-ups of the same sampling, measured by ``duca_scripts.measure``:
@@ -57,11 +57,21 @@ from duca_common.cache import get_method, measured_flops, reference_flops, speed
 from duca_common.errors import UsageError, print_error
 from duca_common.outputs import check_output_dir
 from duca_common.runtime import HelpFormatter, pick_device
+from duca_common.validate import GUIDANCE, check_number
 
 from .measure import WALL_CPU_DISAGREEMENT, Case, Series, compare, interleaved, wall_warning
 from .methods import MethodSpec, MethodSpecError, paper_grid, parse_methods, peer_grid
 from .report import environment, fmt, markdown_table, pyplot, save_figure, sig, write_csv, write_json
-from .targets import DIGITS_CFG_SCALE, DIT_CFG_SCALE, PIXART_CFG_SCALE, TARGET_HELP, Target, TargetError, build_target
+from .targets import (
+    DIGITS_CFG_SCALE,
+    DIT_CFG_SCALE,
+    PIXART_CFG_SCALE,
+    TARGET_HELP,
+    Target,
+    TargetError,
+    build_target,
+    model_family,
+)
 
 PROTOCOLS = ("memory", "fid50k")
 # Samples per method on CPU with the digits model: 10 per class; enough for the accuracy and a stable
@@ -77,9 +87,9 @@ DEFAULT_GPUS = 8
 DEFAULT_OUT = Path("results/table")       # relative to the working directory; --out overrides
 # Timed rounds per method: two is the fewest that shows a spread; each round samples every image again.
 DEFAULT_REPEATS = 2
-# --cfg-scale left out: each model's own guidance (duca_scripts.targets.build_target); PixArt ignores the flag.
-CFG_SCALE_HELP = (f"classifier-free guidance scale (default: {DIT_CFG_SCALE:g} for DiT configs and tiny, "
-                  f"{DIGITS_CFG_SCALE:g} for digits / digits256; PixArt-XL/2 always samples at {PIXART_CFG_SCALE:g})")
+# --cfg-scale left out: each model's own guidance (duca_scripts.targets.build_target).
+CFG_SCALE_HELP = (f"classifier-free guidance scale, >= 1 (default: {DIT_CFG_SCALE:g} for DiT configs and tiny, "
+                  f"{DIGITS_CFG_SCALE:g} for digits / digits256, {PIXART_CFG_SCALE:g} for PixArt-XL/2)")
 # Steps of the untimed uncached warm-up call before the first round (first-call allocations).
 WARMUP_STEPS = 2
 # Image size of the FID-50k launcher: the paper's DiT-XL/2 256 px table (dit_duca.options.DEFAULT_IMAGE_SIZE).
@@ -120,6 +130,7 @@ class TableOptions:
             raise TableError(f"--repeats {self.repeats} must be >= 1")
         if self.threads is not None and self.threads < 1:
             raise TableError(f"--threads {self.threads} must be >= 1")
+        check_number("--cfg-scale", self.cfg_scale, GUIDANCE)
         if self.protocol not in PROTOCOLS:
             raise TableError(f"--protocol {self.protocol!r} is invalid: allowed {PROTOCOLS}")
         if self.protocol == "fid50k":
@@ -227,7 +238,7 @@ class DigitsJudge:
 
 def run_table(opts: TableOptions) -> dict:
     opts.validate()
-    family = "pixart" if opts.model.lower().startswith("pixart") else "dit"
+    family = model_family(opts.model)
     specs = parse_methods(opts.method_list(), model_family=family)
     if any(s.is_peer for s in specs):
         from .peers import check_peer_support

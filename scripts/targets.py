@@ -201,7 +201,7 @@ def _load_dit_ckpt(model: torch.nn.Module, ckpt: Path) -> None:
     load_into(model, load_checkpoint(str(ckpt)), str(ckpt))
 
 
-def _pixart_target(device: torch.device) -> Target:
+def _pixart_target(device: torch.device, cfg_scale: float) -> Target:
     try:
         from duca_common.layers import Caption
         from pixart_duca.model import PixArt, pixart_xl_2
@@ -224,14 +224,22 @@ def _pixart_target(device: torch.device) -> Target:
             raise TargetError("cache-dit peers are wired for DiT only; PixArt runs the engine's methods")
         ctx = m.feature_cache.profiling() if profile else contextlib.nullcontext()
         with ctx:
-            return pixart_sample(m, noise, caption(2 * noise.shape[0], noise.device), steps, PIXART_CFG_SCALE)
+            return pixart_sample(m, noise, caption(2 * noise.shape[0], noise.device), steps, cfg_scale)
 
     def meta() -> torch.nn.Module:
         with torch.device("meta"):
             return PixArt(config).eval()
 
     shape = (config.in_channels, config.input_size, config.input_size)
-    return Target("PixArt-XL/2", "pixart", model, shape, PIXART_CFG_SCALE, 1, meta, run)
+    return Target("PixArt-XL/2", "pixart", model, shape, cfg_scale, 1, meta, run)
+
+
+PIXART_NAMES = ("PixArt-XL/2", "pixart")          # --model values of the PixArt target
+
+
+def model_family(name: str) -> str:
+    """The preset family of --model ``name`` (``methods.parse_methods``' model_family): "pixart" or "dit"."""
+    return "pixart" if name in PIXART_NAMES else "dit"
 
 
 def build_target(name: str, *, device: str | torch.device = "cpu", ckpt: str | None = None,
@@ -249,7 +257,7 @@ def build_target(name: str, *, device: str | torch.device = "cpu", ckpt: str | N
         from dit_duca.loading import load_checkpoint, load_into
         # read before the model is built: an unreadable checkpoint fails in seconds, not after the build
         loaded = load_checkpoint(ckpt) if ckpt is not None else None
-        target = _dit_target(name, builder, cfg_scale or DIT_CFG_SCALE, False, device)
+        target = _dit_target(name, builder, DIT_CFG_SCALE if cfg_scale is None else cfg_scale, False, device)
         if loaded is not None:
             load_into(target.model, loaded, ckpt)
         return target
@@ -257,7 +265,8 @@ def build_target(name: str, *, device: str | torch.device = "cpu", ckpt: str | N
         if ckpt is not None:
             raise TargetError("--model tiny runs random weights and takes no --ckpt; pass --model DiT-XL/2 (or "
                               "another DiT config) with the checkpoint, or drop --ckpt")
-        target = _dit_target(name, lambda: DiT(**TINY_KWARGS), cfg_scale or DIT_CFG_SCALE, False, device)
+        target = _dit_target(name, lambda: DiT(**TINY_KWARGS), DIT_CFG_SCALE if cfg_scale is None else cfg_scale,
+                             False, device)
         randomize_zero_init(target.model)
         return target
     from dit_duca.embedded import EMBEDDED_MODELS, read_spec
@@ -271,7 +280,7 @@ def build_target(name: str, *, device: str | torch.device = "cpu", ckpt: str | N
             spec = read_spec(path)          # CheckpointError (a UsageError) for a file the trainer did not write
         except CheckpointError as exc:
             raise TargetError(f"{flag}{exc}") from None
-        target = _dit_target(name, spec.build, cfg_scale or DIGITS_CFG_SCALE, True, device)
+        target = _dit_target(name, spec.build, DIGITS_CFG_SCALE if cfg_scale is None else cfg_scale, True, device)
         from safetensors.torch import load_file
         try:
             target.model.load_state_dict(load_file(str(path)), strict=True)
@@ -279,8 +288,8 @@ def build_target(name: str, *, device: str | torch.device = "cpu", ckpt: str | N
             raise TargetError(f"{flag}{path}: the weights do not fit the DiT spec stored in it ({one_line(exc)}); "
                               f"export it again with dit_duca.train --export") from None
         return target
-    if name in ("PixArt-XL/2", "pixart"):
+    if name in PIXART_NAMES:
         if ckpt is not None:
             raise TargetError("PixArt benchmarking runs random weights; --ckpt is for DiT models")
-        return _pixart_target(device)
+        return _pixart_target(device, PIXART_CFG_SCALE if cfg_scale is None else cfg_scale)
     raise TargetError(f"unknown --model {name!r}: {TARGET_HELP}")

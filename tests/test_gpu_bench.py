@@ -85,6 +85,17 @@ def test_no_gpu_is_refused_with_one_line(tmp_path, capsys):
     assert not (tmp_path / "g").exists()
 
 
+def test_device_goes_through_the_projects_device_check(tmp_path, capsys):
+    """--device auto is accepted (cpu here, with --tiny) and a device that is not one is refused in one line."""
+    with pytest.raises(SystemExit) as exc:
+        gpu_bench.main(["--tiny", "--device", "gpu", "--out", str(tmp_path / "g")])
+    assert exc.value.code == 2 and "--device 'gpu' is not a device" in capsys.readouterr().err
+    opts = gpu_bench.build_parser().parse_args(["--tiny", "--device", "auto", "--out", str(tmp_path / "g")])
+    gpu_bench._check(opts)
+    import torch
+    assert opts.device == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def test_gpu_check_script_without_a_gpu_exits_2_with_one_line(tmp_path):
     """scripts/gpu_check.sh hides every GPU (CUDA_VISIBLE_DEVICES=''), so this runs on any machine."""
     import os

@@ -137,6 +137,7 @@ def test_benchmark_reports_cache_bytes_and_engine_time(bench):
     (["--seed", "-1"], "--seed"),
     (["--methods", "duca:n=3,bogus=1"], "unknown setting"),
     (["--model", "DiT-XXL/2"], "unknown --model"),
+    (["--cfg-scale", "0"], "--cfg-scale 0 is invalid"),        # was taken as "not given": the default
     (["--device", "cuda:7"], None),
 ])
 def test_benchmark_bad_inputs_exit_with_a_message(argv, words, capsys, tmp_path):
@@ -176,6 +177,17 @@ def test_benchmark_bad_checkpoints_exit_with_one_line_before_a_model_is_built(ca
         assert err.startswith("error: ") and words in err
         assert err.count("\n") == 1 and "Traceback" not in err and "file an issue" not in err
     assert built == [] and not (tmp_path / "out" / "benchmark.json").exists()
+
+
+def test_cfg_scale_reaches_every_target(monkeypatch):
+    """--cfg-scale is each target's guidance when given, its model's default when not; PixArt ignored it."""
+    from duca_scripts import targets
+
+    assert targets.build_target("tiny").cfg_scale == targets.DIT_CFG_SCALE
+    assert targets.build_target("tiny", cfg_scale=1.0).cfg_scale == 1.0
+    monkeypatch.setattr(targets, "_pixart_target", lambda device, cfg_scale: cfg_scale)   # no 600M-parameter build
+    assert targets.build_target("PixArt-XL/2") == targets.PIXART_CFG_SCALE
+    assert targets.build_target("PixArt-XL/2", cfg_scale=2.0) == 2.0
 
 
 def test_markdown_parser_rejects_ragged_rows():

@@ -42,10 +42,24 @@ def test_progress_goes_to_stderr_and_can_be_turned_off(capsys):
     assert "sampling" not in capsys.readouterr().err
 
 
-def test_bad_counts_exit_2(capsys):
+@pytest.mark.parametrize("argv, words", [
+    (["--model", "tiny", "--images", "0"], "--images 0 is invalid"),
+    (["--model", "tiny", "--threads", "-1"], "--threads -1 is invalid"),         # went to torch.set_num_threads
+    (["--model", "tiny", "--method", "none"], "is the uncached baseline"),       # was an IndexError
+    (["--model", "PixArt-XL/2"], "preset 'dit-duca-n3-r95' is for dit, not pixart"),   # presets of the model's family
+    (["--model", "DiT-XXL/2", "--method", "duca:n=3"], "unknown --model 'DiT-XXL/2'"),
+])
+def test_bad_inputs_exit_2_in_one_line_before_a_model_is_built(argv, words, capsys, monkeypatch):
+    from duca_scripts import targets
+
+    built = []
+    monkeypatch.setattr(targets, "_dit_target", lambda *a, **k: built.append(a[0]))
+    monkeypatch.setattr(targets, "_pixart_target", lambda *a, **k: built.append("pixart"))
     with pytest.raises(SystemExit) as exc:
-        profile_steps.main(["--model", "tiny", "--images", "0"])
-    assert exc.value.code == 2 and "--images and --steps must be >= 1" in capsys.readouterr().err
+        profile_steps.main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and words in err
+    assert built == []
 
 
 def test_the_profiled_step_of_a_kind_is_its_typical_one(tmp_path):

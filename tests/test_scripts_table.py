@@ -219,6 +219,7 @@ def test_fid50k_launcher_checks_its_inputs_before_sampling(tmp_path, monkeypatch
     (["--protocol", "fid50k"], "needs --ckpt"),
     (["--protocol", "fid50k", "--ckpt", "w.pt", "--ref", "r.npz"], "which take a DiT config"),
     (["--images", "0"], "--images 0"),
+    (["--cfg-scale", "0.5"], "--cfg-scale 0.5 is invalid"),
     (["--methods", "taylorseer:o=x"], "not an integer"),
     (["--model", "digits", "--ckpt", "/nonexistent/digits.safetensors"], "does not exist"),
 ])
