@@ -151,6 +151,10 @@ def run(opts: argparse.Namespace) -> dict:
             "cpu_speedup_estimate": base_step * opts.steps / total_t,
             "flops_speedup": (full_flops * opts.steps / total_f) if full_flops else None}
     data["cpu_over_flops"] = data["cpu_speedup_estimate"] / data["flops_speedup"] if data["flops_speedup"] else None
+    # the cached run's full step against an uncached step: the same products plus the engine's scoring and cache
+    # writes (1.0 = the full steps cost what the FLOPs model says; above = the cached run pays it 1 / N of its steps)
+    data["full_over_uncached_step"] = (full_time / statistics.mean(base_times)
+                                       if base_times and full_time else None)
     if opts.profile_ops:
         typical = {k: typical_step(ps, times) for k, ps in kinds.items() if ps}
         data["profiled_steps"] = typical
@@ -215,6 +219,9 @@ def render(data: dict) -> str:
     tail = (f"\n\nrun: {data['run_cpu_seconds']:.1f} CPU s; FLOPs speed-up {data['flops_speedup']:.3f}x, CPU speed-up "
             f"(vs {'measured uncached steps' if data['uncached_step_cpu_seconds'] else 'the full steps'}) "
             f"{data['cpu_speedup_estimate']:.3f}x = {data['cpu_over_flops']:.3f} of the FLOPs speed-up\n")
+    if data.get("full_over_uncached_step") is not None:
+        tail += (f"\nfull step of the cached run against an uncached step: {data['full_over_uncached_step']:.3f}x the "
+                 f"CPU time ({statistics.mean(data['uncached_step_cpu_seconds']):.3f} s uncached)\n")
     for kind, ops in data.get("ops", {}).items():
         tail += f"\nTop operators, {kind} step {data['profiled_steps'][kind]} (self CPU ms):\n\n" + markdown_table(
             ["op", "input shapes", "calls", "self CPU ms"],

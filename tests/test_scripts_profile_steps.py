@@ -13,6 +13,10 @@ def test_step_kinds_add_up_to_the_run(tmp_path):
                                "--baseline-steps", "1", "--out", str(tmp_path)])
     assert data["images"] == 2 and len(data["per_step_cpu_seconds"]) == 7
     assert len(data["uncached_step_cpu_seconds"]) == 1
+    full = [t for t, k in zip(data["per_step_cpu_seconds"], data["per_step_kind"], strict=True) if k == "full"]
+    assert data["full_over_uncached_step"] == pytest.approx(
+        sum(full) / len(full) / data["uncached_step_cpu_seconds"][0])
+    assert "full step of the cached run against an uncached step" in (tmp_path / "profile.md").read_text()
     kinds = {r["kind"]: r for r in data["rows"]}
     # DuCa's cycle of 3: a full step, then conservative and aggressive steps alternate
     assert set(kinds) == {"full", "conservative", "aggressive"}
