@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="samples per batch (batches go round-robin to the ranks); part of the run record, as "
                              "the cache ranks tokens within a batch")
     parser.add_argument("--num-fid-samples", type=int, default=DEFAULT_NUM_FID_SAMPLES,
-                        help="samples to write as PNGs (then stacked into <folder>.npz)")
+                        help="samples to write as PNGs (then stacked into <folder>.npz unless --no-npz)")
     parser.add_argument("--global-seed", type=int, default=0,
                         help="sample i draws its label, noise and DDPM step noise from a generator seeded by "
                              "(global seed, i)")

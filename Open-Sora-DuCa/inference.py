@@ -20,9 +20,10 @@ for sample k of a prompt (C.9). Upstream's flag names (--save-dir, --prompt-path
   are split into contiguous blocks (``--shard I/N``, or the torchrun ranks); videos are written atomically
   (temp file, then rename); a rerun skips finished files.
 * Weights given by hub id (the shipped config's three) are checked before anything is built: the hub must be
-  reachable, or the files in the local Hugging Face cache with HF_HUB_OFFLINE=1; otherwise one ``error:`` line
-  gives the ``hf download`` commands and the flags to pass the folders (huggingface_hub alone retries an
-  unreachable hub for ~25 s per file before failing).
+  reachable, or the files in the local Hugging Face cache (with the hub unreachable the run then switches
+  huggingface_hub to offline mode itself, with a note); otherwise one ``error:`` line gives the ``hf download``
+  commands and the flags to pass the folders (huggingface_hub alone retries an unreachable hub for ~25 s per
+  file before failing).
 """
 
 from __future__ import annotations
@@ -361,7 +362,9 @@ def hub_reachable() -> bool:
 
 def enter_hub_offline_mode() -> None:
     """Put huggingface_hub (and transformers, which asks it) in offline mode for this process and its children:
-    what ``HF_HUB_OFFLINE=1`` does, set after import (its modules read ``constants.HF_HUB_OFFLINE`` per call)."""
+    what ``HF_HUB_OFFLINE=1`` does, set after import (huggingface_hub's modules read ``constants.HF_HUB_OFFLINE``
+    per call; diffusers copies it at import, but OpenSora's loaders do not go through diffusers). For the rest
+    of the process: it is not switched back."""
     from huggingface_hub import constants
 
     os.environ["HF_HUB_OFFLINE"] = "1"

@@ -60,12 +60,18 @@ def offline_by_env() -> bool:
 
 
 def behind_proxy(url: str) -> bool:
-    """A proxy serves ``url`` (``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY``, not bypassed by ``NO_PROXY``),
-    read the way urllib and requests read it."""
-    host = urlparse(url).hostname
+    """A proxy serves ``url`` (``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY``, not bypassed by ``NO_PROXY``,
+    whose entries may name a port), by urllib's rules. HTTP clients differ in edge cases (a ``NO_PROXY`` entry
+    with a leading dot: urllib also bypasses the domain itself)."""
+    parsed = urlparse(url)
+    if not parsed.hostname:
+        return False
     proxies = urllib.request.getproxies()
-    scheme = urlparse(url).scheme
-    return bool(host) and (scheme in proxies or "all" in proxies) and not urllib.request.proxy_bypass(host)
+    try:
+        host = f"{parsed.hostname}:{parsed.port}" if parsed.port else parsed.hostname
+    except ValueError:   # a port that is not a number: no proxy decision to make
+        return False
+    return (parsed.scheme in proxies or "all" in proxies) and not urllib.request.proxy_bypass(host)
 
 
 def network_reachable(url: str, timeout_s: float = NETWORK_PROBE_TIMEOUT_S) -> bool:

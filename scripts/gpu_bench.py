@@ -462,6 +462,9 @@ def _check(opts: argparse.Namespace) -> None:
         raise UsageError(f"--device {opts.device}: no CUDA device is visible; run it on a GPU machine, or pass "
                          f"--tiny --device cpu for the CPU smoke run")
     opts.device = str(pick_device(opts.device))         # the project's one device check: auto, cpu, cuda[:N]
+    if opts.device == "cpu" and not opts.tiny:
+        raise UsageError("--device resolved to cpu: the real shapes would take hours there (the time budget is "
+                         "checked between parts); run it on a GPU machine, or pass --tiny for the CPU smoke run")
     if opts.repeats < 1 or opts.budget_s <= 0 or opts.opensora_frames < 1:
         raise UsageError("--repeats, --budget-s and --opensora-frames must be positive")
     if opts.dit_ckpt is not None and not Path(opts.dit_ckpt).is_file():

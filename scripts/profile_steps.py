@@ -89,11 +89,15 @@ def cached_method(opts: argparse.Namespace) -> MethodSpec:
     if not specs:
         raise UsageError(f"--method {opts.method!r} is the uncached baseline, which every profile times anyway "
                          f"(--baseline-steps); pass a cached method such as {DEFAULT_METHOD}")
+    if specs[0].is_peer:
+        raise UsageError(f"--method {opts.method!r} is a peer library's cache, which hooks the blocks itself: its "
+                         f"steps would all read as full here; profile an engine method such as {DEFAULT_METHOD}")
     return specs[0]
 
 
 def check_options(opts: argparse.Namespace) -> None:
-    """Numbers and --method refused in one line before any model is built (--model: by build_target, first)."""
+    """Numbers and --method refused in one line before any model is built (an unknown --model: by build_target,
+    before it builds anything)."""
     check_numbers([("--steps", opts.steps, STEPS), ("--images", opts.images, COUNT),
                    ("--baseline-steps", opts.baseline_steps, NON_NEGATIVE_INT),
                    ("--threads", opts.threads, NON_NEGATIVE_INT), ("--top", opts.top, COUNT)])

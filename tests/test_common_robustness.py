@@ -216,21 +216,32 @@ def test_network_probe_uses_the_urls_own_port(monkeypatch):
 
 def test_network_probe_trusts_a_proxy_unless_declared_offline(monkeypatch):
     """Behind a proxy the TCP probe cannot see the host, so the proxy is trusted (the download reports failures);
-    NO_PROXY hosts are probed directly; a machine declared offline stays offline, proxy or not."""
+    NO_PROXY hosts (with or without a port) are probed directly; a machine declared offline stays offline, proxy
+    or not. The connection itself is a stand-in that records each probe and refuses it: no DNS, no network."""
     from duca_eval import weights
 
     for name in (*weights.OFFLINE_ENV_VARS, "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
                  "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
-    unroutable = "https://hub.invalid"                   # .invalid never resolves (RFC 2606)
-    assert not weights.network_reachable(unroutable, timeout_s=1.0)
+    probes = []
+
+    def refuse(address, timeout=None):
+        probes.append(address)
+        raise OSError("refused (test stand-in)")
+
+    monkeypatch.setattr(weights.socket, "create_connection", refuse)
+    hub = "https://hub.invalid"
+    assert not weights.network_reachable(hub) and probes == [("hub.invalid", 443)]
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
-    assert weights.network_reachable(unroutable)
-    assert not weights.network_reachable("http://hub.invalid", timeout_s=1.0)   # an https proxy only
+    assert weights.network_reachable(hub) and len(probes) == 1                   # trusted, not probed
+    assert not weights.network_reachable("http://hub.invalid") and len(probes) == 2   # an https proxy only
     monkeypatch.setenv("ALL_PROXY", "http://proxy.invalid:3128")
-    assert weights.network_reachable("http://hub.invalid")
+    assert weights.network_reachable("http://hub.invalid") and len(probes) == 2
     monkeypatch.setenv("NO_PROXY", "hub.invalid")
-    assert not weights.network_reachable(unroutable, timeout_s=1.0)
+    assert not weights.network_reachable(hub) and len(probes) == 3               # bypassed: probed directly
+    monkeypatch.setenv("NO_PROXY", "mirror.invalid:8080")                        # an entry with a port
+    assert not weights.network_reachable("http://mirror.invalid:8080") and probes[-1] == ("mirror.invalid", 8080)
+    assert weights.network_reachable("http://mirror.invalid:9090") and len(probes) == 4   # another port: proxied
     monkeypatch.delenv("NO_PROXY")
     monkeypatch.setenv("DUCA_EVAL_OFFLINE", "1")
-    assert not weights.network_reachable(unroutable)
+    assert not weights.network_reachable(hub) and len(probes) == 4               # declared offline: no probe

@@ -94,6 +94,10 @@ def test_device_goes_through_the_projects_device_check(tmp_path, capsys):
     gpu_bench._check(opts)
     import torch
     assert opts.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(SystemExit) as exc:                   # the real shapes on a CPU: hours, so refused
+        gpu_bench.main(["--device", "cpu", "--out", str(tmp_path / "g")])
+    assert exc.value.code == 2 and "pass --tiny for the CPU smoke run" in capsys.readouterr().err
+    assert not (tmp_path / "g").exists()
 
 
 def test_gpu_check_script_without_a_gpu_exits_2_with_one_line(tmp_path):

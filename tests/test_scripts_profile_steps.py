@@ -50,6 +50,7 @@ def test_progress_goes_to_stderr_and_can_be_turned_off(capsys):
     (["--model", "tiny", "--images", "0"], "--images 0 is invalid"),
     (["--model", "tiny", "--threads", "-1"], "--threads -1 is invalid"),         # went to torch.set_num_threads
     (["--model", "tiny", "--method", "none"], "is the uncached baseline"),       # was an IndexError
+    (["--model", "tiny", "--method", "cachedit-dbcache"], "is a peer library's cache"),   # read as all-full
     (["--model", "PixArt-XL/2"], "preset 'dit-duca-n3-r95' is for dit, not pixart"),   # presets of the model's family
     (["--model", "DiT-XXL/2", "--method", "duca:n=3"], "unknown --model 'DiT-XXL/2'"),
 ])
