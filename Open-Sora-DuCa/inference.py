@@ -332,10 +332,15 @@ def check_t5_path(value: str) -> None:
                          f"{DEFAULT_T5}")
 
 
-# Weights flags that may name a hub id, and the file whose presence in the local Hugging Face cache stands for
-# the repo (T5: transformers reads config.json first).
-HUB_FLAGS = (("--ckpt-path", "ckpt_path", WEIGHTS_FILE), ("--vae-path", "vae_path", WEIGHTS_FILE),
-             ("--t5-path", "t5_path", CONFIG_FILE))
+# What transformers reads to build the T5 encoder and its tokenizer: one file of each group (weights may be
+# sharded; then the index names the shards, which must be there too).
+T5_HUB_FILES = ((CONFIG_FILE,), ("spiece.model", "tokenizer.json"),
+                ("model.safetensors", "model.safetensors.index.json",
+                 "pytorch_model.bin", "pytorch_model.bin.index.json"))
+# Weights flags that may name a hub id, and the files whose presence in the local Hugging Face cache stands for
+# the repo (groups of alternatives, as T5_HUB_FILES).
+HUB_FLAGS = (("--ckpt-path", "ckpt_path", ((WEIGHTS_FILE,),)), ("--vae-path", "vae_path", ((WEIGHTS_FILE,),)),
+             ("--t5-path", "t5_path", T5_HUB_FILES))
 
 
 def hub_offline() -> bool:
@@ -371,11 +376,29 @@ def enter_hub_offline_mode() -> None:
     constants.HF_HUB_OFFLINE = True
 
 
-def in_hub_cache(repo_id: str, filename: str) -> bool:
-    """``filename`` of ``repo_id`` is in the local Hugging Face cache (no network)."""
+def cached_hub_file(repo_id: str, filename: str) -> str | None:
+    """The local path of ``filename`` of ``repo_id`` in the Hugging Face cache, or None (no network)."""
     from huggingface_hub import try_to_load_from_cache
 
-    return isinstance(try_to_load_from_cache(repo_id, filename), str)
+    path = try_to_load_from_cache(repo_id, filename)
+    return path if isinstance(path, str) else None
+
+
+def in_hub_cache(repo_id: str, groups: tuple[tuple[str, ...], ...]) -> bool:
+    """The local Hugging Face cache holds one file of each group of ``repo_id`` (and, for a sharded-weights
+    index, every shard it names): what loading the repo offline reads."""
+    for group in groups:
+        found = next((path for name in group if (path := cached_hub_file(repo_id, name))), None)
+        if found is None:
+            return False
+        if found.endswith(".index.json"):
+            try:
+                shards = set(json.loads(Path(found).read_text(encoding="utf-8"))["weight_map"].values())
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                return False          # an unreadable index: the loader could not use it either
+            if not all(cached_hub_file(repo_id, shard) for shard in shards):
+                return False
+    return True
 
 
 def check_hub_access(args: argparse.Namespace) -> None:
@@ -383,11 +406,11 @@ def check_hub_access(args: argparse.Namespace) -> None:
     the hub unreachable, huggingface_hub is then put in offline mode, with a note: online it would retry the
     hub for ~25 s per file, five retries 1-8 s apart, before reading its cache). Otherwise one line with the
     fix, in seconds."""
-    hub = [(flag, value, file) for flag, dest, file in HUB_FLAGS
+    hub = [(flag, value, files) for flag, dest, files in HUB_FLAGS
            if (value := getattr(args, dest)) and not Path(value).expanduser().exists() and looks_like_hub_id(value)]
     if not hub:
         return
-    missing = [(flag, value) for flag, value, file in hub if not in_hub_cache(value, file)]
+    missing = [(flag, value) for flag, value, files in hub if not in_hub_cache(value, files)]
     fetch = (f"download {'them' if len(missing) > 1 else 'it'} where there is internet ("
              + ", ".join(f"`hf download {v} --local-dir {v.split('/')[1]}`" for _, v in missing)
              + ") and pass the folder" + ("s" if len(missing) > 1 else "") + " ("

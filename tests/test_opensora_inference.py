@@ -191,14 +191,16 @@ HUB_IDS = {"--ckpt-path": "hpcai-tech/OpenSora-STDiT-v3", "--vae-path": "hpcai-t
            "--t5-path": "DeepFloyd/t5-v1_1-xxl"}
 
 
-def fake_hub_cache(root: Path, repos: dict[str, str]) -> Path:
-    """A Hugging Face cache layout (refs/main -> snapshots/<commit>/<file>) holding ``repos`` (id -> file)."""
-    for repo, file in repos.items():
+def fake_hub_cache(root: Path, repos: dict[str, str | dict[str, str]]) -> Path:
+    """A Hugging Face cache layout (refs/main -> snapshots/<commit>/<file>) holding ``repos``: id -> one empty
+    file, or id -> {file: text}. Adds to what is there."""
+    for repo, files in repos.items():
         folder = root / f"models--{repo.replace('/', '--')}"
-        (folder / "refs").mkdir(parents=True)
+        (folder / "refs").mkdir(parents=True, exist_ok=True)
         (folder / "refs" / "main").write_text("0" * 40)
-        (folder / "snapshots" / ("0" * 40)).mkdir(parents=True)
-        (folder / "snapshots" / ("0" * 40) / file).write_bytes(b"")
+        (folder / "snapshots" / ("0" * 40)).mkdir(parents=True, exist_ok=True)
+        for file, text in (files.items() if isinstance(files, dict) else [(files, "")]):
+            (folder / "snapshots" / ("0" * 40) / file).write_text(text)
     return root
 
 
@@ -256,6 +258,18 @@ def test_cached_hub_ids_run_offline_and_name_the_switch_otherwise(no_hub, tmp_pa
     err = capsys.readouterr().err                 # only what the cache lacks is named
     assert "--ckpt-path" not in err and "--vae-path hpcai-tech/OpenSora-VAE-v1.2" in err and "--t5-path" in err
     fake_hub_cache(cache, {HUB_IDS["--vae-path"]: "model.safetensors", HUB_IDS["--t5-path"]: "config.json"})
+    # T5 needs its config, tokenizer and weights: a config alone, or an index whose shards are not all there,
+    # is refused here, not after STDiT3 and the VAE have loaded
+    t5 = HUB_IDS["--t5-path"]
+    shards = {"a": "pytorch_model-00001-of-00002.bin", "b": "pytorch_model-00002-of-00002.bin"}
+    index = json.dumps({"weight_map": shards})
+    for files in ({}, {"spiece.model": "", "pytorch_model.bin.index.json": index,
+                       "pytorch_model-00001-of-00002.bin": ""}):
+        fake_hub_cache(cache, {t5: files})
+        assert inference.main([*UPSTREAM, "--out", str(out), "--check-only"]) == 2
+        err = capsys.readouterr().err
+        assert f"--t5-path {t5}" in err and "--vae-path" not in err
+    fake_hub_cache(cache, {t5: {"pytorch_model-00002-of-00002.bin": ""}})
     monkeypatch.setattr(inference, "init_distributed", lambda device: (0, 1, torch.device("cpu")))
     assert inference.main([*UPSTREAM, "--out", str(out), "--check-only", "--verbose", "0"]) == 0
     assert no_hub == []
