@@ -95,20 +95,19 @@ def cached_method(opts: argparse.Namespace) -> MethodSpec:
     return specs[0]
 
 
-def check_options(opts: argparse.Namespace) -> None:
+def check_options(opts: argparse.Namespace) -> MethodSpec:
     """Numbers and --method refused in one line before any model is built (an unknown --model: by build_target,
-    before it builds anything)."""
+    before it builds anything); the method to profile."""
     check_numbers([("--steps", opts.steps, STEPS), ("--images", opts.images, COUNT),
                    ("--baseline-steps", opts.baseline_steps, NON_NEGATIVE_INT),
                    ("--threads", opts.threads, NON_NEGATIVE_INT), ("--top", opts.top, COUNT)])
-    cached_method(opts)
+    return cached_method(opts)
 
 
-def run(opts: argparse.Namespace) -> dict:
+def run(opts: argparse.Namespace, spec: MethodSpec) -> dict:
     if opts.threads:
         torch.set_num_threads(opts.threads)
     retain_freed_memory()                      # as every interleaved timing does (duca_common.allocator)
-    spec = cached_method(opts)
     target = build_target(opts.model, device="cpu")
     model = target.model
     noise, labels = target.noise(opts.images, NOISE_SEED), target.labels(opts.images)
@@ -282,9 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     p = build_parser()
     opts = p.parse_args(argv)
-    run_or_exit(lambda: check_options(opts), (UsageError, MethodSpecError))
+    spec = run_or_exit(lambda: check_options(opts), (UsageError, MethodSpecError))
     run_or_exit(check_policy)
-    data = run_or_exit(lambda: run(opts), (UsageError, TargetError))
+    data = run_or_exit(lambda: run(opts, spec), (UsageError, TargetError))
     md = render(data)
     print(md)
     if opts.out is not None:

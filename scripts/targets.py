@@ -247,6 +247,9 @@ def build_target(name: str, *, device: str | torch.device = "cpu", ckpt: str | N
     """The model named ``name`` on ``device`` (random weights unless it is the embedded model or ``ckpt``)."""
     from dit_duca.models import DiT, DiT_models
 
+    def guidance(default: float) -> float:          # --cfg-scale when given, else the model's own
+        return default if cfg_scale is None else cfg_scale
+
     device = torch.device(device)
     if ckpt is not None and not Path(ckpt).is_file():
         raise TargetError(f"--ckpt {ckpt} does not exist")
@@ -257,7 +260,7 @@ def build_target(name: str, *, device: str | torch.device = "cpu", ckpt: str | N
         from dit_duca.loading import load_checkpoint, load_into
         # read before the model is built: an unreadable checkpoint fails in seconds, not after the build
         loaded = load_checkpoint(ckpt) if ckpt is not None else None
-        target = _dit_target(name, builder, DIT_CFG_SCALE if cfg_scale is None else cfg_scale, False, device)
+        target = _dit_target(name, builder, guidance(DIT_CFG_SCALE), False, device)
         if loaded is not None:
             load_into(target.model, loaded, ckpt)
         return target
@@ -265,8 +268,7 @@ def build_target(name: str, *, device: str | torch.device = "cpu", ckpt: str | N
         if ckpt is not None:
             raise TargetError("--model tiny runs random weights and takes no --ckpt; pass --model DiT-XL/2 (or "
                               "another DiT config) with the checkpoint, or drop --ckpt")
-        target = _dit_target(name, lambda: DiT(**TINY_KWARGS), DIT_CFG_SCALE if cfg_scale is None else cfg_scale,
-                             False, device)
+        target = _dit_target(name, lambda: DiT(**TINY_KWARGS), guidance(DIT_CFG_SCALE), False, device)
         randomize_zero_init(target.model)
         return target
     from dit_duca.embedded import EMBEDDED_MODELS, read_spec
@@ -280,7 +282,7 @@ def build_target(name: str, *, device: str | torch.device = "cpu", ckpt: str | N
             spec = read_spec(path)          # CheckpointError (a UsageError) for a file the trainer did not write
         except CheckpointError as exc:
             raise TargetError(f"{flag}{exc}") from None
-        target = _dit_target(name, spec.build, DIGITS_CFG_SCALE if cfg_scale is None else cfg_scale, True, device)
+        target = _dit_target(name, spec.build, guidance(DIGITS_CFG_SCALE), True, device)
         from safetensors.torch import load_file
         try:
             target.model.load_state_dict(load_file(str(path)), strict=True)
@@ -291,5 +293,5 @@ def build_target(name: str, *, device: str | torch.device = "cpu", ckpt: str | N
     if name in PIXART_NAMES:
         if ckpt is not None:
             raise TargetError("PixArt benchmarking runs random weights; --ckpt is for DiT models")
-        return _pixart_target(device, PIXART_CFG_SCALE if cfg_scale is None else cfg_scale)
+        return _pixart_target(device, guidance(PIXART_CFG_SCALE))
     raise TargetError(f"unknown --model {name!r}: {TARGET_HELP}")
