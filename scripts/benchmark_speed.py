@@ -44,8 +44,8 @@ from duca_common.validate import GUIDANCE, SEED, check_number
 from .measure import WALL_CPU_DISAGREEMENT, Case, Series, Summary, Timed, compare, interleaved, timed_run, wall_warning
 from .methods import MethodSpec, MethodSpecError, parse_methods
 from .report import environment, fmt, markdown_table, sig, write_json
-from .reproduce_table import CFG_SCALE_HELP, DEFAULT_STEPS  # DEFAULT_STEPS: the paper's DDIM-50
-from .targets import TARGET_HELP, Target, TargetError, build_target, model_family
+from .reproduce_table import DEFAULT_STEPS  # the paper's DDIM-50
+from .targets import CFG_SCALE_HELP, TARGET_HELP, Target, TargetError, build_target, model_family
 
 DEFAULT_METHODS = ["dit-fora-n3", "dit-toca-n3-r93", "dit-duca-n3-r95", "dit-duca-n5-r95", "dit-taylorseer-n3-o3"]
 PROFILE_MODES = ("auto", "same", "separate", "off")

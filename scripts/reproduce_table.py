@@ -63,9 +63,7 @@ from .measure import WALL_CPU_DISAGREEMENT, Case, Series, compare, interleaved, 
 from .methods import MethodSpec, MethodSpecError, paper_grid, parse_methods, peer_grid
 from .report import environment, fmt, markdown_table, pyplot, save_figure, sig, write_csv, write_json
 from .targets import (
-    DIGITS_CFG_SCALE,
-    DIT_CFG_SCALE,
-    PIXART_CFG_SCALE,
+    CFG_SCALE_HELP,
     TARGET_HELP,
     Target,
     TargetError,
@@ -87,9 +85,6 @@ DEFAULT_GPUS = 8
 DEFAULT_OUT = Path("results/table")       # relative to the working directory; --out overrides
 # Timed rounds per method: two is the fewest that shows a spread; each round samples every image again.
 DEFAULT_REPEATS = 2
-# --cfg-scale left out: each model's own guidance (duca_scripts.targets.build_target).
-CFG_SCALE_HELP = (f"classifier-free guidance scale, >= 1 (default: {DIT_CFG_SCALE:g} for DiT configs and tiny, "
-                  f"{DIGITS_CFG_SCALE:g} for digits / digits256, {PIXART_CFG_SCALE:g} for PixArt-XL/2)")
 # Steps of the untimed uncached warm-up call before the first round (first-call allocations).
 WARMUP_STEPS = 2
 # Image size of the FID-50k launcher: the paper's DiT-XL/2 256 px table (dit_duca.options.DEFAULT_IMAGE_SIZE).

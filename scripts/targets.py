@@ -56,6 +56,9 @@ PIXART_CAPTION_SEED = 0
 
 TARGET_HELP = ("a DiT config (DiT-XL/2, DiT-S/2, ...), 'digits' / 'digits256' (embedded models, 64 / 256 tokens), "
                "'tiny', or 'PixArt-XL/2'")
+# --cfg-scale left out: each model's own guidance (build_target).
+CFG_SCALE_HELP = (f"classifier-free guidance scale, >= 1 (default: {DIT_CFG_SCALE:g} for DiT configs and tiny, "
+                  f"{DIGITS_CFG_SCALE:g} for digits / digits256, {PIXART_CFG_SCALE:g} for PixArt-XL/2)")
 
 
 class TargetError(ValueError):
