@@ -274,19 +274,15 @@ def train(cfg: TrainConfig, results_dir: Path, export: Path | None = None, resum
 
 
 def build_parser() -> argparse.ArgumentParser:
-    config = {f.name: f for f in fields(TrainConfig)}
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=HelpFormatter)
-    parser.add_argument("--data", default=config["data"].default, help=config["data"].metadata["help"])
     parser.add_argument("--results-dir", type=Path, required=True, help="folder for checkpoint.pt")
     parser.add_argument("--export", type=Path, default=None,
                         help="write the EMA weights here (.safetensors) at every checkpoint and at the end")
     parser.add_argument("--resume", action="store_true", help="continue <results-dir>/checkpoint.pt")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    for f in config.values():
-        if f.name == "data":
-            continue
+    for f in fields(TrainConfig):                   # one flag per field, its help from the field's metadata
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
                             help=f.metadata.get("help"))
     return parser
